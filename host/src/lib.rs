@@ -1,0 +1,16 @@
+//! Conclave runs teams of language models as a distributed system: work is
+//! replicated over several model calls and models, candidates are
+//! cross-verified, a voting policy reaches consensus, failed or slow nodes are
+//! routed around, and every step is journaled.
+//!
+//! Roles, verifiers and voters are sandboxed WebAssembly components; the
+//! [`plugin`] module loads, checks, hot-swaps and calls them.
+
+pub mod bench;
+pub mod plugin;
+pub mod scaffold;
+
+pub use plugin::{
+    Capability, Grants, HostServices, Invocation, Plugin, PluginError, PluginRuntime, Registry,
+    RuntimeConfig, SandboxLimits,
+};

@@ -1,0 +1,741 @@
+//! Per-call sandboxes: a fresh store and instance for every call, made from a
+//! pre-instantiated component, with the call's grants and limits.
+//!
+//! A call cannot hurt the host or another call: its compute deadline is
+//! enforced with epoch interruption (time awaiting host imports excluded),
+//! its memory through a resource limiter, its WASI context grants nothing
+//! (no files, sockets, environment, arguments; clocks frozen; stdout and
+//! stderr captured with a cap), and every failure becomes a typed
+//! [`PluginError`] on that call alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx};
+
+use super::bindings::{role, verifier, voter};
+use super::engine::{self, Ticker};
+use super::imports::{
+    CapabilityDenied, ComputeClock, DeadlineReached, Limiter, MemoryCapReached, StoreState,
+};
+use super::output::CappedPipe;
+use super::{
+    cache, Ballot, Candidate, Decision, Descriptor, Invocation, Outcome, PluginError, PluginKind,
+    RuntimeConfig, Task, TrapKind, Verdict, WIT_VERSION,
+};
+
+/// A clock that always says the same time: plugins get no wall clock, and
+/// the same inputs give the same outputs (which replay relies on).
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+enum Pre {
+    Role(role::RolePre<StoreState>),
+    Verifier(verifier::VerifierPre<StoreState>),
+    Voter(voter::VoterPre<StoreState>),
+}
+
+struct PluginInner {
+    descriptor: Descriptor,
+    hash: String,
+    path: PathBuf,
+    pre: Pre,
+}
+
+/// A loaded, checked plugin. Cheap to clone; a call holds a clone for its
+/// whole duration, which is what lets hot swap replace a plugin while calls
+/// on the old version finish.
+#[derive(Clone)]
+pub struct Plugin(Arc<PluginInner>);
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({} from {})", self.id(), self.0.path.display())
+    }
+}
+
+impl Plugin {
+    /// The plugin's own description.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.0.descriptor
+    }
+    /// Its name (`majority`).
+    pub fn name(&self) -> &str {
+        &self.0.descriptor.name
+    }
+    /// Its version (`0.1.0`).
+    pub fn version(&self) -> &str {
+        &self.0.descriptor.version
+    }
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name(), self.version())
+    }
+    /// Which world it implements.
+    pub fn kind(&self) -> PluginKind {
+        self.0.descriptor.kind
+    }
+    /// SHA-256 of the component file.
+    pub fn hash(&self) -> &str {
+        &self.0.hash
+    }
+    /// Where it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+}
+
+/// The name of a plugin kind as the WIT world calls it.
+pub fn kind_name(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Role => "role",
+        PluginKind::Verifier => "verifier",
+        PluginKind::Voter => "voter",
+    }
+}
+
+/// Compiles, checks and calls plugins. One per process is enough; share it
+/// behind an `Arc`.
+pub struct PluginRuntime {
+    engine: Engine,
+    pooling: bool,
+    config: RuntimeConfig,
+    role_linker: Linker<StoreState>,
+    verifier_linker: Linker<StoreState>,
+    voter_linker: Linker<StoreState>,
+    slots: tokio::sync::Semaphore,
+    _ticker: Ticker,
+}
+
+impl PluginRuntime {
+    /// Starts the engine and the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, PluginError> {
+        let (engine, pooling) = engine::build(&config)?;
+        let mk = |which: &str| -> Result<Linker<StoreState>, PluginError> {
+            let mut linker = Linker::new(&engine);
+            let e = |e: wasmtime::Error| PluginError::Engine(format!("linking {which}: {e:#}"));
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(e)?;
+            type Me = wasmtime::component::HasSelf<StoreState>;
+            match which {
+                "role" => role::Role::add_to_linker::<StoreState, Me>(&mut linker, |s| s),
+                "verifier" => {
+                    verifier::Verifier::add_to_linker::<StoreState, Me>(&mut linker, |s| s)
+                }
+                _ => voter::Voter::add_to_linker::<StoreState, Me>(&mut linker, |s| s),
+            }
+            .map_err(e)?;
+            Ok(linker)
+        };
+        let ticker = Ticker::start(engine.clone(), config.epoch_tick)?;
+        Ok(PluginRuntime {
+            role_linker: mk("role")?,
+            verifier_linker: mk("verifier")?,
+            voter_linker: mk("voter")?,
+            slots: tokio::sync::Semaphore::new(config.max_concurrent_calls.max(1) as usize),
+            engine,
+            pooling,
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine (for tools that compile or inspect components).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn is_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// The runtime's settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Reads, compiles (through the cache), checks and describes the
+    /// component at `path`.
+    pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| PluginError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.load_bytes(bytes, path).await
+    }
+
+    /// Compiles and checks a component given as bytes; `origin` names it in
+    /// errors. Compilation runs on a blocking thread.
+    pub async fn load_bytes(&self, bytes: Vec<u8>, origin: &Path) -> Result<Plugin, PluginError> {
+        check_header(&bytes, origin)?;
+        let hash = cache::content_hash(&bytes);
+        let engine = self.engine.clone();
+        let cache_dir = self.config.cache_dir.clone();
+        let origin_buf = origin.to_path_buf();
+        let component = tokio::task::spawn_blocking(move || {
+            cache::compile(&engine, &bytes, &origin_buf, cache_dir.as_deref())
+        })
+        .await
+        .map_err(|e| PluginError::Engine(format!("compile task failed: {e}")))??;
+        let pre = self.check_world(&component, origin)?;
+        let mut plugin = Plugin(Arc::new(PluginInner {
+            descriptor: Descriptor {
+                name: String::new(),
+                version: String::new(),
+                kind: PluginKind::Voter,
+                capabilities: Vec::new(),
+                description: String::new(),
+            },
+            hash,
+            path: origin.to_path_buf(),
+            pre,
+        }));
+        let descriptor = self.describe(&plugin).await?;
+        let world = match plugin.0.pre {
+            Pre::Role(_) => PluginKind::Role,
+            Pre::Verifier(_) => PluginKind::Verifier,
+            Pre::Voter(_) => PluginKind::Voter,
+        };
+        if descriptor.kind != world {
+            return Err(PluginError::WorldMismatch {
+                path: origin.to_path_buf(),
+                world: kind_name(world).into(),
+                reason: format!(
+                    "it describes itself as a {} but implements the {} world",
+                    kind_name(descriptor.kind),
+                    kind_name(world)
+                ),
+            });
+        }
+        check_descriptor(&descriptor, origin)?;
+        Arc::get_mut(&mut plugin.0)
+            .expect("not shared yet")
+            .descriptor = descriptor;
+        Ok(plugin)
+    }
+
+    /// Works out which world a component implements and type-checks it
+    /// against that world once, so per-call instantiation cannot fail on types.
+    fn check_world(&self, component: &Component, origin: &Path) -> Result<Pre, PluginError> {
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for name in imports.iter().chain(&exports) {
+            if let Some(rest) = name.strip_prefix("conclave:plugin/") {
+                let found = rest
+                    .split_once('@')
+                    .map(|(_, v)| v)
+                    .unwrap_or("(unversioned)");
+                if found != WIT_VERSION {
+                    return Err(PluginError::UnsupportedVersion {
+                        path: origin.to_path_buf(),
+                        found: found.to_string(),
+                        supported: WIT_VERSION.into(),
+                    });
+                }
+            }
+        }
+        let has = |n: &str| exports.iter().any(|e| e == n);
+        let worlds: Vec<(&str, &str)> =
+            [("run", "role"), ("verify", "verifier"), ("tally", "voter")]
+                .into_iter()
+                .filter(|(f, _)| has(f))
+                .collect();
+        let mismatch = |world: &str, reason: String| PluginError::WorldMismatch {
+            path: origin.to_path_buf(),
+            world: world.to_string(),
+            reason,
+        };
+        let world = match worlds.as_slice() {
+            [(_, w)] => *w,
+            [] => {
+                return Err(mismatch(
+                    "role, verifier or voter",
+                    format!(
+                        "it exports none of `run` (role), `verify` (verifier) or `tally` (voter); it exports [{}]",
+                        exports.join(", ")
+                    ),
+                ))
+            }
+            many => {
+                return Err(mismatch(
+                    "role, verifier or voter",
+                    format!(
+                        "it exports the functions of several worlds ({}); a plugin implements exactly one",
+                        many.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                ))
+            }
+        };
+        if !has("describe") {
+            return Err(mismatch(world, "it does not export `describe`".into()));
+        }
+        let linker = match world {
+            "role" => &self.role_linker,
+            "verifier" => &self.verifier_linker,
+            _ => &self.voter_linker,
+        };
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| mismatch(world, format!("{e:#}")))?;
+        Ok(match world {
+            "role" => {
+                Pre::Role(role::RolePre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?)
+            }
+            "verifier" => Pre::Verifier(
+                verifier::VerifierPre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?,
+            ),
+            _ => Pre::Voter(
+                voter::VoterPre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?,
+            ),
+        })
+    }
+
+    fn new_store(&self, inv: &Invocation, plugin: &Plugin) -> Store<StoreState> {
+        let limits = inv.limits.as_ref().unwrap_or(&self.config.limits);
+        let stdout = CappedPipe::new(limits.output_bytes);
+        let stderr = CappedPipe::new(limits.output_bytes);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock);
+        let mut info = inv.info.clone();
+        if info.plugin.is_empty() {
+            info.plugin = plugin.id();
+        }
+        let state = StoreState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: limits.memory_bytes,
+                table_elements: limits.table_elements,
+                instances: limits.instances as usize,
+            },
+            grants: inv.grants,
+            services: inv.services.clone(),
+            info,
+            clock: ComputeClock {
+                budget: limits.deadline,
+                started: Instant::now(),
+                waited: Duration::ZERO,
+            },
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let tick = self.config.epoch_tick.max(Duration::from_micros(100));
+        let ticks = move |d: Duration| (d.as_nanos() / tick.as_nanos()).max(1) as u64;
+        let yield_ticks = ticks(self.config.yield_interval);
+        store.set_epoch_deadline(ticks(limits.deadline).min(yield_ticks));
+        store.epoch_deadline_callback(move |ctx| {
+            let clock = &ctx.data().clock;
+            let used = clock.used();
+            if used >= clock.budget {
+                return Err(DeadlineReached.into());
+            }
+            Ok(UpdateDeadline::Yield(
+                ticks(clock.budget - used).min(yield_ticks),
+            ))
+        });
+        store
+    }
+
+    /// Maps a failed call to a typed error and logs what the plugin printed.
+    fn finish<R>(
+        &self,
+        plugin: &Plugin,
+        store: &Store<StoreState>,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let state = store.data();
+        if !state.stdout.is_empty() {
+            tracing::debug!(target: "conclave::plugin", plugin = %state.info.plugin, "stdout: {}", state.stdout.text());
+        }
+        if !state.stderr.is_empty() {
+            tracing::debug!(target: "conclave::plugin", plugin = %state.info.plugin, "stderr: {}", state.stderr.text());
+        }
+        let e = match result {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        let name = plugin.id();
+        if let Some(c) = e.downcast_ref::<CapabilityDenied>() {
+            return Err(PluginError::CapabilityDenied {
+                plugin: name,
+                capability: c.0,
+            });
+        }
+        if let Some(m) = e.downcast_ref::<MemoryCapReached>() {
+            return Err(PluginError::OutOfMemory {
+                plugin: name,
+                limit_bytes: m.0,
+            });
+        }
+        if e.downcast_ref::<DeadlineReached>().is_some() {
+            return Err(PluginError::Timeout {
+                plugin: name,
+                deadline: state.clock.budget,
+            });
+        }
+        let trap = match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                return Err(PluginError::Timeout {
+                    plugin: name,
+                    deadline: state.clock.budget,
+                })
+            }
+            Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+            Some(Trap::UnreachableCodeReached) => TrapKind::Unreachable,
+            Some(Trap::MemoryOutOfBounds) => TrapKind::MemoryOutOfBounds,
+            Some(Trap::IntegerDivisionByZero | Trap::IntegerOverflow) => TrapKind::Arithmetic,
+            Some(other) => TrapKind::Other(other.to_string()),
+            None => TrapKind::Other(format!("{e:#}")),
+        };
+        Err(PluginError::Trap {
+            plugin: name,
+            trap,
+            message: panic_message(&state.stderr.text()),
+        })
+    }
+
+    async fn describe(&self, plugin: &Plugin) -> Result<Descriptor, PluginError> {
+        let inv = Invocation {
+            grants: super::Grants::none(),
+            ..Default::default()
+        };
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let mut store = self.new_store(&inv, plugin);
+        let result = match &plugin.0.pre {
+            Pre::Role(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(i) => i.call_describe(&mut store).await,
+                Err(e) => Err(e),
+            },
+            Pre::Verifier(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(i) => i.call_describe(&mut store).await,
+                Err(e) => Err(e),
+            },
+            Pre::Voter(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(i) => i.call_describe(&mut store).await,
+                Err(e) => Err(e),
+            },
+        };
+        self.finish(plugin, &store, result)
+    }
+
+    /// Asks a voter for a decision on `ballots`.
+    pub async fn tally(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        task: &Task,
+        ballots: &[Ballot],
+    ) -> Result<Decision, PluginError> {
+        let Pre::Voter(pre) = &plugin.0.pre else {
+            return Err(wrong_kind(plugin, PluginKind::Voter));
+        };
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let mut store = self.new_store(inv, plugin);
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(i) => i.call_tally(&mut store, task, ballots).await,
+            Err(e) => Err(e),
+        };
+        let decision =
+            self.finish(plugin, &store, result)?
+                .map_err(|error| PluginError::Guest {
+                    plugin: plugin.id(),
+                    error,
+                })?;
+        check_decision(plugin, &decision, ballots.len())?;
+        Ok(decision)
+    }
+
+    /// Asks a verifier to judge `candidate`.
+    pub async fn verify(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        task: &Task,
+        candidate: &Candidate,
+    ) -> Result<Verdict, PluginError> {
+        let Pre::Verifier(pre) = &plugin.0.pre else {
+            return Err(wrong_kind(plugin, PluginKind::Verifier));
+        };
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let mut store = self.new_store(inv, plugin);
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(i) => i.call_verify(&mut store, task, candidate).await,
+            Err(e) => Err(e),
+        };
+        let verdict = self
+            .finish(plugin, &store, result)?
+            .map_err(|error| PluginError::Guest {
+                plugin: plugin.id(),
+                error,
+            })?;
+        if !(verdict.score.is_finite() && (0.0..=1.0).contains(&verdict.score)) {
+            return Err(PluginError::BadOutput {
+                plugin: plugin.id(),
+                reason: format!("verdict score {} is outside 0..1", verdict.score),
+            });
+        }
+        Ok(verdict)
+    }
+
+    /// Runs a role on `task`.
+    pub async fn run_role(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        task: &Task,
+    ) -> Result<Outcome, PluginError> {
+        let Pre::Role(pre) = &plugin.0.pre else {
+            return Err(wrong_kind(plugin, PluginKind::Role));
+        };
+        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let mut store = self.new_store(inv, plugin);
+        let result = match pre.instantiate_async(&mut store).await {
+            Ok(i) => i.call_run(&mut store, task).await,
+            Err(e) => Err(e),
+        };
+        let outcome = self
+            .finish(plugin, &store, result)?
+            .map_err(|error| PluginError::Guest {
+                plugin: plugin.id(),
+                error,
+            })?;
+        if let Outcome::Plan(plan) = &outcome {
+            check_plan(plan).map_err(|reason| PluginError::BadOutput {
+                plugin: plugin.id(),
+                reason,
+            })?;
+        }
+        Ok(outcome)
+    }
+}
+
+fn closed() -> PluginError {
+    PluginError::Engine("the plugin runtime is shutting down".into())
+}
+
+fn wrong_kind(plugin: &Plugin, wanted: PluginKind) -> PluginError {
+    PluginError::WorldMismatch {
+        path: plugin.path().to_path_buf(),
+        world: kind_name(wanted).into(),
+        reason: format!(
+            "plugin {} is a {}, not a {}",
+            plugin.id(),
+            kind_name(plugin.kind()),
+            kind_name(wanted)
+        ),
+    }
+}
+
+/// Refuses files that are not components before compiling them, with a
+/// message that says what the file is instead.
+fn check_header(bytes: &[u8], origin: &Path) -> Result<(), PluginError> {
+    let not = |reason: &str| PluginError::NotAComponent {
+        path: origin.to_path_buf(),
+        reason: reason.into(),
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(not("it is not a WebAssembly file (no `\\0asm` header)"));
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(not(
+            "it is a core WebAssembly module; build the plugin with `--target wasm32-wasip2` \
+             so that it is a component",
+        )),
+        [_, _, 1, 0] => Ok(()),
+        _ => Err(not("unknown WebAssembly version or layer")),
+    }
+}
+
+fn check_descriptor(d: &Descriptor, origin: &Path) -> Result<(), PluginError> {
+    let bad = |reason: String| PluginError::BadOutput {
+        plugin: origin.display().to_string(),
+        reason,
+    };
+    if d.name.is_empty()
+        || !d
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(bad(format!(
+            "describe() gave the name {:?}; names are kebab-case",
+            d.name
+        )));
+    }
+    if semver::Version::parse(&d.version).is_err() {
+        return Err(bad(format!(
+            "describe() gave the version {:?}, which is not semver",
+            d.version
+        )));
+    }
+    Ok(())
+}
+
+fn check_decision(plugin: &Plugin, d: &Decision, ballots: usize) -> Result<(), PluginError> {
+    let bad = |reason: String| {
+        Err(PluginError::BadOutput {
+            plugin: plugin.id(),
+            reason,
+        })
+    };
+    match d {
+        Decision::Decided(x) if x.answer.is_empty() => bad("decided an empty answer".into()),
+        Decision::Decided(x) if x.support > x.total || x.total as usize > ballots => bad(format!(
+            "decided with support {} of {} on {ballots} ballots",
+            x.support, x.total
+        )),
+        Decision::NeedMore(0) => bad("asked for zero more samples".into()),
+        _ => Ok(()),
+    }
+}
+
+/// A plan must be a DAG of uniquely named subtasks whose dependencies exist.
+pub fn check_plan(plan: &super::Plan) -> Result<(), String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    if plan.subtasks.is_empty() {
+        return Err("the plan has no subtasks".into());
+    }
+    let mut ids = BTreeSet::new();
+    for s in &plan.subtasks {
+        if s.id.is_empty() || !ids.insert(s.id.as_str()) {
+            return Err(format!("subtask id {:?} is empty or repeated", s.id));
+        }
+    }
+    let deps: BTreeMap<&str, &Vec<String>> = plan
+        .subtasks
+        .iter()
+        .map(|s| (s.id.as_str(), &s.depends_on))
+        .collect();
+    for (id, ds) in &deps {
+        if let Some(d) = ds.iter().find(|d| !ids.contains(d.as_str())) {
+            return Err(format!("subtask {id:?} depends on unknown subtask {d:?}"));
+        }
+    }
+    // Kahn's algorithm: every subtask must become ready.
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    while done.len() < deps.len() {
+        let ready: Vec<&str> = deps
+            .iter()
+            .filter(|(id, ds)| !done.contains(*id) && ds.iter().all(|d| done.contains(d.as_str())))
+            .map(|(id, _)| *id)
+            .collect();
+        if ready.is_empty() {
+            return Err("the plan's dependencies form a cycle".into());
+        }
+        done.extend(ready);
+    }
+    Ok(())
+}
+
+/// The panic message a Rust guest printed to stderr (`panicked at FILE:L:C:
+/// MESSAGE`), or the last lines of stderr when it is not a panic.
+fn panic_message(stderr: &str) -> String {
+    if let Some(pos) = stderr.find("panicked at ") {
+        let rest = &stderr[pos..];
+        let lines: Vec<&str> = rest
+            .lines()
+            .take_while(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        return lines.join(" ").trim().to_string();
+    }
+    let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+    tail.into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Header checks, plan checks and panic-message extraction.
+    use super::*;
+    use crate::plugin::{Plan, Subtask};
+
+    #[test]
+    fn header_check_names_what_the_file_is() {
+        let p = Path::new("x.wasm");
+        let e = check_header(b"garbage!", p).unwrap_err().to_string();
+        assert!(e.contains("not a WebAssembly file"), "{e}");
+        let e = check_header(b"\0asm\x01\0\0\0", p).unwrap_err().to_string();
+        assert!(e.contains("core WebAssembly module"), "{e}");
+        assert!(check_header(b"\0asm\x0d\0\x01\0", p).is_ok());
+    }
+
+    fn st(id: &str, deps: &[&str]) -> Subtask {
+        Subtask {
+            id: id.into(),
+            prompt: "p".into(),
+            role: String::new(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn plans_must_be_dags_of_known_ids() {
+        assert!(check_plan(&Plan {
+            subtasks: vec![st("a", &[]), st("b", &["a"])]
+        })
+        .is_ok());
+        let e = check_plan(&Plan {
+            subtasks: vec![st("a", &["b"]), st("b", &["a"])],
+        })
+        .unwrap_err();
+        assert!(e.contains("cycle"), "{e}");
+        let e = check_plan(&Plan {
+            subtasks: vec![st("a", &["z"])],
+        })
+        .unwrap_err();
+        assert!(e.contains("unknown subtask \"z\""), "{e}");
+        assert!(check_plan(&Plan {
+            subtasks: vec![st("a", &[]), st("a", &[])]
+        })
+        .is_err());
+        assert!(check_plan(&Plan { subtasks: vec![] }).is_err());
+    }
+
+    #[test]
+    fn panic_message_is_extracted() {
+        let s = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom here\nnote: run with `RUST_BACKTRACE=1`";
+        assert_eq!(panic_message(s), "panicked at src/lib.rs:9:5: boom here");
+        assert_eq!(panic_message("a\nb"), "a b");
+    }
+}

@@ -1,0 +1,67 @@
+//! `majority`: plurality vote over the candidates' normalised answers.
+//!
+//! Ballots with an empty answer, and (unless `count_failed` is set) ballots
+//! that a verifier failed, are not counted. Ties go to the answer with the
+//! higher mean verifier score, then to the smaller answer text, so the result
+//! never depends on the order the ballots arrived in.
+
+use conclave_sdk::vote::{tally, Vote};
+use conclave_sdk::voter::*;
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    /// Count ballots that a verifier failed (default: no).
+    count_failed: bool,
+}
+
+struct Majority;
+
+/// Mean score of a ballot's verdicts (1 when it has none).
+pub(crate) fn mean_score(b: &Ballot) -> f64 {
+    if b.verdicts.is_empty() {
+        1.0
+    } else {
+        b.verdicts.iter().map(|v| v.score).sum::<f64>() / b.verdicts.len() as f64
+    }
+}
+
+impl Voter for Majority {
+    fn describe() -> Descriptor {
+        Descriptor {
+            name: "majority".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Voter,
+            capabilities: vec![Capability::Log],
+            description: "Plurality vote; ties broken by verifier score, then by answer.".into(),
+        }
+    }
+
+    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+        let config: Config = task.parse_config()?;
+        let votes: Vec<Vote> = ballots
+            .iter()
+            .filter(|b| config.count_failed || b.verdicts.iter().all(|v| v.pass))
+            .map(|b| Vote {
+                answer: b.candidate.answer.clone(),
+                weight: 1.0,
+                score: mean_score(b),
+            })
+            .collect();
+        let counts = tally(&votes);
+        let Some(best) = counts.first() else {
+            return Ok(Decision::NoConsensus(format!(
+                "none of {} ballots had a countable answer",
+                ballots.len()
+            )));
+        };
+        Ok(Decision::Decided(Decided {
+            answer: best.answer.clone(),
+            support: best.votes,
+            total: votes.iter().filter(|v| !v.answer.is_empty()).count() as u32,
+            runner_up: counts.get(1).map(|c| c.answer.clone()),
+        }))
+    }
+}
+
+export_voter!(Majority);

@@ -1,0 +1,85 @@
+//! `weighted`: each ballot counts with weight `confidence × verifier score`.
+//!
+//! A ballot without a confidence counts `default_confidence`; one without
+//! verdicts has score 1; a ballot that a verifier failed is multiplied by
+//! `fail_weight` (0 by default: failed ballots do not count). `support` is the
+//! number of ballots behind the winner.
+
+use conclave_sdk::vote::{tally, Vote};
+use conclave_sdk::voter::*;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    default_confidence: f64,
+    fail_weight: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_confidence: 1.0,
+            fail_weight: 0.0,
+        }
+    }
+}
+
+struct Weighted;
+
+impl Voter for Weighted {
+    fn describe() -> Descriptor {
+        Descriptor {
+            name: "weighted".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Voter,
+            capabilities: vec![Capability::Log],
+            description: "Vote weighted by confidence and verifier scores.".into(),
+        }
+    }
+
+    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+        let c: Config = task.parse_config()?;
+        let votes: Vec<Vote> = ballots
+            .iter()
+            .map(|b| {
+                let score = if b.verdicts.is_empty() {
+                    1.0
+                } else {
+                    b.verdicts
+                        .iter()
+                        .map(|v| v.score.clamp(0.0, 1.0))
+                        .sum::<f64>()
+                        / b.verdicts.len() as f64
+                };
+                let failed = b.verdicts.iter().any(|v| !v.pass);
+                let confidence = b
+                    .candidate
+                    .confidence
+                    .unwrap_or(c.default_confidence)
+                    .clamp(0.0, 1.0);
+                let weight = confidence * score * if failed { c.fail_weight } else { 1.0 };
+                Vote {
+                    answer: b.candidate.answer.clone(),
+                    weight,
+                    score,
+                }
+            })
+            .filter(|v| v.weight > 0.0)
+            .collect();
+        let counts = tally(&votes);
+        let Some(best) = counts.first() else {
+            return Ok(Decision::NoConsensus(format!(
+                "none of {} ballots carried any weight",
+                ballots.len()
+            )));
+        };
+        Ok(Decision::Decided(Decided {
+            answer: best.answer.clone(),
+            support: best.votes,
+            total: votes.iter().filter(|v| !v.answer.is_empty()).count() as u32,
+            runner_up: counts.get(1).map(|c| c.answer.clone()),
+        }))
+    }
+}
+
+export_voter!(Weighted);

@@ -1,0 +1,36 @@
+//! Plugin configuration: the JSON object the team spec gives a plugin.
+
+use serde::de::DeserializeOwned;
+
+/// Parses a plugin's configuration. An empty string means `{}`, so a config
+/// type whose fields all have defaults works without any configuration.
+/// Unknown fields are the config type's business (`#[serde(deny_unknown_fields)]`).
+pub fn parse<C: DeserializeOwned>(json: &str) -> Result<C, String> {
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    serde_json::from_str(json).map_err(|e| format!("bad plugin config: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Config parsing: defaults, errors.
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct C {
+        #[serde(default)]
+        share: f64,
+    }
+
+    #[test]
+    fn empty_config_uses_defaults() {
+        assert_eq!(parse::<C>("").unwrap(), C { share: 0.0 });
+        assert_eq!(parse::<C>("{\"share\":0.5}").unwrap(), C { share: 0.5 });
+    }
+
+    #[test]
+    fn unknown_field_is_named_in_the_error() {
+        let e = parse::<C>("{\"shar\":1}").unwrap_err();
+        assert!(e.contains("unknown field `shar`"), "{e}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The end-to-end suite, one binary (so it links once). Each module covers
+//! one area and says so in its first line.
+
+mod builtins;
+mod hostile;
+mod hot_swap;
+mod loading;

@@ -1,0 +1,179 @@
+//! Helpers shared by the end-to-end tests: where the built components are,
+//! a runtime with a test cache, and small constructors for tasks and ballots.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use conclave::plugin::{AnswerKind, Ballot, Candidate, Task, Verdict};
+use conclave::{PluginRuntime, RuntimeConfig};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn built(dir: &str, name: &str) -> PathBuf {
+    let p = workspace()
+        .join("target")
+        .join(dir)
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        p.display()
+    );
+    p
+}
+
+/// The directory of built-in plugins.
+pub fn plugin_dir() -> PathBuf {
+    built("plugins", "majority").parent().unwrap().to_path_buf()
+}
+
+/// A built-in plugin's component file.
+pub fn plugin(name: &str) -> PathBuf {
+    built("plugins", name)
+}
+
+/// A test fixture's component file.
+pub fn fixture(name: &str) -> PathBuf {
+    built("fixtures", name)
+}
+
+/// A runtime whose compilation cache lives under `target/`, so repeated test
+/// runs do not recompile the same components.
+pub fn runtime() -> Arc<PluginRuntime> {
+    runtime_with(RuntimeConfig::default())
+}
+
+/// A runtime with `config`, cache under `target/` unless disabled.
+pub fn runtime_with(mut config: RuntimeConfig) -> Arc<PluginRuntime> {
+    if config.cache_dir.is_some() {
+        config.cache_dir = Some(workspace().join("target").join("test-component-cache"));
+    }
+    Arc::new(PluginRuntime::new(config).expect("runtime starts"))
+}
+
+/// A numeric task with `config` as the plugin config.
+pub fn task(config: &str) -> Task {
+    Task {
+        id: "t".into(),
+        run_id: "run-test".into(),
+        prompt: "What is 6 * 7?".into(),
+        answer_kind: AnswerKind::Number,
+        round: 0,
+        replica: 0,
+        replicas: 5,
+        feedback: vec![],
+        config: config.into(),
+        checker: None,
+    }
+}
+
+/// A candidate answering `answer`, from replica `replica`.
+pub fn candidate(answer: &str, replica: u32) -> Candidate {
+    Candidate {
+        replica,
+        node: format!("node-{replica}"),
+        answer: answer.into(),
+        text: format!("Some reasoning.\nAnswer: {answer}"),
+        confidence: None,
+        ranking: vec![],
+    }
+}
+
+/// A ballot for `answer` with no verdicts.
+pub fn ballot(answer: &str) -> Ballot {
+    Ballot {
+        candidate: candidate(answer, 0),
+        verdicts: vec![],
+    }
+}
+
+/// A ballot for `answer` with one verdict.
+pub fn judged(answer: &str, pass: bool, score: f64) -> Ballot {
+    Ballot {
+        candidate: candidate(answer, 0),
+        verdicts: vec![Verdict {
+            verifier: "v".into(),
+            pass,
+            score,
+            reason: String::new(),
+        }],
+    }
+}
+
+/// A model stand-in for plugin tests: answers every chat with a fixed text
+/// after an optional delay, counts calls, and remembers the last prompt.
+/// It is not a model node (those come with the model layer); it only feeds
+/// the `llm` import so roles and judges can be exercised.
+pub struct ScriptedServices {
+    pub reply: String,
+    pub delay: std::time::Duration,
+    pub calls: std::sync::atomic::AtomicU32,
+    pub last_prompt: std::sync::Mutex<String>,
+    pub board: Vec<(String, String)>,
+}
+
+impl ScriptedServices {
+    /// Answers `reply` at once.
+    pub fn new(reply: &str) -> Arc<Self> {
+        Self::with(reply, std::time::Duration::ZERO, vec![])
+    }
+
+    /// Answers `reply` after `delay`, with `board` as the blackboard.
+    pub fn with(
+        reply: &str,
+        delay: std::time::Duration,
+        board: Vec<(String, String)>,
+    ) -> Arc<Self> {
+        Arc::new(ScriptedServices {
+            reply: reply.into(),
+            delay,
+            calls: Default::default(),
+            last_prompt: Default::default(),
+            board,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl conclave::HostServices for ScriptedServices {
+    async fn chat(
+        &self,
+        _call: &conclave::plugin::CallInfo,
+        request: conclave::plugin::bindings::llm::ChatRequest,
+    ) -> Result<
+        conclave::plugin::bindings::llm::ChatResponse,
+        conclave::plugin::bindings::llm::LlmError,
+    > {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.last_prompt.lock().unwrap() = request
+            .messages
+            .iter()
+            .map(|m| format!("{}: {}", m.role, m.content))
+            .collect::<Vec<_>>()
+            .join("\n");
+        tokio::time::sleep(self.delay).await;
+        Ok(conclave::plugin::bindings::llm::ChatResponse {
+            text: self.reply.clone(),
+            node: "scripted".into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+        })
+    }
+
+    fn read(&self, _call: &conclave::plugin::CallInfo, id: &str) -> Option<String> {
+        self.board
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn keys(&self, _call: &conclave::plugin::CallInfo) -> Vec<String> {
+        self.board.iter().map(|(k, _)| k.clone()).collect()
+    }
+}
