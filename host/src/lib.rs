@@ -7,8 +7,10 @@
 //! [`plugin`] module loads, checks, hot-swaps and calls them.
 
 pub mod bench;
+pub mod model;
 pub mod plugin;
 pub mod scaffold;
+pub mod spec;
 
 pub use plugin::{
     Capability, Grants, HostServices, Invocation, Plugin, PluginError, PluginRuntime, Registry,

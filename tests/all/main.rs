@@ -2,6 +2,9 @@
 //! one area and says so in its first line.
 
 mod builtins;
+mod embedded;
 mod hostile;
 mod hot_swap;
 mod loading;
+mod router;
+mod scaffold;

@@ -177,3 +177,5 @@ impl conclave::HostServices for ScriptedServices {
         self.board.iter().map(|(k, _)| k.clone()).collect()
     }
 }
+
+pub mod http;

@@ -482,6 +482,39 @@ impl PluginRuntime {
         Ok(decision)
     }
 
+    /// Times the phases of one voter call (store, instantiate, call, drop),
+    /// for the benchmark's "where the time goes".
+    #[doc(hidden)]
+    pub async fn tally_phases(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        task: &Task,
+        ballots: &[Ballot],
+    ) -> Result<[Duration; 4], PluginError> {
+        let Pre::Voter(pre) = &plugin.0.pre else {
+            return Err(wrong_kind(plugin, PluginKind::Voter));
+        };
+        let t0 = Instant::now();
+        let mut store = self.new_store(inv, plugin);
+        let t1 = Instant::now();
+        let i = pre.instantiate_async(&mut store).await;
+        let t2 = Instant::now();
+        let result = match i {
+            Ok(i) => i.call_tally(&mut store, task, ballots).await,
+            Err(e) => Err(e),
+        };
+        let t3 = Instant::now();
+        self.finish(plugin, &store, result)?
+            .map_err(|error| PluginError::Guest {
+                plugin: plugin.id(),
+                error,
+            })?;
+        drop(store);
+        let t4 = Instant::now();
+        Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+    }
+
     /// Asks a verifier to judge `candidate`.
     pub async fn verify(
         &self,

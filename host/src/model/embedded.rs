@@ -1,0 +1,995 @@
+//! `embedded` nodes: llama.cpp in-process (through the `llama-cpp-2` crate)
+//! on a GGUF file, so a team can think with zero set-up: no server, no
+//! account, no GPU.
+//!
+//! What lives here:
+//! - [`EmbeddedConfig`], the `[[node]]` fields of an embedded node, with
+//!   their defaults;
+//! - [`EmbeddedBackend`], the [`Backend`] that loads the model once and
+//!   answers chat calls, each in its own llama.cpp context on a blocking
+//!   thread, at most `slots` at a time;
+//! - the generation loop: one prefill of the prompt shared by all samples of
+//!   a call (its KV cache is shared by every sequence), then all samples
+//!   decoded together, one batch per step;
+//! - the process-wide llama.cpp backend and its log hook, which sends
+//!   llama.cpp's chatter to `tracing` (target `llama_cpp`) instead of stderr
+//!   and keeps the last error line so that a failed load can say why.
+//!
+//! The default model is SmolLM2-135M-Instruct (see `models/README.md` and
+//! `scripts/fetch-model.sh`).
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::node::NodeError;
+use super::{Backend, ChatRequest, ChatResponse, Completion, Message, ModelError};
+
+/// Where `scripts/fetch-model.sh` puts the default model, relative to the
+/// repository root.
+pub const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Most sequences one llama.cpp context can hold (`LLAMA_MAX_SEQ`), hence
+/// the most samples one call can ask for.
+pub const MAX_SAMPLES: u32 = 256;
+
+/// Tokens per prefill batch. llama.cpp splits bigger batches itself, but a
+/// bounded batch keeps its buffers small and lets cancellation in between.
+const PREFILL_BATCH: usize = 512;
+
+/// The fields of an `embedded` node. Every field but `path` has a default,
+/// so `path = "models/....gguf"` alone is a working node.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// The GGUF model file.
+    pub path: PathBuf,
+    /// Longest sequence (prompt plus answer) one sample may reach, in
+    /// tokens. Default 2048. A prompt that does not fit is refused; an answer
+    /// that would overflow is cut at the context's end (`finish_reason`
+    /// `length`). Each call's KV cache is sized for what it needs (the prompt
+    /// once plus `n` answers), not for `n × context`.
+    #[serde(default = "default_context")]
+    pub context: u32,
+    /// CPU threads llama.cpp uses per call. Default: the available
+    /// parallelism, at most 4 (more rarely helps a small model and starves
+    /// everything else on the machine).
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Default cap on generated tokens per sample, when a request sets none.
+    /// Default 256.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Default sampling temperature; 0 means greedy. Default 0.7.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens before sampling (0: all).
+    /// Default 40.
+    #[serde(default = "default_top_k")]
+    pub top_k: i32,
+    /// Default nucleus-sampling mass. Default 0.95.
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+    /// Default seed when a request sets none; sample `i` of a call uses
+    /// `seed + i`, so a call is reproducible. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// Calls generating at the same time; more wait for a free slot. Each
+    /// slot holds its own context (KV cache) while it runs. Default 1.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+}
+
+fn default_context() -> u32 {
+    2048
+}
+fn default_max_tokens() -> u32 {
+    256
+}
+fn default_temperature() -> f32 {
+    0.7
+}
+fn default_top_k() -> i32 {
+    40
+}
+fn default_top_p() -> f32 {
+    0.95
+}
+fn default_slots() -> u32 {
+    1
+}
+
+impl EmbeddedConfig {
+    /// A node on the GGUF file at `path` with every other field at its
+    /// default (what a spec with only `path` gives).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EmbeddedConfig {
+            path: path.into(),
+            context: default_context(),
+            threads: None,
+            max_tokens: default_max_tokens(),
+            temperature: default_temperature(),
+            top_k: default_top_k(),
+            top_p: default_top_p(),
+            seed: 0,
+            slots: default_slots(),
+        }
+    }
+
+    /// Threads per call: the configured number, or the available
+    /// parallelism capped at 4.
+    pub fn effective_threads(&self) -> u32 {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .min(4)
+        })
+    }
+
+    /// Refuses values that cannot work, naming the field.
+    fn check(&self, node: &str) -> Result<(), NodeError> {
+        let bad = |field: &str, reason: &str| Err(NodeError::new(node, field, reason));
+        if self.context < 16 {
+            return bad("context", "must be at least 16 tokens");
+        }
+        if self.threads == Some(0) {
+            return bad("threads", "must be at least 1");
+        }
+        if self.slots == 0 {
+            return bad(
+                "slots",
+                "must be at least 1 (0 would make every call wait forever)",
+            );
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad("temperature", "must be a finite number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "must be in (0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// An `embedded` node: a GGUF model loaded in this process.
+///
+/// The model's weights are loaded (memory-mapped) once and shared by every
+/// call; each call builds its own llama.cpp context sized for that call and
+/// runs on tokio's blocking pool, so the async executor never waits on
+/// llama.cpp. At most `slots` calls run at once; the others queue.
+pub struct EmbeddedBackend {
+    name: String,
+    inner: Arc<Inner>,
+    slots: Arc<Semaphore>,
+}
+
+/// What a call needs on its blocking thread.
+struct Inner {
+    model: LlamaModel,
+    /// The GGUF's chat template, or `None` for the plain transcript.
+    template: Option<LlamaChatTemplate>,
+    config: EmbeddedConfig,
+    threads: u32,
+    /// Creating two contexts of one model at the same time is unsound in
+    /// llama.cpp (context creation writes to the model), so it is
+    /// serialised; generation itself runs in parallel.
+    new_context: Mutex<()>,
+    /// Whether the plain-transcript fallback has been announced already.
+    warned_template: AtomicBool,
+}
+
+impl EmbeddedBackend {
+    /// Loads the GGUF file of `config` for the node `node`.
+    ///
+    /// Errors name the node and the field: a `path` that does not exist or
+    /// that llama.cpp cannot load (with llama.cpp's own reason), or a value
+    /// out of range. Loading is synchronous and takes about as long as
+    /// mapping the file; call it before serving, not on a hot path.
+    pub fn load(node: &str, config: &EmbeddedConfig) -> Result<Self, NodeError> {
+        config.check(node)?;
+        let path = &config.path;
+        if !path.exists() {
+            return Err(NodeError::new(
+                node,
+                "path",
+                format!(
+                    "{} does not exist (run scripts/fetch-model.sh for the default model)",
+                    path.display()
+                ),
+            ));
+        }
+        let backend = backend()
+            .map_err(|e| NodeError::new(node, "path", format!("llama.cpp failed to start: {e}")))?;
+        let model = load_model(backend, path).map_err(|cause| {
+            NodeError::new(
+                node,
+                "path",
+                format!("llama.cpp cannot load {}: {cause}", path.display()),
+            )
+        })?;
+        let template = match model.chat_template(None) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(
+                    node,
+                    path = %path.display(),
+                    "model has no usable chat template ({e}); prompts will be a plain `role: content` transcript"
+                );
+                None
+            }
+        };
+        if config.context > model.n_ctx_train() {
+            tracing::warn!(
+                node,
+                context = config.context,
+                trained = model.n_ctx_train(),
+                "context is longer than the model was trained for; answers past that point degrade"
+            );
+        }
+        let threads = config.effective_threads();
+        tracing::debug!(
+            node,
+            path = %path.display(),
+            params = model.n_params(),
+            threads,
+            slots = config.slots,
+            "embedded model loaded"
+        );
+        Ok(EmbeddedBackend {
+            name: node.to_string(),
+            slots: Arc::new(Semaphore::new(config.slots as usize)),
+            inner: Arc::new(Inner {
+                model,
+                template,
+                config: config.clone(),
+                threads,
+                new_context: Mutex::new(()),
+                warned_template: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configuration the node was loaded with.
+    pub fn config(&self) -> &EmbeddedConfig {
+        &self.inner.config
+    }
+
+    /// Threads each call uses.
+    pub fn threads(&self) -> u32 {
+        self.inner.threads
+    }
+
+    /// The prompt text `messages` become for this model (its chat template
+    /// with the assistant's turn opened), as a call would feed it.
+    pub fn render_prompt(&self, messages: &[Message]) -> Result<String, ModelError> {
+        self.inner.render(&self.name, messages)
+    }
+}
+
+/// Builds an `embedded` node from the backend-specific keys of its
+/// `[[node]]` table (what [`NodeSpec`](super::NodeSpec) leaves after the
+/// common keys). A relative `path` is resolved against `base`, the team
+/// spec's folder, so a spec works from any working directory.
+///
+/// Errors name the node and the field: an unknown or mistyped key, or
+/// anything [`EmbeddedBackend::load`] refuses.
+pub fn build_node(
+    node: &str,
+    table: &toml::Table,
+    base: &Path,
+) -> Result<Arc<dyn Backend>, NodeError> {
+    let mut config: EmbeddedConfig = table.clone().try_into().map_err(|e: toml::de::Error| {
+        let message = e.message().to_string();
+        let field = first_quoted(&message).unwrap_or("path").to_string();
+        NodeError::new(node, &field, message)
+    })?;
+    if config.path.is_relative() {
+        config.path = base.join(&config.path);
+    }
+    Ok(Arc::new(EmbeddedBackend::load(node, &config)?))
+}
+
+/// The text between the first pair of backticks of a serde message (the
+/// field it is about).
+fn first_quoted(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+#[async_trait::async_trait]
+impl Backend for EmbeddedBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        // Waiting for a slot is cancel-safe: dropping the future here just
+        // leaves the queue.
+        let permit =
+            self.slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ModelError::Unavailable {
+                    node: self.name.clone(),
+                    reason: "node is shut down".into(),
+                })?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let inner = self.inner.clone();
+        let node = self.name.clone();
+        let request = request.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            // The slot is held by the blocking work, not by the future: a
+            // dropped call keeps its slot until llama.cpp has really stopped,
+            // so slots never oversubscribe the CPU.
+            let _permit = permit;
+            inner.generate(&node, &request, &cancel)
+        });
+        match job.await {
+            Ok(result) => result,
+            Err(e) => Err(ModelError::Unavailable {
+                node: self.name.clone(),
+                reason: format!("generation failed: {e}"),
+            }),
+        }
+    }
+}
+
+/// Sets the flag when the `chat` future is dropped (or finishes), so the
+/// generation loop stops at its next decode step.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sampling settings of one call: the request's, else the node's.
+#[derive(Clone, Copy, Debug)]
+struct Sampling {
+    samples: u32,
+    max_tokens: u32,
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    seed: u64,
+}
+
+impl Inner {
+    fn sampling(&self, request: &ChatRequest) -> Sampling {
+        Sampling {
+            samples: request.samples(),
+            max_tokens: request.max_tokens.unwrap_or(self.config.max_tokens),
+            temperature: request.temperature.unwrap_or(self.config.temperature),
+            top_k: self.config.top_k,
+            top_p: request.top_p.unwrap_or(self.config.top_p),
+            seed: request.seed.unwrap_or(self.config.seed),
+        }
+    }
+
+    /// The prompt text for `messages`: the model's chat template, else (no
+    /// template, or one llama.cpp cannot apply) a plain transcript.
+    fn render(&self, node: &str, messages: &[Message]) -> Result<String, ModelError> {
+        if let Some(template) = &self.template {
+            let chat = messages
+                .iter()
+                .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ModelError::Protocol {
+                    node: node.into(),
+                    reason: format!("a message cannot be passed to the model: {e}"),
+                })?;
+            match self.model.apply_chat_template(template, &chat, true) {
+                Ok(prompt) => return Ok(prompt),
+                Err(e) => {
+                    if !self.warned_template.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            node,
+                            "llama.cpp cannot apply the model's chat template ({e}); using a plain `role: content` transcript"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(plain_transcript(messages))
+    }
+
+    /// One call, start to end, on a blocking thread.
+    fn generate(
+        &self,
+        node: &str,
+        request: &ChatRequest,
+        cancel: &AtomicBool,
+    ) -> Result<ChatResponse, ModelError> {
+        let protocol = |reason: String| ModelError::Protocol {
+            node: node.into(),
+            reason,
+        };
+        let failed = |what: &str, e: &dyn std::fmt::Display| ModelError::Unavailable {
+            node: node.into(),
+            reason: format!("llama.cpp {what} failed: {e}"),
+        };
+        let cancelled = || ModelError::Unavailable {
+            node: node.into(),
+            reason: "call cancelled".into(),
+        };
+
+        let sampling = self.sampling(request);
+        if sampling.samples > MAX_SAMPLES {
+            return Err(protocol(format!(
+                "{} samples asked for; one call can draw at most {MAX_SAMPLES}",
+                sampling.samples
+            )));
+        }
+        let n = sampling.samples as usize;
+
+        let prompt_text = self.render(node, &request.messages)?;
+        let prompt = self.tokenize(&prompt_text);
+        let prompt_len = prompt.len() as u32;
+        if prompt.is_empty() {
+            return Err(protocol("the prompt is empty".into()));
+        }
+        let budget = answer_budget(prompt_len, sampling.max_tokens, self.config.context)
+            .ok_or_else(|| {
+                protocol(format!(
+                    "the prompt is {prompt_len} tokens, too long for this node's context of {} tokens",
+                    self.config.context
+                ))
+            })?;
+        if budget == 0 {
+            let empty = Completion {
+                text: String::new(),
+                completion_tokens: 0,
+                finish_reason: Some("length".into()),
+            };
+            return Ok(ChatResponse {
+                choices: vec![empty; n],
+                prompt_tokens: prompt_len,
+                node: node.into(),
+                simulated: false,
+            });
+        }
+
+        let started = Instant::now();
+        let n_ctx = kv_cells(prompt_len, sampling.samples, budget);
+        let batch_size = PREFILL_BATCH.max(n);
+        let mut ctx = self
+            .context(n_ctx, sampling.samples, batch_size as u32)
+            .map_err(|e| failed("context creation", &e))?;
+
+        // Prefill once, on sequence 0; only the last prompt token's logits
+        // are needed.
+        let mut batch = LlamaBatch::new(batch_size, 1);
+        let mut last_logits = 0;
+        for (chunk_no, chunk) in prompt.chunks(PREFILL_BATCH).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            batch.clear();
+            let first = chunk_no * PREFILL_BATCH;
+            for (i, &token) in chunk.iter().enumerate() {
+                let pos = (first + i) as i32;
+                let is_last = first + i + 1 == prompt.len();
+                batch
+                    .add(token, pos, &[0], is_last)
+                    .map_err(|e| failed("batch", &e))?;
+            }
+            ctx.decode(&mut batch).map_err(|e| failed("prefill", &e))?;
+            last_logits = batch.n_tokens() - 1;
+        }
+        let prefilled = started.elapsed();
+
+        // Every other sample starts from the same prompt: share its cells
+        // (with a unified KV cache this adds sequence ids, it copies nothing).
+        for seq in 1..n as i32 {
+            ctx.copy_kv_cache_seq(0, seq, None, None)
+                .map_err(|e| failed("KV cache copy", &e))?;
+        }
+
+        let vocab = self.model.vocab();
+        let stops: Vec<&[u8]> = request
+            .stop
+            .iter()
+            .map(|s| s.as_bytes())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut samples: Vec<SampleState> = (0..n)
+            .map(|i| SampleState::new(sampler(&sampling, i as u32), last_logits))
+            .collect();
+        let mut piece = Vec::new();
+        let (mut sampling_time, mut decode_time) = (Duration::ZERO, Duration::ZERO);
+        let mut steps = 0u32;
+        loop {
+            let sampling_started = Instant::now();
+            // Sample the next token of every running sample, from the logits
+            // of the last decode (the prompt's for the first token).
+            for s in samples.iter_mut().filter(|s| s.finish.is_none()) {
+                let token = s.sampler.sample(&ctx, s.logits_at);
+                if vocab.is_eog(token) {
+                    s.finish = Some("stop");
+                    continue;
+                }
+                piece.clear();
+                vocab.token_to_piece_into(token, &mut piece, false, None);
+                s.push(token, &piece, &stops, budget);
+            }
+            sampling_time += sampling_started.elapsed();
+            if samples.iter().all(|s| s.finish.is_some()) {
+                break;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            // One batch for all running samples: one token each.
+            batch.clear();
+            for (seq, s) in samples
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, s)| s.finish.is_none())
+            {
+                let pos = (prompt_len + s.tokens - 1) as i32;
+                s.logits_at = batch.n_tokens();
+                batch
+                    .add(s.last, pos, &[seq as i32], true)
+                    .map_err(|e| failed("batch", &e))?;
+            }
+            let decode_started = Instant::now();
+            ctx.decode(&mut batch).map_err(|e| failed("decode", &e))?;
+            decode_time += decode_started.elapsed();
+            steps += 1;
+        }
+
+        let choices: Vec<Completion> = samples
+            .into_iter()
+            .map(|s| Completion {
+                text: text_of(&s.bytes),
+                completion_tokens: s.tokens,
+                finish_reason: s.finish.map(str::to_string),
+            })
+            .collect();
+        let generated: u32 = choices.iter().map(|c| c.completion_tokens).sum();
+        let elapsed = started.elapsed();
+        tracing::debug!(
+            node,
+            prompt_tokens = prompt_len,
+            samples = n,
+            generated,
+            steps,
+            prefill_ms = prefilled.as_millis() as u64,
+            decode_ms = decode_time.as_millis() as u64,
+            sampling_ms = sampling_time.as_millis() as u64,
+            total_ms = elapsed.as_millis() as u64,
+            "embedded call done"
+        );
+        Ok(ChatResponse {
+            choices,
+            prompt_tokens: prompt_len,
+            node: node.into(),
+            simulated: false,
+        })
+    }
+
+    /// The prompt's tokens, with the model's BOS when it wants one (and
+    /// not twice when the template already wrote it).
+    fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        let vocab = self.model.vocab();
+        let mut tokens = vocab.tokenize(text.as_bytes(), true, true);
+        if tokens.len() >= 2 && tokens[0] == vocab.bos() && tokens[1] == vocab.bos() {
+            tokens.remove(0);
+        }
+        tokens
+    }
+
+    /// A fresh context for one call: `n_ctx` cells in one KV cache shared
+    /// by `samples` sequences.
+    fn context(
+        &self,
+        n_ctx: u32,
+        samples: u32,
+        batch: u32,
+    ) -> Result<LlamaContext<'_>, llama_cpp_2::LlamaContextLoadError> {
+        let backend = backend().expect("the backend started when the model loaded");
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch)
+            .with_n_ubatch(batch.min(PREFILL_BATCH as u32))
+            .with_n_seq_max(samples)
+            .with_kv_unified(true)
+            .with_n_threads(self.threads as i32)
+            .with_n_threads_batch(self.threads as i32);
+        let _one_at_a_time = self.new_context.lock().unwrap_or_else(|e| e.into_inner());
+        self.model.new_context(backend, params)
+    }
+}
+
+/// Where one sample of a call stands.
+struct SampleState {
+    sampler: LlamaSampler,
+    /// The text so far, as bytes: tokens may end inside a UTF-8 character.
+    bytes: Vec<u8>,
+    /// Tokens generated (end-of-generation tokens are not counted).
+    tokens: u32,
+    /// The token to feed at the next decode.
+    last: LlamaToken,
+    /// Index in the last batch of the logits this sample samples from.
+    logits_at: i32,
+    finish: Option<&'static str>,
+}
+
+impl SampleState {
+    fn new(sampler: LlamaSampler, logits_at: i32) -> Self {
+        SampleState {
+            sampler,
+            bytes: Vec::new(),
+            tokens: 0,
+            last: LlamaToken(0),
+            logits_at,
+            finish: None,
+        }
+    }
+
+    /// Takes a generated (non end-of-generation) token whose text is
+    /// `piece`: stops at a stop string (cutting it and what follows) or at
+    /// `max_tokens`.
+    fn push(&mut self, token: LlamaToken, piece: &[u8], stops: &[&[u8]], max_tokens: u32) {
+        self.tokens += 1;
+        self.last = token;
+        let before = self.bytes.len();
+        self.bytes.extend_from_slice(piece);
+        if let Some(at) = find_stop(&self.bytes, before, stops) {
+            self.bytes.truncate(at);
+            self.finish = Some("stop");
+        } else if self.tokens >= max_tokens {
+            self.finish = Some("length");
+        }
+    }
+}
+
+/// The sampler chain of sample `index`: top-k, top-p, temperature, then a
+/// draw seeded from the call's seed plus `index` (greedy at temperature 0).
+fn sampler(s: &Sampling, index: u32) -> LlamaSampler {
+    if s.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    let mut chain = Vec::with_capacity(4);
+    if s.top_k > 0 {
+        chain.push(LlamaSampler::top_k(s.top_k));
+    }
+    if s.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(s.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(s.temperature));
+    chain.push(LlamaSampler::dist(sample_seed(s.seed, index)));
+    LlamaSampler::chain_simple(chain)
+}
+
+/// The 32-bit seed of sample `index` of a call seeded with `seed`. llama.cpp
+/// reads `u32::MAX` as "pick a random seed", so that value is never given.
+fn sample_seed(seed: u64, index: u32) -> u32 {
+    let s = seed.wrapping_add(u64::from(index));
+    let folded = (s ^ (s >> 32)) as u32;
+    if folded == u32::MAX {
+        u32::MAX - 1
+    } else {
+        folded
+    }
+}
+
+/// How many tokens each sample may generate: `max_tokens`, cut so that
+/// prompt plus answer fit in `context`. `None` when the prompt alone does
+/// not leave room for a single token.
+fn answer_budget(prompt_tokens: u32, max_tokens: u32, context: u32) -> Option<u32> {
+    let room = context.checked_sub(prompt_tokens).filter(|r| *r > 0)?;
+    Some(max_tokens.min(room))
+}
+
+/// KV cells one call needs: the shared prompt once, then each sample's
+/// answer (plus one spare cell for the token fed after the last one).
+fn kv_cells(prompt_tokens: u32, samples: u32, budget: u32) -> u32 {
+    prompt_tokens + samples * budget + 1
+}
+
+/// Where the first stop string in `text` starts, looking only at matches
+/// that end after `new_from` (the bytes before were checked already).
+fn find_stop(text: &[u8], new_from: usize, stops: &[&[u8]]) -> Option<usize> {
+    stops
+        .iter()
+        .filter_map(|stop| {
+            let from = new_from.saturating_sub(stop.len().saturating_sub(1));
+            text.get(from..)?
+                .windows(stop.len())
+                .position(|w| w == *stop)
+                .map(|at| from + at)
+        })
+        .min()
+}
+
+/// Text of generated bytes: an incomplete UTF-8 character at the end (a
+/// sample cut mid-character) is dropped; other invalid bytes become U+FFFD.
+fn text_of(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The prompt for a model without a chat template: one `role: content`
+/// paragraph per message, then the assistant's turn opened.
+fn plain_transcript(messages: &[Message]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        out.push_str(&m.role);
+        out.push_str(": ");
+        out.push_str(&m.content);
+        out.push_str("\n\n");
+    }
+    out.push_str("assistant:");
+    out
+}
+
+/// The process-wide llama.cpp backend, started on first use (llama.cpp
+/// allows one per process), with its logs sent to `tracing`.
+fn backend() -> Result<&'static LlamaBackend, String> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // SAFETY: `on_log` matches `ggml_log_callback`, never unwinds and
+            // ignores its user data, so a null pointer is fine.
+            unsafe { llama_cpp_sys_2::llama_log_set(Some(on_log), std::ptr::null_mut()) };
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Loads a model, turning llama.cpp's failure into its own words.
+fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, String> {
+    LAST_ERROR.with(|e| e.borrow_mut().clear());
+    LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|e| {
+        let logged = LAST_ERROR.with(|l| l.borrow().join("; "));
+        if logged.is_empty() {
+            e.to_string()
+        } else {
+            logged
+        }
+    })
+}
+
+thread_local! {
+    /// A log line llama.cpp is still writing (it sends some in pieces).
+    static LOG_LINE: RefCell<(u32, String)> = const { RefCell::new((0, String::new())) };
+    /// Error lines llama.cpp logged on this thread since the last load
+    /// started: the reason a load failed (the API only returns null).
+    static LAST_ERROR: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// llama.cpp's (and ggml's) log callback: whole lines go to `tracing` at
+/// target `llama_cpp` (errors as warnings, warnings as debug, the rest as
+/// trace, because llama.cpp narrates every context it builds).
+unsafe extern "C" fn on_log(
+    level: llama_cpp_sys_2::ggml_log_level,
+    text: *const c_char,
+    _: *mut c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let line = LOG_LINE.with(|buf| {
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            return None;
+        };
+        if level != llama_cpp_sys_2::GGML_LOG_LEVEL_CONT {
+            buf.0 = level;
+        }
+        buf.1.push_str(&text);
+        if buf.1.ends_with('\n') {
+            let line = std::mem::take(&mut buf.1);
+            Some((buf.0, line))
+        } else {
+            None
+        }
+    });
+    let Some((level, line)) = line else { return };
+    let line = line.trim_end();
+    match level {
+        llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR => {
+            tracing::warn!(target: "llama_cpp", "{line}");
+            LAST_ERROR.with(|e| {
+                if let Ok(mut e) = e.try_borrow_mut() {
+                    e.push(line.to_string());
+                }
+            });
+        }
+        llama_cpp_sys_2::GGML_LOG_LEVEL_WARN => tracing::debug!(target: "llama_cpp", "{line}"),
+        _ => tracing::trace!(target: "llama_cpp", "{line}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stops(s: &[&'static str]) -> Vec<&'static [u8]> {
+        s.iter().map(|s| s.as_bytes()).collect()
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: EmbeddedConfig = serde_json::from_str(r#"{"path": "m.gguf"}"#).unwrap();
+        assert_eq!(c, EmbeddedConfig::new("m.gguf"));
+        assert_eq!(
+            (c.context, c.max_tokens, c.top_k, c.seed, c.slots),
+            (2048, 256, 40, 0, 1)
+        );
+        assert_eq!((c.temperature, c.top_p, c.threads), (0.7, 0.95, None));
+        assert!((1..=4).contains(&c.effective_threads()));
+        let c: EmbeddedConfig =
+            serde_json::from_str(r#"{"path": "m.gguf", "threads": 3}"#).unwrap();
+        assert_eq!(c.effective_threads(), 3);
+        let err = serde_json::from_str::<EmbeddedConfig>(r#"{"path": "m", "ctx": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `ctx`"), "{err}");
+        assert!(serde_json::from_str::<EmbeddedConfig>("{}").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let field = |f: fn(&mut EmbeddedConfig)| {
+            let mut c = EmbeddedConfig::new("m.gguf");
+            f(&mut c);
+            c.check("n").err().map(|e| e.field)
+        };
+        assert_eq!(field(|_| {}), None);
+        assert_eq!(field(|c| c.slots = 0).as_deref(), Some("slots"));
+        assert_eq!(field(|c| c.threads = Some(0)).as_deref(), Some("threads"));
+        assert_eq!(field(|c| c.context = 0).as_deref(), Some("context"));
+        assert_eq!(field(|c| c.top_p = 0.0).as_deref(), Some("top_p"));
+        assert_eq!(
+            field(|c| c.temperature = f32::NAN).as_deref(),
+            Some("temperature")
+        );
+    }
+
+    #[test]
+    fn missing_file_is_a_path_error() {
+        let err = EmbeddedBackend::load("tiny", &EmbeddedConfig::new("/nonexistent/x.gguf"))
+            .err()
+            .unwrap();
+        assert_eq!((err.node.as_str(), err.field.as_str()), ("tiny", "path"));
+        assert!(
+            err.reason.contains("/nonexistent/x.gguf") && err.reason.contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn a_file_llama_cpp_cannot_read_is_a_path_error_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.gguf");
+        std::fs::write(&path, b"this is not a GGUF file at all").unwrap();
+        let err = EmbeddedBackend::load("junk", &EmbeddedConfig::new(&path))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "path");
+        assert!(err.reason.contains("cannot load"), "{err}");
+        // llama.cpp's own words, not just "null result".
+        assert!(
+            err.reason.to_lowercase().contains("gguf") || err.reason.contains("magic"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn node_tables_name_the_field_and_resolve_paths() {
+        let table = |s: &str| s.parse::<toml::Table>().unwrap();
+        let err = |s: &str| {
+            build_node("e", &table(s), Path::new("/spec/dir"))
+                .err()
+                .unwrap()
+        };
+        let e = err("path = \"m.gguf\"\nctx = 4");
+        assert_eq!((e.node.as_str(), e.field.as_str()), ("e", "ctx"));
+        assert_eq!(err("path = \"m.gguf\"\nslots = \"two\"").field, "slots");
+        assert_eq!(err("context = 10").field, "path");
+        // Relative to the spec's folder.
+        let e = err("path = \"m.gguf\"");
+        assert_eq!(e.field, "path");
+        assert!(e.reason.contains("/spec/dir/m.gguf"), "{e}");
+    }
+
+    #[test]
+    fn stop_strings_are_found_across_pieces() {
+        let s = stops(&["\n\n", "Answer:"]);
+        assert_eq!(find_stop(b"abc", 0, &s), None);
+        assert_eq!(find_stop(b"abc\n\nd", 3, &s), Some(3));
+        // The match straddles the boundary between old and new bytes.
+        assert_eq!(find_stop(b"x Answ", 0, &s), None);
+        assert_eq!(find_stop(b"x Answer: 4", 6, &s), Some(2));
+        // The earliest of several.
+        assert_eq!(find_stop(b"Answer:\n\n", 0, &s), Some(0));
+        assert_eq!(find_stop(b"abc", 0, &[]), None);
+    }
+
+    #[test]
+    fn a_stop_string_cuts_the_text_and_what_follows() {
+        let mut st = SampleState::new(LlamaSampler::greedy(), 0);
+        let s = stops(&["END"]);
+        st.push(LlamaToken(1), b"hello E", &s, 10);
+        assert_eq!(st.finish, None);
+        st.push(LlamaToken(2), b"ND and more", &s, 10);
+        assert_eq!(st.finish, Some("stop"));
+        assert_eq!(text_of(&st.bytes), "hello ");
+        assert_eq!(st.tokens, 2);
+    }
+
+    #[test]
+    fn max_tokens_ends_a_sample() {
+        let mut st = SampleState::new(LlamaSampler::greedy(), 0);
+        st.push(LlamaToken(1), b"a", &[], 2);
+        assert_eq!(st.finish, None);
+        st.push(LlamaToken(2), b"b", &[], 2);
+        assert_eq!((st.finish, st.tokens), (Some("length"), 2));
+    }
+
+    #[test]
+    fn text_drops_a_cut_character_only_at_the_end() {
+        let e_acute = "é".as_bytes();
+        assert_eq!(text_of(b"caf"), "caf");
+        assert_eq!(text_of(&[b"caf".as_slice(), &e_acute[..1]].concat()), "caf");
+        assert_eq!(text_of(&[b"caf".as_slice(), e_acute].concat()), "café");
+        assert_eq!(text_of(&[0xff, b'a']), "\u{fffd}a");
+    }
+
+    #[test]
+    fn budget_fits_the_context() {
+        assert_eq!(answer_budget(100, 256, 2048), Some(256));
+        assert_eq!(answer_budget(2000, 256, 2048), Some(48));
+        assert_eq!(answer_budget(2048, 256, 2048), None);
+        assert_eq!(answer_budget(3000, 256, 2048), None);
+        assert_eq!(kv_cells(100, 5, 64), 100 + 5 * 64 + 1);
+    }
+
+    #[test]
+    fn seeds_differ_per_sample_and_avoid_the_random_marker() {
+        assert_eq!(sample_seed(0, 0), 0);
+        assert_ne!(sample_seed(7, 0), sample_seed(7, 1));
+        assert_eq!(sample_seed(7, 1), sample_seed(8, 0));
+        assert_ne!(sample_seed(u64::from(u32::MAX), 0), u32::MAX);
+        assert_ne!(sample_seed(u64::MAX, 0), u32::MAX);
+    }
+
+    #[test]
+    fn plain_transcript_opens_the_assistant_turn() {
+        let t = plain_transcript(&[
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+        ]);
+        assert_eq!(t, "system: Be brief.\n\nuser: Hi\n\nassistant:");
+    }
+}

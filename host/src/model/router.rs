@@ -1,0 +1,711 @@
+//! The router: every model call of a plugin goes through it.
+//!
+//! For each call it picks among the healthy nodes that match the call's
+//! preferences (tags, a specific node), preferring nodes not already serving
+//! the task's other replicas (anti-affinity), by power of two choices on
+//! outstanding requests with an EWMA-latency tie-break, within each node's
+//! `max_concurrency` and token rate. It retries failures with exponential
+//! backoff and jitter on another node where one exists, honours
+//! `Retry-After`, enforces a per-call deadline, optionally hedges a slow call
+//! with a second request (the loser is cancelled), and keeps the accounts.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::{select, Either};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::health::{Admission, BreakerConfig, Health};
+use super::{Backend, ChatRequest, ChatResponse, ModelError};
+
+/// Hedging: a second request when the first runs long.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgeConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// Hedge once a call has run past this quantile of the node's recent
+    /// latencies. Default 0.95.
+    pub quantile: f64,
+    /// Hedge earlier, at this quantile, when a node has spare capacity (no
+    /// call of its own in flight). Default: same as `quantile`.
+    pub idle_quantile: Option<f64>,
+    /// Most hedges as a share of calls. Default 0.05.
+    pub max_extra: f64,
+    /// Latencies a node needs before it is hedged. Default 20.
+    pub min_samples: usize,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        HedgeConfig {
+            enabled: false,
+            quantile: 0.95,
+            idle_quantile: None,
+            max_extra: 0.05,
+            min_samples: 20,
+        }
+    }
+}
+
+/// How the router behaves; one home for its numbers.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Attempts after the first. Default 3.
+    pub retries: u32,
+    /// First backoff delay. Default 50 ms.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Longest backoff delay. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Deadline of a call, retries and hedges included. Default 120 s.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    pub hedge: HedgeConfig,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            retries: 3,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            deadline: Duration::from_secs(120),
+            hedge: HedgeConfig::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// A node as the router sees it: its backend plus routing settings.
+pub struct NodeHandle {
+    pub backend: Arc<dyn Backend>,
+    pub tags: Vec<String>,
+    /// Calls in flight at most. Default: unlimited.
+    pub max_concurrency: Option<u32>,
+    /// Prompt plus completion tokens per minute at most.
+    pub tokens_per_minute: Option<u32>,
+    /// Price per million prompt tokens.
+    pub price_in: f64,
+    /// Price per million completion tokens.
+    pub price_out: f64,
+}
+
+impl NodeHandle {
+    /// A node with no limits, tags or prices.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        NodeHandle {
+            backend,
+            tags: vec![],
+            max_concurrency: None,
+            tokens_per_minute: None,
+            price_in: 0.0,
+            price_out: 0.0,
+        }
+    }
+}
+
+/// Where a call may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Only nodes carrying all of these tags.
+    pub tags: Vec<String>,
+    /// Exactly this node.
+    pub node: Option<String>,
+    /// Nodes already serving sibling replicas of the same task: avoided
+    /// while another node can serve (anti-affinity).
+    pub avoid: Vec<String>,
+    /// A deadline for this call instead of the router's.
+    pub deadline: Option<Duration>,
+}
+
+/// Who a call is for, for the accounts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallTag {
+    pub run: String,
+    pub role: String,
+}
+
+/// A routed call's result.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    pub response: ChatResponse,
+    /// Attempts made (1 = first try succeeded).
+    pub attempts: u32,
+    /// Whether a hedge was sent.
+    pub hedged: bool,
+    /// Time from the call to the answer.
+    pub latency: Duration,
+}
+
+type TokenLimiter = governor::DefaultDirectRateLimiter;
+
+struct Slot {
+    node: NodeHandle,
+    outstanding: AtomicU32,
+    health: Mutex<Health>,
+    limiter: Option<TokenLimiter>,
+    freed: tokio::sync::Notify,
+}
+
+/// Counters of one node, role or run.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub calls: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub hedges: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost: f64,
+    latency_us: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            calls: 0,
+            failures: 0,
+            retries: 0,
+            hedges: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost: 0.0,
+            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 24 * 3_600_000_000, 2)
+                .expect("valid bounds"),
+        }
+    }
+}
+
+/// A printable summary of [`Stats`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatsSummary {
+    pub calls: u64,
+    pub failures: u64,
+    pub retries: u64,
+    pub hedges: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost: f64,
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+}
+
+impl Stats {
+    /// Percentiles and counters.
+    pub fn summary(&self) -> StatsSummary {
+        let q = |q: f64| Duration::from_micros(self.latency_us.value_at_quantile(q));
+        StatsSummary {
+            calls: self.calls,
+            failures: self.failures,
+            retries: self.retries,
+            hedges: self.hedges,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            cost: self.cost,
+            p50: q(0.50),
+            p95: q(0.95),
+            p99: q(0.99),
+        }
+    }
+}
+
+/// Accounts per node, role and run.
+#[derive(Clone, Debug, Default)]
+pub struct Accounts {
+    pub by_node: BTreeMap<String, Stats>,
+    pub by_role: BTreeMap<String, Stats>,
+    pub by_run: BTreeMap<String, Stats>,
+}
+
+fn stats<'a>(map: &'a mut BTreeMap<String, Stats>, key: &str) -> &'a mut Stats {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), Stats::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
+/// Chooses nodes, retries, hedges and accounts. Share it behind an `Arc`.
+pub struct Router {
+    slots: Vec<Slot>,
+    config: RouterConfig,
+    accounts: Mutex<Accounts>,
+    calls: AtomicU64,
+    hedges: AtomicU64,
+}
+
+/// Keeps a node's outstanding count up while an attempt runs; an attempt
+/// dropped before it finished (a hedge loser, a cancelled call) frees a
+/// half-open probe without judging the node.
+struct InFlight<'a> {
+    slot: &'a Slot,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.slot
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cancelled(self.started.elapsed());
+        }
+        self.slot.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.slot.freed.notify_waiters();
+    }
+}
+
+enum Pick {
+    Node(usize),
+    /// Matching nodes exist but are all busy or rate limited.
+    Wait,
+    /// No node can serve; why, node by node.
+    None(String),
+}
+
+impl Router {
+    /// A router over `nodes` (names must be unique; the team spec checks).
+    pub fn new(nodes: Vec<NodeHandle>, config: RouterConfig) -> Self {
+        let slots = nodes
+            .into_iter()
+            .map(|node| Slot {
+                limiter: node
+                    .tokens_per_minute
+                    .and_then(NonZeroU32::new)
+                    .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))),
+                health: Mutex::new(Health::new(config.breaker.clone())),
+                outstanding: AtomicU32::new(0),
+                freed: tokio::sync::Notify::new(),
+                node,
+            })
+            .collect();
+        Router {
+            slots,
+            config,
+            accounts: Mutex::new(Accounts::default()),
+            calls: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
+        }
+    }
+
+    /// The router's settings.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// Names of the nodes, in spec order.
+    pub fn nodes(&self) -> Vec<&str> {
+        self.slots.iter().map(|s| s.node.backend.name()).collect()
+    }
+
+    /// A copy of the accounts.
+    pub fn accounts(&self) -> Accounts {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn matches(&self, i: usize, route: &Route) -> bool {
+        let n = &self.slots[i].node;
+        route
+            .node
+            .as_deref()
+            .is_none_or(|want| n.backend.name() == want)
+            && route.tags.iter().all(|t| n.tags.contains(t))
+    }
+
+    fn pick(&self, route: &Route, tried: &[usize], tokens: u32) -> Pick {
+        let now = Instant::now();
+        let matching: Vec<usize> = (0..self.slots.len())
+            .filter(|i| self.matches(*i, route))
+            .collect();
+        if matching.is_empty() {
+            return Pick::None(format!(
+                "no node matches {}",
+                match &route.node {
+                    Some(n) => format!("node {n:?}"),
+                    None => format!("tags {:?}", route.tags),
+                }
+            ));
+        }
+        let mut why = Vec::new();
+        let mut busy = false;
+        let mut ready: Vec<usize> = Vec::with_capacity(matching.len());
+        for &i in &matching {
+            let s = &self.slots[i];
+            let health = s.health.lock().unwrap_or_else(|p| p.into_inner());
+            if health.cooling_down(now) {
+                busy = true;
+                continue;
+            }
+            if !health.looks_available(now) {
+                let mut h = health;
+                if let Admission::No(r) = h.admit(now) {
+                    why.push(format!("{}: {r}", s.node.backend.name()));
+                }
+                continue;
+            }
+            drop(health);
+            if s.node
+                .max_concurrency
+                .is_some_and(|m| s.outstanding.load(Ordering::Acquire) >= m)
+            {
+                busy = true;
+                continue;
+            }
+            ready.push(i);
+        }
+        // Prefer nodes not tried in this call, then nodes not serving siblings.
+        let fresh: Vec<usize> = ready
+            .iter()
+            .copied()
+            .filter(|i| !tried.contains(i))
+            .collect();
+        let pool = if fresh.is_empty() { ready } else { fresh };
+        let spread: Vec<usize> = pool
+            .iter()
+            .copied()
+            .filter(|i| {
+                !route
+                    .avoid
+                    .iter()
+                    .any(|a| a == self.slots[*i].node.backend.name())
+            })
+            .collect();
+        let mut pool = if spread.is_empty() { pool } else { spread };
+        // Token rate: drop nodes that cannot take this call's tokens now.
+        pool.retain(|i| match &self.slots[*i].limiter {
+            None => true,
+            Some(l) => match NonZeroU32::new(tokens.max(1)) {
+                Some(n) => match l.check_n(n) {
+                    Ok(Ok(())) => true,
+                    Ok(Err(_)) => {
+                        busy = true;
+                        false
+                    }
+                    // Larger than a minute's budget: let it through alone.
+                    Err(_) => true,
+                },
+                None => true,
+            },
+        });
+        let choice = match pool.len() {
+            0 if busy => return Pick::Wait,
+            0 => return Pick::None(format!("no healthy node: {}", why.join("; "))),
+            1 => pool[0],
+            n => {
+                let mut rng = rand::rng();
+                let a = pool[rng.random_range(0..n)];
+                let mut b = pool[rng.random_range(0..n - 1)];
+                if b == a {
+                    b = pool[n - 1];
+                }
+                let load = |i: usize| self.slots[i].outstanding.load(Ordering::Acquire);
+                let ewma = |i: usize| {
+                    self.slots[i]
+                        .health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .ewma
+                        .unwrap_or(0.0)
+                };
+                match load(a).cmp(&load(b)) {
+                    std::cmp::Ordering::Less => a,
+                    std::cmp::Ordering::Greater => b,
+                    std::cmp::Ordering::Equal => {
+                        if ewma(b) < ewma(a) {
+                            b
+                        } else {
+                            a
+                        }
+                    }
+                }
+            }
+        };
+        // Take the admission (a probe if half-open).
+        let mut h = self.slots[choice]
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match h.admit(now) {
+            Admission::Yes | Admission::Probe => Pick::Node(choice),
+            Admission::No(r) => {
+                Pick::None(format!("{}: {r}", self.slots[choice].node.backend.name()))
+            }
+        }
+    }
+
+    /// Waits for a node that can take the call, until `deadline`.
+    async fn acquire(
+        &self,
+        route: &Route,
+        tried: &[usize],
+        tokens: u32,
+        deadline: Instant,
+    ) -> Result<usize, ModelError> {
+        loop {
+            match self.pick(route, tried, tokens) {
+                Pick::Node(i) => return Ok(i),
+                Pick::None(reason) => {
+                    return Err(ModelError::Unavailable {
+                        node: route.node.clone().unwrap_or_else(|| "*".into()),
+                        reason,
+                    })
+                }
+                Pick::Wait => {
+                    let notified = futures::future::select_all(
+                        self.slots.iter().map(|s| Box::pin(s.freed.notified())),
+                    );
+                    // Token buckets refill with time, not with notifications.
+                    let tick = tokio::time::sleep(Duration::from_millis(50));
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tick => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(ModelError::Timeout { node: "*".into(), after: self.config.deadline })
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt on node `i`, with its bookkeeping.
+    async fn attempt(
+        &self,
+        i: usize,
+        request: &ChatRequest,
+        deadline: Instant,
+    ) -> (usize, Result<ChatResponse, ModelError>, Duration) {
+        let slot = &self.slots[i];
+        slot.outstanding.fetch_add(1, Ordering::AcqRel);
+        let started = Instant::now();
+        let mut in_flight = InFlight {
+            slot,
+            started,
+            finished: false,
+        };
+        let result = match tokio::time::timeout_at(deadline, slot.node.backend.chat(request)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ModelError::Timeout {
+                node: slot.node.backend.name().into(),
+                after: started.elapsed(),
+            }),
+        };
+        let latency = started.elapsed();
+        {
+            let mut h = slot.health.lock().unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(_) => h.success(latency),
+                Err(e) => {
+                    if let ModelError::RateLimited {
+                        retry_after: Some(d),
+                        ..
+                    } = e
+                    {
+                        h.not_before = Some(Instant::now() + *d);
+                    }
+                    h.failure(Instant::now());
+                }
+            }
+        }
+        in_flight.finished = true;
+        (i, result, latency)
+    }
+
+    fn hedge_delay(&self, i: usize) -> Option<Duration> {
+        let h = &self.config.hedge;
+        if !h.enabled {
+            return None;
+        }
+        let calls = self.calls.load(Ordering::Relaxed);
+        if self.hedges.load(Ordering::Relaxed) as f64 >= h.max_extra * calls as f64 {
+            return None;
+        }
+        let slot = &self.slots[i];
+        let idle = self.slots.iter().any(|s| {
+            s.outstanding.load(Ordering::Acquire) == 0
+                || s.node
+                    .max_concurrency
+                    .is_none_or(|m| s.outstanding.load(Ordering::Acquire) * 2 < m)
+        });
+        let q = if idle {
+            h.idle_quantile.unwrap_or(h.quantile)
+        } else {
+            h.quantile
+        };
+        slot.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quantile(q, h.min_samples)
+    }
+
+    /// One attempt, hedged by a second request if it runs past the node's
+    /// hedging quantile. The first success wins; the other is cancelled.
+    async fn hedged(
+        &self,
+        i: usize,
+        route: &Route,
+        request: &ChatRequest,
+        tried: &[usize],
+        deadline: Instant,
+    ) -> (usize, Result<ChatResponse, ModelError>, Duration, bool) {
+        let first = Box::pin(self.attempt(i, request, deadline));
+        let Some(delay) = self.hedge_delay(i) else {
+            let (i, r, l) = first.await;
+            return (i, r, l, false);
+        };
+        let started = Instant::now();
+        let timer = Box::pin(tokio::time::sleep(delay));
+        let first = match select(first, timer).await {
+            Either::Left(((i, r, l), _)) => return (i, r, l, false),
+            Either::Right((_, first)) => first,
+        };
+        let second_node = match self.pick(route, tried, 0) {
+            Pick::Node(j) => j,
+            _ => {
+                let (i, r, l) = first.await;
+                return (i, r, l, false);
+            }
+        };
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+        let second = Box::pin(self.attempt(second_node, request, deadline));
+        let (done, other) = match select(first, second).await {
+            Either::Left((d, other)) => (d, Either::Right(other)),
+            Either::Right((d, other)) => (d, Either::Left(other)),
+        };
+        if done.1.is_ok() {
+            return (done.0, done.1, started.elapsed() + delay, true);
+        }
+        let (j, r, _) = match other {
+            Either::Left(f) => f.await,
+            Either::Right(s) => s.await,
+        };
+        (j, r, started.elapsed() + delay, true)
+    }
+
+    /// Routes one call: pick, attempt (hedged if configured), retry on
+    /// failure with backoff, within the deadline; accounts everything.
+    pub async fn chat(
+        &self,
+        route: &Route,
+        tag: &CallTag,
+        request: &ChatRequest,
+    ) -> Result<Routed, ModelError> {
+        let start = Instant::now();
+        let deadline = start + route.deadline.unwrap_or(self.config.deadline);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let tokens: u32 = request
+            .messages
+            .iter()
+            .map(|m| super::estimate_tokens(&m.content))
+            .sum::<u32>()
+            + request.max_tokens.unwrap_or(256) * request.samples();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut tried = Vec::new();
+        let mut last: Option<ModelError> = None;
+        for attempt in 0..=self.config.retries {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let i = match self.acquire(route, &tried, tokens, deadline).await {
+                Ok(i) => i,
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            };
+            tried.push(i);
+            let (served, result, _, hedged) =
+                self.hedged(i, route, request, &tried, deadline).await;
+            let node = self.slots[served].node.backend.name().to_string();
+            match result {
+                Ok(response) => {
+                    let routed = Routed {
+                        attempts: attempt + 1,
+                        hedged,
+                        latency: start.elapsed(),
+                        response,
+                    };
+                    self.account(&node, tag, Some(&routed), attempt, hedged);
+                    return Ok(routed);
+                }
+                Err(e) => {
+                    self.account(&node, tag, None, 0, hedged);
+                    tracing::debug!(target: "conclave::router", "attempt {} failed: {e}", attempt + 1);
+                    last = Some(e);
+                    if attempt < self.config.retries {
+                        let delay = backoff.next().unwrap_or(self.config.max_backoff);
+                        let until = (Instant::now() + delay).min(deadline);
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
+            }
+        }
+        let after = start.elapsed();
+        Err(match last {
+            Some(ModelError::Timeout { node, .. }) => ModelError::Timeout { node, after },
+            Some(e) => e,
+            None => ModelError::Timeout {
+                node: "*".into(),
+                after,
+            },
+        })
+    }
+
+    fn account(&self, node: &str, tag: &CallTag, ok: Option<&Routed>, retries: u32, hedged: bool) {
+        let slot = self.slots.iter().find(|s| s.node.backend.name() == node);
+        let mut a = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let Accounts {
+            by_node,
+            by_role,
+            by_run,
+        } = &mut *a;
+        for s in [
+            stats(by_node, node),
+            stats(by_role, &tag.role),
+            stats(by_run, &tag.run),
+        ] {
+            match ok {
+                Some(r) => {
+                    let tin = r.response.prompt_tokens as u64;
+                    let tout = r.response.completion_tokens() as u64;
+                    s.calls += 1;
+                    s.retries += retries as u64;
+                    s.hedges += hedged as u64;
+                    s.tokens_in += tin;
+                    s.tokens_out += tout;
+                    if let Some(slot) = slot {
+                        s.cost += (tin as f64 * slot.node.price_in
+                            + tout as f64 * slot.node.price_out)
+                            / 1e6;
+                    }
+                    let _ = s.latency_us.record((r.latency.as_micros() as u64).max(1));
+                }
+                None => {
+                    s.failures += 1;
+                    s.hedges += hedged as u64;
+                }
+            }
+        }
+    }
+}
