@@ -10,6 +10,21 @@ pub fn parse<C: DeserializeOwned>(json: &str) -> Result<C, String> {
     serde_json::from_str(json).map_err(|e| format!("bad plugin config: {e}"))
 }
 
+/// Sampling and routing settings that model-calling plugins accept in
+/// their config.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sampling {
+    /// Sampling temperature (the node's default when absent).
+    pub temperature: Option<f32>,
+    /// Most tokens to generate (the node's default when absent).
+    pub max_tokens: Option<u32>,
+    /// Only route to nodes carrying these tags.
+    pub tags: Vec<String>,
+    /// Route to this node only (empty: any).
+    pub node: String,
+}
+
 #[cfg(test)]
 mod tests {
     //! Config parsing: defaults, errors.

@@ -48,6 +48,26 @@ pub mod voter {
     /// The trait a voter implements.
     pub use self::Guest as Voter;
     crate::kind_conversions!();
+
+    /// The decision for `counts` (best first, as [`crate::vote::tally`]
+    /// returns them) over `total` counted ballots: the best answer, with the
+    /// second as runner-up; no consensus, saying `empty()`, when nothing
+    /// was counted. `support` is the winner's number of votes.
+    pub fn decide(
+        counts: &[crate::vote::Count],
+        total: u32,
+        empty: impl FnOnce() -> String,
+    ) -> Decision {
+        match counts.first() {
+            None => Decision::NoConsensus(empty()),
+            Some(best) => Decision::Decided(Decided {
+                answer: best.answer.clone(),
+                support: best.votes,
+                total,
+                runner_up: counts.get(1).map(|c| c.answer.clone()),
+            }),
+        }
+    }
 }
 
 /// Bindings and trait for the `verifier` world.
@@ -90,6 +110,29 @@ pub mod role {
     pub use self::Guest as Role;
     crate::kind_conversions!();
     crate::message_conversions!();
+
+    /// Calls the model and turns its reply into this replica's candidate,
+    /// with the answer of the task's kind extracted from the text (empty
+    /// when there is none) or, failing that, from `fallback`.
+    pub fn ask(
+        task: &Task,
+        request: &ChatRequest,
+        fallback: Option<&str>,
+    ) -> Result<Candidate, PluginError> {
+        let reply = chat(request).map_err(|e| PluginError::Model(format!("{e:?}")))?;
+        let kind = task.kind();
+        let answer = crate::answer::extract(&reply.text, kind)
+            .or_else(|| fallback.and_then(|f| crate::answer::extract(f, kind)))
+            .unwrap_or_default();
+        Ok(Candidate {
+            replica: task.replica,
+            node: reply.node,
+            answer,
+            text: reply.text,
+            confidence: None,
+            ranking: Vec::new(),
+        })
+    }
 }
 
 /// Conversions between a world's `AnswerKind` and [`answer::Kind`].
@@ -136,14 +179,21 @@ macro_rules! message_conversions {
         }
         /// A request on any node with the node's default sampling settings.
         pub fn request(pairs: Vec<(String, String)>) -> ChatRequest {
+            request_with(pairs, &$crate::config::Sampling::default())
+        }
+        /// A request with the sampling and routing settings of a plugin's config.
+        pub fn request_with(
+            pairs: Vec<(String, String)>,
+            s: &$crate::config::Sampling,
+        ) -> ChatRequest {
             ChatRequest {
                 messages: messages(pairs),
-                max_tokens: None,
-                temperature: None,
+                max_tokens: s.max_tokens,
+                temperature: s.temperature,
                 stop: Vec::new(),
                 route: Route {
-                    tags: Vec::new(),
-                    node: String::new(),
+                    tags: s.tags.clone(),
+                    node: s.node.clone(),
                 },
             }
         }

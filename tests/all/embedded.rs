@@ -170,14 +170,15 @@ async fn embedded_one_slot_queues_a_second_call() {
 #[tokio::test]
 async fn embedded_dropped_call_frees_its_slot() {
     let b = backend(|c| c.slots = 1);
-    // Start a long call and drop it almost at once: generation stops and
+    // Start a long call and drop it after half a second (mid-generation
+    // here; still in the prefill on a slow machine): generation stops and
     // the next call gets the slot instead of waiting for 8 × 512 tokens
-    // (tens of seconds on one thread).
+    // (about a minute on one thread).
     let long = ChatRequest {
         n: 8,
         ..ask("Tell me a very long story.", 512)
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(50), b.chat(&long)).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), b.chat(&long)).await;
     let started = std::time::Instant::now();
     let r = b.chat(&ask("Say hi.", 8)).await.unwrap();
     assert!(r.choices[0].completion_tokens > 0);

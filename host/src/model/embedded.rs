@@ -17,6 +17,14 @@
 //!
 //! The default model is SmolLM2-135M-Instruct (see `models/README.md` and
 //! `scripts/fetch-model.sh`).
+//!
+//! Build: llama-cpp-sys-2 compiles llama.cpp with `GGML_NATIVE=OFF` by
+//! itself (its build script defines it after any `GGML_*` variable from the
+//! environment, so an `[env]` entry would change nothing); ggml then turns
+//! on the x86-64-v3 set (SSE4.2, AVX, AVX2, FMA, F16C, BMI2) and no
+//! AVX-512. The binary runs on any CPU with AVX2. Building with
+//! `RUSTFLAGS=-C target-cpu=native` would switch `GGML_NATIVE` on, which
+//! crashed another llama.cpp binding on these machines: don't.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
@@ -296,7 +304,10 @@ pub fn build_node(
 ) -> Result<Arc<dyn Backend>, NodeError> {
     let mut config: EmbeddedConfig = table.clone().try_into().map_err(|e: toml::de::Error| {
         let message = e.message().to_string();
-        let field = first_quoted(&message).unwrap_or("path").to_string();
+        let field = named_field(&message)
+            .map(str::to_string)
+            .or_else(|| mistyped_key(table))
+            .unwrap_or_else(|| "path".into());
         NodeError::new(node, &field, message)
     })?;
     if config.path.is_relative() {
@@ -305,9 +316,31 @@ pub fn build_node(
     Ok(Arc::new(EmbeddedBackend::load(node, &config)?))
 }
 
-/// The text between the first pair of backticks of a serde message (the
-/// field it is about).
-fn first_quoted(message: &str) -> Option<&str> {
+/// The key of `table` whose value has the wrong type. A type error's
+/// message does not name its field ("invalid type: string, expected u32"),
+/// so each key is tried alone (next to a placeholder `path`).
+fn mistyped_key(table: &toml::Table) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let mut alone = toml::Table::new();
+        alone.insert("path".into(), toml::Value::String("x".into()));
+        alone.insert(key.clone(), value.clone());
+        alone
+            .try_into::<EmbeddedConfig>()
+            .is_err()
+            .then(|| key.clone())
+    })
+}
+
+/// The field a serde message about a field names (unknown, missing or
+/// duplicate: the text between its first backticks). Other messages quote
+/// the bad value that way instead (``invalid type: integer `3` ``).
+fn named_field(message: &str) -> Option<&str> {
+    if !["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        return None;
+    }
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(&message[start..start + len])
@@ -915,7 +948,9 @@ mod tests {
         };
         let e = err("path = \"m.gguf\"\nctx = 4");
         assert_eq!((e.node.as_str(), e.field.as_str()), ("e", "ctx"));
-        assert_eq!(err("path = \"m.gguf\"\nslots = \"two\"").field, "slots");
+        let e = err("path = \"m.gguf\"\nslots = \"two\"");
+        assert_eq!(e.field, "slots", "{e}");
+        assert_eq!(err("path = 3").field, "path");
         assert_eq!(err("context = 10").field, "path");
         // Relative to the spec's folder.
         let e = err("path = \"m.gguf\"");

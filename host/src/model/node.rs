@@ -76,11 +76,50 @@ pub fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
         .map(|(_, o)| o)
 }
 
-/// The field a serde error is about (the text between the first backticks).
-fn field_of(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string())
+/// The field named by a serde "unknown field `x`" or "missing field `x`"
+/// message.
+fn named_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// The field a deserialisation error of `table` into `T` is about. A type
+/// error does not name its field ("invalid type: string \"x\", expected
+/// f64"), so each key is tried alone (with the fields `T` requires filled
+/// in from the table, or as strings) until one fails.
+pub fn field_of_error<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+    message: &str,
+) -> Option<String> {
+    if let Some(f) = named_field(message) {
+        return Some(f);
+    }
+    table.iter().find_map(|(key, value)| {
+        let mut alone = toml::Table::new();
+        alone.insert(key.clone(), value.clone());
+        for _ in 0..8 {
+            match alone.clone().try_into::<T>() {
+                Ok(_) => return None,
+                Err(e) => match e
+                    .message()
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    Some(missing) if !alone.contains_key(missing) => {
+                        let v = table
+                            .get(missing)
+                            .cloned()
+                            .unwrap_or_else(|| toml::Value::String("x".into()));
+                        alone.insert(missing.to_string(), v);
+                    }
+                    _ => return Some(key.clone()),
+                },
+            }
+        }
+        None
+    })
 }
 
 impl NodeSpec {
@@ -150,14 +189,19 @@ impl NodeSpec {
         for k in COMMON_KEYS {
             rest.remove(k);
         }
-        let typed = |err: toml::de::Error| {
-            let msg = err.message().to_string();
-            let field = field_of(&msg).unwrap_or_else(|| "backend".into());
-            NodeError::new(&name, &field, msg)
-        };
+        fn parse<T: serde::de::DeserializeOwned>(
+            name: &str,
+            rest: &toml::Table,
+        ) -> Result<T, NodeError> {
+            rest.clone().try_into().map_err(|err: toml::de::Error| {
+                let msg = err.message().trim().to_string();
+                let field = field_of_error::<T>(rest, &msg).unwrap_or_else(|| "backend".into());
+                NodeError::new(name, &field, msg)
+            })
+        }
         let backend = match backend.as_str() {
-            "openai" => BackendSpec::OpenAi(rest.try_into().map_err(typed)?),
-            "sim" => BackendSpec::Sim(rest.try_into().map_err(typed)?),
+            "openai" => BackendSpec::OpenAi(parse(&name, &rest)?),
+            "sim" => BackendSpec::Sim(parse(&name, &rest)?),
             "embedded" => BackendSpec::Embedded(rest),
             other => {
                 let hint = suggest(other, &BACKENDS)
@@ -234,6 +278,12 @@ mod tests {
         assert_eq!(e.field, "bse_url");
         let e = err("name = \"a\"\nbackend = \"openai\"\nbase_url = \"ftp://x\"\nmodel = \"m\"");
         assert_eq!(e.field, "base_url");
+        let e = err("name = \"a\"\nbackend = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\nmax_tokens = \"many\"");
+        assert_eq!(e.field, "max_tokens", "{e}");
+        let e = err("name = \"s\"\nbackend = \"sim\"\naccuracy = \"high\"");
+        assert_eq!(e.field, "accuracy", "{e}");
+        let e = err("name = \"s\"\nbackend = \"sim\"\nlatency = { kind = \"gamma\" }");
+        assert_eq!(e.field, "latency", "{e}");
     }
 
     #[test]

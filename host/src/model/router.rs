@@ -158,8 +158,8 @@ struct Slot {
 }
 
 /// Counters of one node, role or run.
-#[derive(Clone, Debug)]
-pub struct Stats {
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Counts {
     pub calls: u64,
     pub failures: u64,
     pub retries: u64,
@@ -167,35 +167,37 @@ pub struct Stats {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub cost: f64,
+}
+
+/// Counters plus a latency histogram.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub counts: Counts,
     latency_us: hdrhistogram::Histogram<u64>,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            calls: 0,
-            failures: 0,
-            retries: 0,
-            hedges: 0,
-            tokens_in: 0,
-            tokens_out: 0,
-            cost: 0.0,
+            counts: Counts::default(),
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, 24 * 3_600_000_000, 2)
                 .expect("valid bounds"),
         }
     }
 }
 
+impl std::ops::Deref for Stats {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.counts
+    }
+}
+
 /// A printable summary of [`Stats`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatsSummary {
-    pub calls: u64,
-    pub failures: u64,
-    pub retries: u64,
-    pub hedges: u64,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    pub cost: f64,
+    #[serde(flatten)]
+    pub counts: Counts,
     pub p50: Duration,
     pub p95: Duration,
     pub p99: Duration,
@@ -206,13 +208,7 @@ impl Stats {
     pub fn summary(&self) -> StatsSummary {
         let q = |q: f64| Duration::from_micros(self.latency_us.value_at_quantile(q));
         StatsSummary {
-            calls: self.calls,
-            failures: self.failures,
-            retries: self.retries,
-            hedges: self.hedges,
-            tokens_in: self.tokens_in,
-            tokens_out: self.tokens_out,
-            cost: self.cost,
+            counts: self.counts.clone(),
             p50: q(0.50),
             p95: q(0.95),
             p99: q(0.99),
@@ -687,6 +683,9 @@ impl Router {
         ] {
             match ok {
                 Some(r) => {
+                    let latency = (r.latency.as_micros() as u64).max(1);
+                    let _ = s.latency_us.record(latency);
+                    let s = &mut s.counts;
                     let tin = r.response.prompt_tokens as u64;
                     let tout = r.response.completion_tokens() as u64;
                     s.calls += 1;
@@ -699,11 +698,10 @@ impl Router {
                             + tout as f64 * slot.node.price_out)
                             / 1e6;
                     }
-                    let _ = s.latency_us.record((r.latency.as_micros() as u64).max(1));
                 }
                 None => {
-                    s.failures += 1;
-                    s.hedges += hedged as u64;
+                    s.counts.failures += 1;
+                    s.counts.hedges += hedged as u64;
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! comes back the plan is the task itself as a single subtask. A fixed plan
 //! can be given in the config (`plan`), in which case no model is called.
 
+use conclave_sdk::config::Sampling;
 use conclave_sdk::role::*;
 
 #[derive(serde::Deserialize, Clone)]
@@ -25,9 +26,8 @@ struct Config {
     max_subtasks: usize,
     /// Role for every subtask (empty: the team's default solver).
     role: String,
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-    tags: Vec<String>,
+    /// Temperature, token limit and routing (`tags`, `node`).
+    sampling: Sampling,
     plan: Option<Vec<FixedSubtask>>,
 }
 
@@ -36,9 +36,11 @@ impl Default for Config {
         Config {
             max_subtasks: 5,
             role: String::new(),
-            temperature: Some(0.2),
-            max_tokens: Some(400),
-            tags: vec![],
+            sampling: Sampling {
+                temperature: Some(0.2),
+                max_tokens: Some(400),
+                ..Default::default()
+            },
             plan: None,
         }
     }
@@ -118,7 +120,7 @@ impl Role for Coordinator {
                     .collect(),
             }));
         }
-        let mut req = request(vec![
+        let req = request_with(vec![
             (
                 "system".into(),
                 format!(
@@ -129,10 +131,7 @@ impl Role for Coordinator {
                 ),
             ),
             ("user".into(), task.prompt.clone()),
-        ]);
-        req.temperature = c.temperature;
-        req.max_tokens = c.max_tokens;
-        req.route.tags = c.tags.clone();
+        ], &c.sampling);
         let reply = chat(&req).map_err(|e| PluginError::Model(format!("{e:?}")))?;
         let mut subtasks = parse_plan(&reply.text, c.max_subtasks, &c.role);
         if subtasks.is_empty() {

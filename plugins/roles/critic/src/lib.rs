@@ -6,16 +6,14 @@
 //! critique and its answer the corrected final answer (the same answer when
 //! the critic finds no flaw).
 
-use conclave_sdk::answer::extract;
+use conclave_sdk::config::Sampling;
 use conclave_sdk::prompt;
 use conclave_sdk::role::*;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-    tags: Vec<String>,
+    sampling: Sampling,
     /// Read the candidate from this blackboard key instead of the feedback.
     candidate_key: Option<String>,
 }
@@ -44,38 +42,27 @@ impl Role for Critic {
                 PluginError::InvalidInput("no candidate to criticise: feedback is empty".into())
             })?,
         };
-        let mut req = request(vec![
-            (
-                "system".into(),
-                format!(
+        let req = request_with(
+            vec![
+                (
+                    "system".into(),
+                    format!(
                     "You are a critical reviewer. Find the first flaw in the proposed solution, \
                      if any, and explain how to fix it. {}",
                     prompt::answer_format(kind)
                 ),
-            ),
-            (
-                "user".into(),
-                format!(
-                    "Question:\n{}\n\nProposed solution:\n{proposal}",
-                    task.prompt
                 ),
-            ),
-        ]);
-        req.temperature = c.temperature;
-        req.max_tokens = c.max_tokens;
-        req.route.tags = c.tags.clone();
-        let reply = chat(&req).map_err(|e| PluginError::Model(format!("{e:?}")))?;
-        let answer = extract(&reply.text, kind)
-            .or_else(|| extract(&proposal, kind))
-            .unwrap_or_default();
-        Ok(Outcome::Candidate(Candidate {
-            replica: task.replica,
-            node: reply.node,
-            answer,
-            text: reply.text,
-            confidence: None,
-            ranking: Vec::new(),
-        }))
+                (
+                    "user".into(),
+                    format!(
+                        "Question:\n{}\n\nProposed solution:\n{proposal}",
+                        task.prompt
+                    ),
+                ),
+            ],
+            &c.sampling,
+        );
+        ask(&task, &req, Some(&proposal)).map(Outcome::Candidate)
     }
 }
 

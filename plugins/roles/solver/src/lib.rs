@@ -5,19 +5,15 @@
 //! messages waiting in the replica's inbox. Outputs of dependencies (read from
 //! the blackboard when `use_blackboard` is set) are given as context.
 
-use conclave_sdk::answer::extract;
+use conclave_sdk::config::Sampling;
 use conclave_sdk::prompt;
 use conclave_sdk::role::*;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-    /// Only route to nodes with these tags.
-    tags: Vec<String>,
-    /// Route to this node only.
-    node: String,
+    /// Temperature, token limit and routing (`tags`, `node`).
+    sampling: Sampling,
     /// Replace the default system prompt.
     system: Option<String>,
     /// Read the inbox for other replicas' answers (needs the `bus` grant).
@@ -71,22 +67,7 @@ impl Role for Solver {
         if let Some(system) = &c.system {
             pairs[0].1 = format!("{system} {}", prompt::answer_format(kind));
         }
-        let mut req = request(pairs);
-        req.temperature = c.temperature;
-        req.max_tokens = c.max_tokens;
-        req.route = Route {
-            tags: c.tags.clone(),
-            node: c.node.clone(),
-        };
-        let reply = chat(&req).map_err(|e| PluginError::Model(format!("{e:?}")))?;
-        Ok(Outcome::Candidate(Candidate {
-            replica: task.replica,
-            node: reply.node,
-            answer: extract(&reply.text, kind).unwrap_or_default(),
-            text: reply.text,
-            confidence: None,
-            ranking: Vec::new(),
-        }))
+        ask(&task, &request_with(pairs, &c.sampling), None).map(Outcome::Candidate)
     }
 }
 

@@ -1,16 +1,14 @@
 //! `synthesizer`: merges the decided outputs of a task's dependencies (read
 //! from the blackboard) into one final answer to the task.
 
-use conclave_sdk::answer::extract;
+use conclave_sdk::config::Sampling;
 use conclave_sdk::prompt;
 use conclave_sdk::role::*;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-    tags: Vec<String>,
+    sampling: Sampling,
 }
 
 struct Synthesizer;
@@ -40,34 +38,26 @@ impl Role for Synthesizer {
                 "nothing to synthesise: the task has no decided dependencies".into(),
             ));
         }
-        let mut req = request(vec![
-            (
-                "system".into(),
-                format!(
-                    "You combine partial results into one answer to the original question. {}",
-                    prompt::answer_format(kind)
+        let req = request_with(
+            vec![
+                (
+                    "system".into(),
+                    format!(
+                        "You combine partial results into one answer to the original question. {}",
+                        prompt::answer_format(kind)
+                    ),
                 ),
-            ),
-            (
-                "user".into(),
-                format!(
-                    "Original question:\n{}\n\nPartial results:\n{parts}",
-                    task.prompt
+                (
+                    "user".into(),
+                    format!(
+                        "Original question:\n{}\n\nPartial results:\n{parts}",
+                        task.prompt
+                    ),
                 ),
-            ),
-        ]);
-        req.temperature = c.temperature;
-        req.max_tokens = c.max_tokens;
-        req.route.tags = c.tags.clone();
-        let reply = chat(&req).map_err(|e| PluginError::Model(format!("{e:?}")))?;
-        Ok(Outcome::Candidate(Candidate {
-            replica: task.replica,
-            node: reply.node,
-            answer: extract(&reply.text, kind).unwrap_or_default(),
-            text: reply.text,
-            confidence: None,
-            ranking: Vec::new(),
-        }))
+            ],
+            &c.sampling,
+        );
+        ask(&task, &req, None).map(Outcome::Candidate)
     }
 }
 

@@ -5,6 +5,7 @@
 //! judge gives no recognisable verdict, `on_unclear` decides (`pass` by
 //! default, score 0.5) so that a confused judge cannot veto a good answer.
 
+use conclave_sdk::config::Sampling;
 use conclave_sdk::verifier::*;
 
 #[derive(serde::Deserialize)]
@@ -12,19 +13,19 @@ use conclave_sdk::verifier::*;
 struct Config {
     /// `pass` or `fail` when the judge gives no verdict.
     on_unclear: String,
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-    /// Only route the judge to nodes with these tags.
-    tags: Vec<String>,
+    /// Temperature, token limit and routing (`tags`, `node`).
+    sampling: Sampling,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             on_unclear: "pass".into(),
-            temperature: Some(0.0),
-            max_tokens: Some(256),
-            tags: vec![],
+            sampling: Sampling {
+                temperature: Some(0.0),
+                max_tokens: Some(256),
+                ..Default::default()
+            },
         }
     }
 }
@@ -66,7 +67,8 @@ impl Verifier for LlmJudge {
                 c.on_unclear
             )));
         }
-        let mut req = request(vec![
+        let req = request_with(
+            vec![
             (
                 "system".into(),
                 "You are a strict examiner. Check the proposed answer to the question. \
@@ -80,10 +82,9 @@ impl Verifier for LlmJudge {
                     task.prompt, candidate.answer, candidate.text
                 ),
             ),
-        ]);
-        req.temperature = c.temperature;
-        req.max_tokens = c.max_tokens;
-        req.route.tags = c.tags.clone();
+        ],
+            &c.sampling,
+        );
         let reply =
             chat(&req).map_err(|e| PluginError::Model(format!("judge call failed: {e:?}")))?;
         let reason: String = reply.text.trim().chars().take(300).collect();

@@ -67,17 +67,9 @@ impl Voter for Weighted {
             .filter(|v| v.weight > 0.0)
             .collect();
         let counts = tally(&votes);
-        let Some(best) = counts.first() else {
-            return Ok(Decision::NoConsensus(format!(
-                "none of {} ballots carried any weight",
-                ballots.len()
-            )));
-        };
-        Ok(Decision::Decided(Decided {
-            answer: best.answer.clone(),
-            support: best.votes,
-            total: votes.iter().filter(|v| !v.answer.is_empty()).count() as u32,
-            runner_up: counts.get(1).map(|c| c.answer.clone()),
+        let total = votes.iter().filter(|v| !v.answer.is_empty()).count() as u32;
+        Ok(decide(&counts, total, || {
+            format!("none of {} ballots carried any weight", ballots.len())
         }))
     }
 }
