@@ -11,6 +11,7 @@ pub mod model;
 pub mod plugin;
 pub mod scaffold;
 pub mod spec;
+pub mod team;
 
 pub use plugin::{
     Capability, Grants, HostServices, Invocation, Plugin, PluginError, PluginRuntime, Registry,

@@ -411,3 +411,28 @@ async fn the_api_key_comes_from_the_named_variable() {
     );
     call(&router).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_token_rate_limit_makes_calls_wait_instead_of_failing() {
+    let s = FakeServer::always(Behaviour::Reply("ok".into())).await;
+    // 600 tokens a minute: a burst of 600, then 10 a second. Each call
+    // reserves its prompt plus 100 tokens, so the sixth must wait ~3 s.
+    let router = Router::new(vec![node("a", &s, "tokens_per_minute = 600")], quick(0));
+    let request = ChatRequest {
+        max_tokens: Some(100),
+        ..req()
+    };
+    let t = Instant::now();
+    for _ in 0..6 {
+        router
+            .chat(&Route::default(), &CallTag::default(), &request)
+            .await
+            .unwrap();
+    }
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "the limit did not hold: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(s.count(), 6);
+}

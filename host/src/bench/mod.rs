@@ -4,6 +4,7 @@
 //!
 //! Only measuring lives here; the CLI prints.
 
+pub mod amdahl;
 pub mod embedded;
 pub mod router;
 

@@ -125,6 +125,18 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Scheduling policies on the paper's task DAGs, in virtual time.
+    Amdahl {
+        #[arg(long, default_value = "data/paper-amdahl/tasks")]
+        tasks: PathBuf,
+        #[arg(long, default_value = "data/paper-amdahl/llm_call_latencies.csv")]
+        latencies: PathBuf,
+        /// Seeds per DAG and cell.
+        #[arg(long, default_value_t = 200)]
+        runs: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedded model: 5 samples of one prompt against 1 sample.
     Embedded {
         /// The GGUF file (default: the one `scripts/fetch-model.sh` fetches).
@@ -473,6 +485,55 @@ async fn run(cli: Cli) -> u8 {
                     r.p99.as_secs_f64(),
                     r.extra_calls * 100.0,
                     r.p99_cut
+                );
+            }
+            exit::OK
+        }
+        Command::Bench(BenchCmd::Amdahl {
+            tasks,
+            latencies,
+            runs,
+            json,
+        }) => {
+            let models = ["gpt-5.2", "claude-sonnet-4-6", "gemini-3-flash"];
+            let cells = match tokio::task::spawn_blocking(move || {
+                conclave::bench::amdahl::table(&tasks, &latencies, &models, runs)
+            })
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+                Err(e) => {
+                    report(&e);
+                    return exit::FAILURE;
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cells).expect("serialisable")
+                );
+                return exit::OK;
+            }
+            println!(
+                "speed-up over n = 1 (share of Amdahl's bound), {runs} seeds per DAG, virtual time"
+            );
+            println!(
+                "{:<18} {:>4} {:<26} {:>14} {:>14} {:>14} {:>14}",
+                "latencies", "p", "policy", "n=2", "n=3", "n=4", "n=5"
+            );
+            for row in cells.chunks(5) {
+                let r = &row[0];
+                let cols: Vec<String> = row[1..]
+                    .iter()
+                    .map(|c| format!("{:.2}x ({:>3.0}%)", c.speedup, 100.0 * c.speedup / c.bound))
+                    .collect();
+                println!(
+                    "{:<18} {:>4.1} {:<26} {:>14} {:>14} {:>14} {:>14}",
+                    r.model, r.p, r.policy, cols[0], cols[1], cols[2], cols[3]
                 );
             }
             exit::OK

@@ -382,54 +382,55 @@ impl Router {
             })
             .collect();
         let mut pool = if spread.is_empty() { pool } else { spread };
-        // Token rate: drop nodes that cannot take this call's tokens now.
-        pool.retain(|i| match &self.slots[*i].limiter {
-            None => true,
-            Some(l) => match NonZeroU32::new(tokens.max(1)) {
-                Some(n) => match l.check_n(n) {
-                    Ok(Ok(())) => true,
-                    Ok(Err(_)) => {
-                        busy = true;
-                        false
+        // Choose by power of two choices; a node whose token bucket cannot
+        // take this call now leaves the pool and the choice is made again
+        // (only the chosen node's bucket is charged).
+        let choice = loop {
+            let candidate = match pool.len() {
+                0 if busy => return Pick::Wait,
+                0 => return Pick::None(format!("no healthy node: {}", why.join("; "))),
+                1 => pool[0],
+                n => {
+                    let mut rng = rand::rng();
+                    let a = pool[rng.random_range(0..n)];
+                    let mut b = pool[rng.random_range(0..n - 1)];
+                    if b == a {
+                        b = pool[n - 1];
                     }
+                    let load = |i: usize| self.slots[i].outstanding.load(Ordering::Acquire);
+                    let ewma = |i: usize| {
+                        self.slots[i]
+                            .health
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .ewma
+                            .unwrap_or(0.0)
+                    };
+                    match load(a).cmp(&load(b)) {
+                        std::cmp::Ordering::Less => a,
+                        std::cmp::Ordering::Greater => b,
+                        std::cmp::Ordering::Equal if ewma(b) < ewma(a) => b,
+                        std::cmp::Ordering::Equal => a,
+                    }
+                }
+            };
+            let fits = match (
+                &self.slots[candidate].limiter,
+                NonZeroU32::new(tokens.max(1)),
+            ) {
+                (Some(l), Some(n)) => match l.check_n(n) {
+                    Ok(Ok(())) => true,
+                    Ok(Err(_)) => false,
                     // Larger than a minute's budget: let it through alone.
                     Err(_) => true,
                 },
-                None => true,
-            },
-        });
-        let choice = match pool.len() {
-            0 if busy => return Pick::Wait,
-            0 => return Pick::None(format!("no healthy node: {}", why.join("; "))),
-            1 => pool[0],
-            n => {
-                let mut rng = rand::rng();
-                let a = pool[rng.random_range(0..n)];
-                let mut b = pool[rng.random_range(0..n - 1)];
-                if b == a {
-                    b = pool[n - 1];
-                }
-                let load = |i: usize| self.slots[i].outstanding.load(Ordering::Acquire);
-                let ewma = |i: usize| {
-                    self.slots[i]
-                        .health
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .ewma
-                        .unwrap_or(0.0)
-                };
-                match load(a).cmp(&load(b)) {
-                    std::cmp::Ordering::Less => a,
-                    std::cmp::Ordering::Greater => b,
-                    std::cmp::Ordering::Equal => {
-                        if ewma(b) < ewma(a) {
-                            b
-                        } else {
-                            a
-                        }
-                    }
-                }
+                _ => true,
+            };
+            if fits {
+                break candidate;
             }
+            busy = true;
+            pool.retain(|i| *i != candidate);
         };
         // Take the admission (a probe if half-open).
         let mut h = self.slots[choice]
