@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: builds the guest components, then runs every test of
-# the workspace (host, SDK, built-in plugins natively, end-to-end tests).
+# the workspace (host, SDK, built-in plugins natively, end-to-end tests), and
+# ends with one line totalling what cargo's test binaries reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+passed=$(sed -n 's/^test result: .* \([0-9]*\) passed; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(sed -n 's/^test result: .*; \([0-9]*\) failed; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+ignored=$(sed -n 's/^test result: .*; \([0-9]*\) ignored; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "$passed passed, $failed failed, $ignored skipped"
+exit "$status"
