@@ -3,5 +3,6 @@
 //! model latencies ([`simulate`]). The scheduler that runs roles on model
 //! nodes, the bus and consensus build on these.
 
+pub mod consensus;
 pub mod dag;
 pub mod simulate;

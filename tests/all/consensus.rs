@@ -1,0 +1,184 @@
+//! One task to a decision on sim nodes with the built-in plugins: majority
+//! over k replicas, adaptive sampling with `quorum`, faulty nodes, and a
+//! stop reason for every task.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave::model::router::NodeHandle;
+use conclave::model::{NodeSpec, Router, RouterConfig};
+use conclave::plugin::AnswerKind;
+use conclave::team::consensus::{PluginUse, StopReason, TaskSpec, Team};
+use conclave::{Grants, PluginRuntime};
+use conclave_tests::{plugin, runtime};
+
+fn sim(name: &str, extra: &str) -> NodeHandle {
+    let t: toml::Table = format!("name = \"{name}\"\nbackend = \"sim\"\n{extra}")
+        .parse()
+        .unwrap();
+    NodeSpec::from_table(&t, 0)
+        .unwrap()
+        .build(Path::new("."))
+        .unwrap()
+}
+
+async fn uses(rt: &PluginRuntime, name: &str, config: &str, grants: Grants) -> PluginUse {
+    PluginUse {
+        plugin: rt.load_file(&plugin(name)).await.unwrap(),
+        config: config.into(),
+        grants,
+    }
+}
+
+async fn team(
+    nodes: Vec<NodeHandle>,
+    voter: &str,
+    voter_config: &str,
+    router: RouterConfig,
+) -> Team {
+    let rt = runtime();
+    Team {
+        role: uses(
+            &rt,
+            "solver",
+            "",
+            Grants {
+                llm: true,
+                ..Grants::default()
+            },
+        )
+        .await,
+        verifiers: vec![uses(&rt, "answer-format", "", Grants::default()).await],
+        voter: uses(&rt, voter, voter_config, Grants::default()).await,
+        router: Arc::new(Router::new(nodes, router)),
+        runtime: rt,
+    }
+}
+
+fn question(i: u32, replicas: u32, max_samples: u32) -> TaskSpec {
+    TaskSpec {
+        id: format!("q{i}"),
+        prompt: format!("What is {i} + {i}?"),
+        answer_kind: AnswerKind::Number,
+        gold: Some((2 * i).to_string()),
+        checker: None,
+        replicas,
+        max_samples,
+        max_rounds: 1,
+    }
+}
+
+#[tokio::test]
+async fn majority_of_five_beats_one_sample_and_spreads_over_nodes() {
+    let nodes = vec![
+        sim("a", "accuracy = 0.7\nseed = 1"),
+        sim("b", "accuracy = 0.7\nseed = 2"),
+        sim("c", "accuracy = 0.7\nseed = 3"),
+    ];
+    let t = team(nodes, "majority", "", RouterConfig::default()).await;
+    let (mut voted, mut single) = (0, 0);
+    for i in 0..30 {
+        let r = t.run_task("run-1", &question(i, 5, 5)).await;
+        assert_eq!(r.stop, StopReason::Decided, "{r:?}");
+        assert_eq!(r.samples, 5);
+        let mut nodes = r.nodes.clone();
+        nodes.sort();
+        nodes.dedup();
+        assert_eq!(
+            nodes.len(),
+            3,
+            "replicas spread over all nodes: {:?}",
+            r.nodes
+        );
+        voted += (r.answer.as_deref() == Some(&(2 * i).to_string())) as u32;
+        let one = t.run_task("run-1", &question(i, 1, 1)).await;
+        single += (one.answer.as_deref() == Some(&(2 * i).to_string())) as u32;
+    }
+    assert!(
+        voted > single,
+        "majority {voted}/30 against single {single}/30"
+    );
+    assert!(voted >= 25, "majority of 5 at 70% accuracy: {voted}/30");
+}
+
+#[tokio::test]
+async fn adaptive_quorum_stops_early_when_the_vote_is_decisive() {
+    let t = team(
+        vec![sim("a", "accuracy = 0.95")],
+        "quorum",
+        r#"{"share":0.6,"min_votes":2,"max_samples":10}"#,
+        RouterConfig::default(),
+    )
+    .await;
+    let mut samples = 0;
+    for i in 0..20 {
+        let r = t.run_task("run-2", &question(i, 2, 10)).await;
+        assert!(matches!(
+            r.stop,
+            StopReason::Decided | StopReason::NoConsensus(_) | StopReason::BudgetExhausted(_)
+        ));
+        samples += r.samples;
+    }
+    assert!(
+        samples < 20 * 10 / 2,
+        "{samples} samples for 20 tasks with a cap of 10 each"
+    );
+}
+
+#[tokio::test]
+async fn with_thirty_percent_of_calls_failing_every_task_ends_honestly() {
+    let faulty = "accuracy = 0.9\nerror_rate = 0.15\nhang_rate = 0.15\nhang = \"5s\"";
+    let nodes = vec![sim("a", faulty), sim("b", faulty), sim("c", faulty)];
+    let router = RouterConfig {
+        deadline: Duration::from_millis(300),
+        retries: 2,
+        backoff: Duration::from_millis(1),
+        ..Default::default()
+    };
+    let t = team(nodes, "majority", "", router).await;
+    let mut right = 0;
+    for i in 0..15 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            t.run_task("run-3", &question(i, 5, 5)),
+        )
+        .await
+        .expect("nothing hangs");
+        match &r.stop {
+            StopReason::Decided => {
+                assert!(r.support >= 1 && r.answer.is_some());
+                right += (r.answer.as_deref() == Some(&(2 * i).to_string())) as u32;
+            }
+            StopReason::Failed(why) | StopReason::NoConsensus(why) => assert!(!why.is_empty()),
+            other => panic!("unexpected stop {other:?}"),
+        }
+    }
+    assert!(
+        right >= 12,
+        "the right consensus despite faults: {right}/15"
+    );
+}
+
+#[tokio::test]
+async fn when_every_node_fails_the_task_fails_with_the_cause() {
+    let t = team(
+        vec![sim("dead", "error_rate = 1.0")],
+        "majority",
+        "",
+        RouterConfig {
+            retries: 0,
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = t.run_task("run-4", &question(1, 3, 3)).await;
+    match r.stop {
+        StopReason::Failed(why) => assert!(
+            why.contains("all 3 replicas failed") && why.contains("dead"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.failures.len(), 3);
+}
