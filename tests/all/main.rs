@@ -6,6 +6,7 @@ mod consensus;
 mod embedded;
 mod hostile;
 mod hot_swap;
+mod job;
 mod loading;
 mod router;
 mod scaffold;

@@ -15,13 +15,18 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// A generic failure (I/O, engine start-up).
     pub const FAILURE: u8 = 1;
-    // 2 is clap's own code for bad command-line arguments.
+    /// Bad command-line arguments (also clap's own code).
+    pub const USAGE: u8 = 2;
     /// A plugin file was refused.
     pub const BAD_PLUGIN: u8 = 5;
     /// The team spec is invalid.
     pub const BAD_SPEC: u8 = 3;
     /// A model node failed.
     pub const NODE_FAILURE: u8 = 6;
+    /// The team reached no consensus.
+    pub const NO_CONSENSUS: u8 = 4;
+    /// A budget ran out before a decision.
+    pub const BUDGET_EXHAUSTED: u8 = 7;
 }
 
 #[derive(Parser)]
@@ -40,6 +45,22 @@ enum Command {
     /// Inspect, check and create plugins.
     #[command(subcommand)]
     Plugins(PluginsCmd),
+    /// Ask a team a question.
+    Run {
+        /// The team spec.
+        spec: PathBuf,
+        /// The question (default: --input, else standard input).
+        question: Option<String>,
+        /// Read the question from this file.
+        #[arg(long, conflicts_with = "question")]
+        input: Option<PathBuf>,
+        /// The right answer, for `sim` nodes (evaluation only).
+        #[arg(long)]
+        gold: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check model nodes.
     #[command(subcommand)]
     Nodes(NodesCmd),
@@ -371,6 +392,122 @@ async fn run(cli: Cli) -> u8 {
                     report(&e);
                     exit::FAILURE
                 }
+            }
+        }
+        Command::Run {
+            spec,
+            question,
+            input,
+            gold,
+            json,
+        } => {
+            let question = match (question, input) {
+                (Some(q), _) => q,
+                (None, Some(f)) => match std::fs::read_to_string(&f) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", f.display());
+                        return exit::FAILURE;
+                    }
+                },
+                (None, None) => {
+                    let mut q = String::new();
+                    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut q) {
+                        report(&e);
+                        return exit::FAILURE;
+                    }
+                    q
+                }
+            };
+            let question = question.trim().to_string();
+            if question.is_empty() {
+                eprintln!("error: the question is empty");
+                return exit::USAGE;
+            }
+            let team = match conclave::spec::team::TeamSpec::load(&spec) {
+                Ok(t) => t,
+                Err(e) => {
+                    report(&e);
+                    return exit::BAD_SPEC;
+                }
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    report(&e);
+                    return exit::FAILURE;
+                }
+            };
+            let team =
+                match conclave::team::job::PreparedTeam::prepare(team, rt, &default_plugin_dir())
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        report(&e);
+                        return match e {
+                            conclave::team::job::JobError::Spec(_) => exit::BAD_SPEC,
+                            conclave::team::job::JobError::Plugin { .. } => exit::BAD_PLUGIN,
+                        };
+                    }
+                };
+            let run_id = conclave::team::job::new_run_id();
+            let r = team
+                .run(&run_id, &question, gold.as_deref(), |id, t| {
+                    if !json {
+                        eprintln!(
+                            "task {id}: {:?} after {} samples, {} rounds",
+                            t.stop, t.samples, t.rounds
+                        );
+                    }
+                })
+                .await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("serialisable")
+                );
+            } else {
+                if r.simulated {
+                    println!(
+                        "note: this team uses a simulated node; its answers are not a model's"
+                    );
+                }
+                println!("answer:     {}", r.answer.as_deref().unwrap_or("(none)"));
+                let mut nodes = r.nodes.clone();
+                nodes.sort();
+                nodes.dedup();
+                println!(
+                    "support:    {} of {} ballots (nodes: {})",
+                    r.support,
+                    r.total,
+                    nodes.join(", ")
+                );
+                println!("runner-up:  {}", r.runner_up.as_deref().unwrap_or("(none)"));
+                println!("samples:    {}", r.samples);
+                println!(
+                    "tokens:     {} in, {} out; cost {:.6}",
+                    r.tokens_in, r.tokens_out, r.cost
+                );
+                println!("time:       {:.2?}", r.wall);
+                println!(
+                    "stop:       {}",
+                    match &r.stop {
+                        conclave::team::consensus::StopReason::Decided => "decided".to_string(),
+                        conclave::team::consensus::StopReason::NoConsensus(w) =>
+                            format!("no consensus: {w}"),
+                        conclave::team::consensus::StopReason::BudgetExhausted(w) =>
+                            format!("budget exhausted: {w}"),
+                        conclave::team::consensus::StopReason::Failed(w) => format!("failed: {w}"),
+                    }
+                );
+                println!("run:        {}", r.run_id);
+            }
+            match r.stop {
+                conclave::team::consensus::StopReason::Decided => exit::OK,
+                conclave::team::consensus::StopReason::NoConsensus(_) => exit::NO_CONSENSUS,
+                conclave::team::consensus::StopReason::BudgetExhausted(_) => exit::BUDGET_EXHAUSTED,
+                conclave::team::consensus::StopReason::Failed(_) => exit::NODE_FAILURE,
             }
         }
         Command::Nodes(NodesCmd::Check {

@@ -1,9 +1,11 @@
 //! Team spec files (TOML): parsing and validation with errors that name the
 //! file, line and column.
 //!
-//! What lives here so far: the `[[node]]` tables (see
-//! [`crate::model::node`] for each backend's fields). Plugins and the
-//! workflow join them with the team runtime.
+//! The `[[node]]` tables are parsed here (see [`crate::model::node`] for each
+//! backend's fields); [`team`] reads whole team specs: nodes, plugins and
+//! tasks.
+
+pub mod team;
 
 use std::path::{Path, PathBuf};
 
@@ -53,12 +55,19 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// Where `[[node]]` table number `index` (0-based) starts, and where its
 /// `field = ` line is when it has one.
 fn node_position(text: &str, index: usize, field: &str) -> (usize, usize) {
+    table_position(text, "node", index, field)
+}
+
+/// Where `[[array]]` table number `index` (0-based) starts, and where its
+/// `field = ` line is when it has one.
+pub fn table_position(text: &str, array: &str, index: usize, field: &str) -> (usize, usize) {
+    let header = format!("[[{array}]]");
     let mut seen = 0;
     let mut offset = 0;
     let mut table_start = None;
     for line in text.split_inclusive('\n') {
         let t = line.trim_start();
-        if t.starts_with("[[node]]") {
+        if t.starts_with(&header) {
             if seen == index {
                 table_start = Some(offset);
             } else if table_start.is_some() {

@@ -43,6 +43,9 @@ pub struct TaskSpec {
     pub max_samples: u32,
     /// Most rounds (1 = no revision).
     pub max_rounds: u32,
+    /// Decided answers of the tasks this one depends on, by task id: what
+    /// `blackboard.read` returns.
+    pub inputs: Vec<(String, String)>,
 }
 
 /// Why a task stopped. Exactly one per task.
@@ -88,6 +91,14 @@ struct RoutedServices {
     tag: CallTag,
     gold: Option<String>,
     used: Arc<Mutex<Vec<String>>>,
+    board: Vec<(String, String)>,
+}
+
+fn replica_seed(call: &CallInfo) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&call.run_id, &call.task_id, call.replica).hash(&mut h);
+    h.finish()
 }
 
 fn to_llm_error(e: ModelError) -> llm::LlmError {
@@ -104,7 +115,7 @@ fn to_llm_error(e: ModelError) -> llm::LlmError {
 impl HostServices for RoutedServices {
     async fn chat(
         &self,
-        _call: &CallInfo,
+        call: &CallInfo,
         request: llm::ChatRequest,
     ) -> Result<llm::ChatResponse, llm::LlmError> {
         let req = model::ChatRequest {
@@ -117,6 +128,10 @@ impl HostServices for RoutedServices {
             temperature: request.temperature,
             stop: request.stop.clone(),
             n: 1,
+            // A seed of its own for every replica, so that replicas sample
+            // independently even on a node that would otherwise repeat
+            // itself for the same prompt.
+            seed: Some(replica_seed(call)),
             gold: self.gold.clone(),
             ..Default::default()
         };
@@ -147,6 +162,17 @@ impl HostServices for RoutedServices {
             node: r.node,
             text,
         })
+    }
+
+    fn read(&self, _call: &CallInfo, id: &str) -> Option<String> {
+        self.board
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn keys(&self, _call: &CallInfo) -> Vec<String> {
+        self.board.iter().map(|(k, _)| k.clone()).collect()
     }
 }
 
@@ -186,6 +212,7 @@ impl Team {
             },
             gold: spec.gold.clone(),
             used: used.clone(),
+            board: spec.inputs.clone(),
         });
         let mut ballots: Vec<Ballot> = Vec::new();
         let mut failures = Vec::new();

@@ -5,4 +5,5 @@
 
 pub mod consensus;
 pub mod dag;
+pub mod job;
 pub mod simulate;
