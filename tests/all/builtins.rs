@@ -133,6 +133,22 @@ async fn quorum_decides_asks_for_more_or_gives_up() {
 }
 
 #[tokio::test]
+async fn quorum_margin_and_plurality_at_the_cap() {
+    let b = [ballot("3"), ballot("3"), ballot("4")];
+    // 2 of 3 meets the share, but a lead of 1 is below a margin of 2.
+    let cfg = r#"{"share":0.6,"min_votes":2,"margin":2,"max_samples":5}"#;
+    assert_eq!(
+        tally("quorum", cfg, &b).await.unwrap(),
+        Decision::NeedMore(1)
+    );
+    let at_cap = r#"{"share":0.9,"min_votes":2,"max_samples":3,"plurality_at_cap":true}"#;
+    assert_eq!(
+        tally("quorum", at_cap, &b).await.unwrap(),
+        decided("3", 2, 3, Some("4"))
+    );
+}
+
+#[tokio::test]
 async fn borda_uses_rankings() {
     let ranked = |r: &[&str]| {
         let mut b = ballot(r[0]);
@@ -175,6 +191,18 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+
+    /// Quorum never decides below its threshold.
+    #[test]
+    fn quorum_never_decides_below_its_share(answers in proptest::collection::vec(0u8..3, 1..10), share in 0.3f64..1.0) {
+        let rt_handle = tokio::runtime::Runtime::new().unwrap();
+        let ballots: Vec<Ballot> = answers.iter().map(|a| ballot(&a.to_string())).collect();
+        let cfg = format!(r#"{{"share":{share},"min_votes":1,"max_samples":10}}"#);
+        let d = rt_handle.block_on(tally("quorum", &cfg, &ballots)).unwrap();
+        if let Decision::Decided(d) = d {
+            prop_assert!(d.support as f64 >= share * d.total as f64 - 1e-6, "{:?} share {}", d, share);
+        }
     }
 
     /// A majority of identical ballots is that ballot.

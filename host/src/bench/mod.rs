@@ -7,6 +7,7 @@
 pub mod amdahl;
 pub mod embedded;
 pub mod router;
+pub mod team;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -158,6 +158,30 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Adaptive consistency against a fixed vote, and pipeline throughput,
+    /// on sim nodes.
+    Team {
+        #[arg(long, default_value = "data/eval/gsm_symbolic_dev.jsonl")]
+        data: PathBuf,
+        /// Accuracy of the sim node.
+        #[arg(long, default_value_t = 0.6)]
+        accuracy: f64,
+        /// The sample cap (and the fixed vote's size).
+        #[arg(long, default_value_t = 10)]
+        cap: u32,
+        /// The adaptive voter's (`quorum`) config; `{cap}` stands for --cap.
+        #[arg(
+            long,
+            default_value = r#"{"share":0.5,"min_votes":3,"margin":2,"max_samples":{cap},"plurality_at_cap":true}"#
+        )]
+        quorum: String,
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedded model: 5 samples of one prompt against 1 sample.
     Embedded {
         /// The GGUF file (default: the one `scripts/fetch-model.sh` fetches).
@@ -673,6 +697,56 @@ async fn run(cli: Cli) -> u8 {
                     r.model, r.p, r.policy, cols[0], cols[1], cols[2], cols[3]
                 );
             }
+            exit::OK
+        }
+        Command::Bench(BenchCmd::Team {
+            data,
+            accuracy,
+            cap,
+            quorum,
+            tasks,
+            concurrency,
+            json,
+        }) => {
+            let dir = default_plugin_dir();
+            let adaptive =
+                conclave::bench::team::adaptive(&dir, &data, accuracy, cap, usize::MAX, &quorum)
+                    .await;
+            let throughput = conclave::bench::team::throughput(&dir, tasks, concurrency).await;
+            let (adaptive, throughput) = match (adaptive, throughput) {
+                (Ok(a), Ok(t)) => (a, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            if json {
+                let out = serde_json::json!({"adaptive": adaptive, "throughput": throughput});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).expect("serialisable")
+                );
+                return exit::OK;
+            }
+            println!(
+                "adaptive consistency, {} items of {}, sim node of accuracy {accuracy}:",
+                adaptive.fixed.items,
+                data.display()
+            );
+            for s in [&adaptive.fixed, &adaptive.adaptive] {
+                println!(
+                    "  {:<40} accuracy {:>5.1}%  samples/item {:>5.2}  undecided {}",
+                    s.policy,
+                    s.accuracy * 100.0,
+                    s.samples_per_item,
+                    s.no_decision
+                );
+            }
+            println!("  samples saved: {:.2}x", adaptive.samples_saved);
+            println!(
+                "pipeline throughput (5 replicas, 1 verifier, 1 voter; zero-latency sim node; {} in flight): {:.0} tasks/s ({} tasks in {:.2?}, {} plugin calls each)",
+                throughput.concurrency, throughput.tasks_per_second, throughput.tasks, throughput.wall, throughput.plugin_calls_per_task
+            );
             exit::OK
         }
         Command::Bench(BenchCmd::Embedded {

@@ -19,6 +19,12 @@ struct Config {
     max_samples: u32,
     /// Count ballots that a verifier failed.
     count_failed: bool,
+    /// Votes the leader must have over the runner-up (default 0).
+    margin: u32,
+    /// At the sample cap, decide the plurality instead of giving up
+    /// (default: give up). With it, the quorum is a stopping rule for
+    /// adaptive consistency rather than a guarantee.
+    plurality_at_cap: bool,
 }
 
 impl Default for Config {
@@ -28,6 +34,8 @@ impl Default for Config {
             min_votes: 2,
             max_samples: 10,
             count_failed: false,
+            margin: 0,
+            plurality_at_cap: false,
         }
     }
 }
@@ -74,7 +82,11 @@ impl Voter for Quorum {
         let total = votes.len() as u32;
         let counts = tally(&votes);
         let top = counts.first().map(|c| c.votes).unwrap_or(0);
-        if top >= c.min_votes && meets_share(top, total, c.share) {
+        let second = counts.get(1).map(|c| c.votes).unwrap_or(0);
+        let decisive =
+            top >= c.min_votes && meets_share(top, total, c.share) && top - second >= c.margin;
+        let left = c.max_samples.saturating_sub(drawn);
+        if decisive || (left == 0 && c.plurality_at_cap && top > 0) {
             let best = &counts[0];
             return Ok(Decision::Decided(Decided {
                 answer: best.answer.clone(),
@@ -83,7 +95,6 @@ impl Voter for Quorum {
                 runner_up: counts.get(1).map(|c| c.answer.clone()),
             }));
         }
-        let left = c.max_samples.saturating_sub(drawn);
         if left == 0 {
             return Ok(Decision::NoConsensus(format!(
                 "quorum of {:.0}% not reached after {drawn} samples: best answer {} had {top} of {total} votes",
@@ -95,7 +106,9 @@ impl Voter for Quorum {
         // with the current leader.
         let mut extra = 1;
         while extra < left
-            && !(top + extra >= c.min_votes && meets_share(top + extra, total + extra, c.share))
+            && !(top + extra >= c.min_votes
+                && meets_share(top + extra, total + extra, c.share)
+                && top + extra - second >= c.margin)
         {
             extra += 1;
         }

@@ -1,0 +1,247 @@
+//! Team benchmarks on sim nodes: tokens saved by adaptive consistency, and
+//! the orchestration's own throughput.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_sdk::answer::{self, Kind};
+use serde::Serialize;
+
+use crate::model::router::NodeHandle;
+use crate::model::sim::{SimBackend, SimConfig};
+use crate::model::{Router, RouterConfig};
+use crate::plugin::{AnswerKind, Grants, PluginRuntime, RuntimeConfig};
+use crate::team::consensus::{PluginUse, StopReason, TaskSpec, Team};
+
+/// One policy's score on a data set.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyScore {
+    pub policy: String,
+    pub items: usize,
+    pub accuracy: f64,
+    pub samples_per_item: f64,
+    pub no_decision: usize,
+}
+
+/// Result of [`adaptive`].
+#[derive(Clone, Debug, Serialize)]
+pub struct AdaptiveReport {
+    pub fixed: PolicyScore,
+    pub adaptive: PolicyScore,
+    /// fixed samples / adaptive samples.
+    pub samples_saved: f64,
+}
+
+async fn load(
+    rt: &PluginRuntime,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    grants: Grants,
+) -> Result<PluginUse, String> {
+    let plugin = rt
+        .load_file(&dir.join(format!("{name}.wasm")))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(PluginUse {
+        plugin,
+        config: config.into(),
+        grants,
+    })
+}
+
+fn sim_router(accuracy: f64) -> Result<Arc<Router>, String> {
+    let cfg = SimConfig {
+        accuracy,
+        seed: 11,
+        ..Default::default()
+    };
+    let sim = SimBackend::new("sim", cfg, Path::new(".")).map_err(|e| e.to_string())?;
+    Ok(Arc::new(Router::new(
+        vec![NodeHandle::new(Arc::new(sim))],
+        RouterConfig::default(),
+    )))
+}
+
+/// Reads `question`/`answer` items from a JSONL file.
+pub fn read_items(path: &Path, limit: usize) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(limit)
+        .enumerate()
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+            let q = v["question"]
+                .as_str()
+                .ok_or_else(|| format!("{}:{}: no `question`", path.display(), i + 1))?;
+            let a = match &v["answer"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Ok((q.to_string(), a))
+        })
+        .collect()
+}
+
+/// A fixed vote of `cap` samples (majority) against adaptive sampling
+/// (quorum: stop once the vote is decisive, at most `cap`) on the items of
+/// `data`, on a sim node of the given accuracy. `quorum_config` is the
+/// adaptive voter's config; `{cap}` in it stands for `cap`.
+pub async fn adaptive(
+    plugins: &Path,
+    data: &Path,
+    accuracy: f64,
+    cap: u32,
+    limit: usize,
+    quorum_config: &str,
+) -> Result<AdaptiveReport, String> {
+    let items = read_items(data, limit)?;
+    let rt = Arc::new(PluginRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?);
+    let solver = load(
+        &rt,
+        plugins,
+        "solver",
+        "",
+        Grants {
+            llm: true,
+            ..Grants::default()
+        },
+    )
+    .await?;
+    let check = load(&rt, plugins, "answer-format", "", Grants::default()).await?;
+    let mut scores = Vec::new();
+    for (policy, voter, config, first) in [
+        (
+            "fixed vote of the cap (majority)",
+            "majority",
+            String::new(),
+            cap,
+        ),
+        (
+            "adaptive (quorum, stop when decisive)",
+            "quorum",
+            quorum_config.replace("{cap}", &cap.to_string()),
+            2,
+        ),
+    ] {
+        let team = Team {
+            runtime: rt.clone(),
+            router: sim_router(accuracy)?,
+            role: solver.clone(),
+            verifiers: vec![check.clone()],
+            voter: load(&rt, plugins, voter, &config, Grants::default()).await?,
+        };
+        let (mut right, mut samples, mut undecided) = (0usize, 0u32, 0usize);
+        for (i, (q, gold)) in items.iter().enumerate() {
+            let spec = TaskSpec {
+                id: format!("item-{i}"),
+                prompt: q.clone(),
+                answer_kind: AnswerKind::Number,
+                gold: Some(gold.clone()),
+                checker: None,
+                replicas: first,
+                max_samples: cap,
+                max_rounds: 1,
+                inputs: vec![],
+            };
+            let r = team.run_task("bench-adaptive", &spec).await;
+            samples += r.samples;
+            match (&r.stop, &r.answer) {
+                (StopReason::Decided, Some(a)) if answer::same(a, gold, Kind::Number) => right += 1,
+                (StopReason::Decided, _) => {}
+                _ => undecided += 1,
+            }
+        }
+        scores.push(PolicyScore {
+            policy: policy.into(),
+            items: items.len(),
+            accuracy: right as f64 / items.len().max(1) as f64,
+            samples_per_item: samples as f64 / items.len().max(1) as f64,
+            no_decision: undecided,
+        });
+    }
+    let adaptive = scores.pop().expect("two policies");
+    let fixed = scores.pop().expect("two policies");
+    Ok(AdaptiveReport {
+        samples_saved: fixed.samples_per_item / adaptive.samples_per_item.max(1e-9),
+        fixed,
+        adaptive,
+    })
+}
+
+/// Result of [`throughput`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputReport {
+    pub tasks: usize,
+    pub concurrency: usize,
+    pub wall: Duration,
+    pub tasks_per_second: f64,
+    /// Plugin calls per task (roles, verifiers, voter).
+    pub plugin_calls_per_task: usize,
+}
+
+/// Tasks per second through the whole pipeline (5 replicas of `solver`,
+/// `answer-format` on each, `majority`) against a zero-latency sim node.
+pub async fn throughput(
+    plugins: &Path,
+    tasks: usize,
+    concurrency: usize,
+) -> Result<ThroughputReport, String> {
+    let rt = Arc::new(PluginRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?);
+    let team = Arc::new(Team {
+        runtime: rt.clone(),
+        router: sim_router(0.8)?,
+        role: load(
+            &rt,
+            plugins,
+            "solver",
+            "",
+            Grants {
+                llm: true,
+                ..Grants::default()
+            },
+        )
+        .await?,
+        verifiers: vec![load(&rt, plugins, "answer-format", "", Grants::default()).await?],
+        voter: load(&rt, plugins, "majority", "", Grants::default()).await?,
+    });
+    let spec = |i: usize| TaskSpec {
+        id: format!("t{i}"),
+        prompt: format!("What is {i} + 1?"),
+        answer_kind: AnswerKind::Number,
+        gold: Some((i + 1).to_string()),
+        checker: None,
+        replicas: 5,
+        max_samples: 5,
+        max_rounds: 1,
+        inputs: vec![],
+    };
+    // Warm up.
+    team.run_task("warm", &spec(0)).await;
+    let start = Instant::now();
+    let per = tasks.div_ceil(concurrency.max(1));
+    let mut handles = Vec::new();
+    for w in 0..concurrency.max(1) {
+        let team = team.clone();
+        handles.push(tokio::spawn(async move {
+            for k in 0..per {
+                team.run_task("bench", &spec(w * per + k)).await;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.map_err(|e| e.to_string())?;
+    }
+    let wall = start.elapsed();
+    let done = per * concurrency.max(1);
+    Ok(ThroughputReport {
+        tasks: done,
+        concurrency,
+        wall,
+        tasks_per_second: done as f64 / wall.as_secs_f64(),
+        plugin_calls_per_task: 5 + 5 + 1,
+    })
+}
