@@ -223,6 +223,23 @@ fn report(e: &dyn std::error::Error) {
     }
 }
 
+/// Runs CPU-bound library work off the async threads; prints its error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            None
+        }
+        Err(e) => {
+            report(&e);
+            None
+        }
+    }
+}
+
 fn runtime() -> Result<Arc<PluginRuntime>, conclave::PluginError> {
     Ok(Arc::new(PluginRuntime::new(RuntimeConfig::default())?))
 }
@@ -595,20 +612,13 @@ async fn run(cli: Cli) -> u8 {
                 }
             };
             let models = ["gpt-5.2", "claude-sonnet-4-6", "gemini-3-flash"];
-            let tail = match tokio::task::spawn_blocking(move || {
+            let tail = match blocking(move || {
                 conclave::bench::router::tail(&latencies, &models, tail_calls)
             })
             .await
             {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    eprintln!("error: {e}");
-                    return exit::FAILURE;
-                }
-                Err(e) => {
-                    report(&e);
-                    return exit::FAILURE;
-                }
+                Some(v) => v,
+                None => return exit::FAILURE,
             };
             if json {
                 let out = serde_json::json!({"overhead": overhead, "tail": tail});
@@ -657,20 +667,13 @@ async fn run(cli: Cli) -> u8 {
             json,
         }) => {
             let models = ["gpt-5.2", "claude-sonnet-4-6", "gemini-3-flash"];
-            let cells = match tokio::task::spawn_blocking(move || {
+            let cells = match blocking(move || {
                 conclave::bench::amdahl::table(&tasks, &latencies, &models, runs)
             })
             .await
             {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    eprintln!("error: {e}");
-                    return exit::FAILURE;
-                }
-                Err(e) => {
-                    report(&e);
-                    return exit::FAILURE;
-                }
+                Some(v) => v,
+                None => return exit::FAILURE,
             };
             if json {
                 println!(
