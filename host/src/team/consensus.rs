@@ -321,49 +321,20 @@ impl Team {
                 }
             };
             let left = spec.max_samples.saturating_sub(samples);
-            match decision {
-                Decision::Decided(d) => {
-                    return result(
-                        StopReason::Decided,
-                        Some(&d),
-                        samples,
-                        round,
-                        &ballots,
-                        failures,
-                    )
-                }
-                Decision::NoConsensus(r) => {
-                    return result(
-                        StopReason::NoConsensus(r),
-                        None,
-                        samples,
-                        round,
-                        &ballots,
-                        failures,
-                    )
-                }
+            let stop = match decision {
+                Decision::Decided(d) => Some((StopReason::Decided, Some(d))),
+                Decision::NoConsensus(r) => Some((StopReason::NoConsensus(r), None)),
                 Decision::NeedMore(_) | Decision::Revise(_) if left == 0 => {
                     let why = format!("sample budget of {} spent", spec.max_samples);
-                    return result(
-                        StopReason::BudgetExhausted(why),
-                        None,
-                        samples,
-                        round,
-                        &ballots,
-                        failures,
-                    );
+                    Some((StopReason::BudgetExhausted(why), None))
                 }
-                Decision::NeedMore(k) => want = k.min(left).max(1),
                 Decision::Revise(_) if round + 1 >= spec.max_rounds.max(1) => {
                     let why = format!("round budget of {} spent", spec.max_rounds.max(1));
-                    return result(
-                        StopReason::BudgetExhausted(why),
-                        None,
-                        samples,
-                        round,
-                        &ballots,
-                        failures,
-                    );
+                    Some((StopReason::BudgetExhausted(why), None))
+                }
+                Decision::NeedMore(k) => {
+                    want = k.min(left).max(1);
+                    None
                 }
                 Decision::Revise(reason) => {
                     round += 1;
@@ -380,7 +351,11 @@ impl Team {
                     ballots.clear();
                     used.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     want = spec.replicas.max(1).min(left);
+                    None
                 }
+            };
+            if let Some((stop, decided)) = stop {
+                return result(stop, decided.as_ref(), samples, round, &ballots, failures);
             }
         }
     }
