@@ -8,6 +8,7 @@
 //! lightly loaded node for each call, retries and hedges, and keeps the
 //! accounts.
 
+pub mod accounts;
 pub mod check;
 pub mod embedded;
 pub mod health;

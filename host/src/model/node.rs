@@ -76,12 +76,13 @@ pub fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
         .map(|(_, o)| o)
 }
 
-/// The field named by a serde "unknown field `x`" or "missing field `x`"
-/// message.
+/// The field named by a serde "unknown field `x`", "missing field `x`" or
+/// "duplicate field `x`" message.
 fn named_field(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("missing field `"))?;
+        .or_else(|| message.strip_prefix("missing field `"))
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
     Some(rest[..rest.find('`')?].to_string())
 }
 

@@ -9,7 +9,6 @@
 //! `Retry-After`, enforces a per-call deadline, optionally hedges a slow call
 //! with a second request (the loser is cancelled), and keeps the accounts.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,9 +17,11 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::{select, Either};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::accounts::stats;
+pub use super::accounts::{Accounts, Counts, Stats, StatsSummary};
 use super::health::{Admission, BreakerConfig, Health};
 use super::{Backend, ChatRequest, ChatResponse, ModelError};
 
@@ -155,80 +156,6 @@ struct Slot {
     health: Mutex<Health>,
     limiter: Option<TokenLimiter>,
     freed: tokio::sync::Notify,
-}
-
-/// Counters of one node, role or run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Counts {
-    pub calls: u64,
-    pub failures: u64,
-    pub retries: u64,
-    pub hedges: u64,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    pub cost: f64,
-}
-
-/// Counters plus a latency histogram.
-#[derive(Clone, Debug)]
-pub struct Stats {
-    pub counts: Counts,
-    latency_us: hdrhistogram::Histogram<u64>,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            counts: Counts::default(),
-            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 24 * 3_600_000_000, 2)
-                .expect("valid bounds"),
-        }
-    }
-}
-
-impl std::ops::Deref for Stats {
-    type Target = Counts;
-    fn deref(&self) -> &Counts {
-        &self.counts
-    }
-}
-
-/// A printable summary of [`Stats`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StatsSummary {
-    #[serde(flatten)]
-    pub counts: Counts,
-    pub p50: Duration,
-    pub p95: Duration,
-    pub p99: Duration,
-}
-
-impl Stats {
-    /// Percentiles and counters.
-    pub fn summary(&self) -> StatsSummary {
-        let q = |q: f64| Duration::from_micros(self.latency_us.value_at_quantile(q));
-        StatsSummary {
-            counts: self.counts.clone(),
-            p50: q(0.50),
-            p95: q(0.95),
-            p99: q(0.99),
-        }
-    }
-}
-
-/// Accounts per node, role and run.
-#[derive(Clone, Debug, Default)]
-pub struct Accounts {
-    pub by_node: BTreeMap<String, Stats>,
-    pub by_role: BTreeMap<String, Stats>,
-    pub by_run: BTreeMap<String, Stats>,
-}
-
-fn stats<'a>(map: &'a mut BTreeMap<String, Stats>, key: &str) -> &'a mut Stats {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), Stats::default());
-    }
-    map.get_mut(key).expect("inserted above")
 }
 
 /// Chooses nodes, retries, hedges and accounts. Share it behind an `Arc`.

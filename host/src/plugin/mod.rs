@@ -15,6 +15,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod checks;
 pub mod engine;
 pub mod error;
 pub mod imports;

@@ -1,0 +1,242 @@
+//! `conclave bench ...`: run a benchmark and print its numbers.
+
+use super::{blocking, default_plugin_dir, exit, report, BenchCmd};
+
+pub async fn run(cmd: BenchCmd) -> u8 {
+    match cmd {
+        BenchCmd::Plugins {
+            voter,
+            iterations,
+            ballots,
+            concurrency,
+            json,
+        } => {
+            let voter = voter.unwrap_or_else(|| default_plugin_dir().join("majority.wasm"));
+            match conclave::bench::voter_calls(&voter, iterations, ballots, concurrency).await {
+                Ok(r) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).expect("serialisable")
+                    );
+                    exit::OK
+                }
+                Ok(r) => {
+                    println!(
+                        "voter call, {} ballots, fresh instance per call, {} calls each:",
+                        r.ballots, r.runtime.calls
+                    );
+                    println!(
+                        "  naive (new store, no pooling, fuel):  p50 {:>8.1?}  p99 {:>8.1?}",
+                        r.naive.p50, r.naive.p99
+                    );
+                    println!(
+                        "  conclave runtime (pooling: {}):    p50 {:>8.1?}  p99 {:>8.1?}",
+                        r.pooling, r.runtime.p50, r.runtime.p99
+                    );
+                    println!(
+                        "  speed-up at p50: {:.2}x",
+                        r.naive.p50.as_secs_f64() / r.runtime.p50.as_secs_f64().max(1e-12)
+                    );
+                    println!(
+                        "  where the time goes (mean): store {:.1?}, instantiate {:.1?}, call {:.1?}, drop {:.1?}",
+                        r.phases[0], r.phases[1], r.phases[2], r.phases[3]
+                    );
+                    println!(
+                        "  decisions per second, {} in flight: {:.0}",
+                        r.concurrency, r.concurrent_per_sec
+                    );
+                    exit::OK
+                }
+                Err(e) => {
+                    report(&e);
+                    exit::FAILURE
+                }
+            }
+        }
+        BenchCmd::Router {
+            calls,
+            tail_calls,
+            latencies,
+            json,
+        } => {
+            let overhead = match conclave::bench::router::overhead(calls).await {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            let models = ["gpt-5.2", "claude-sonnet-4-6", "gemini-3-flash"];
+            let tail = match blocking(move || {
+                conclave::bench::router::tail(&latencies, &models, tail_calls)
+            })
+            .await
+            {
+                Some(v) => v,
+                None => return exit::FAILURE,
+            };
+            if json {
+                let out = serde_json::json!({"overhead": overhead, "tail": tail});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).expect("serialisable")
+                );
+                return exit::OK;
+            }
+            println!(
+                "router overhead, zero-latency sim node, {} calls each:",
+                overhead.routed.calls
+            );
+            println!(
+                "  sim called directly: p50 {:>8.2?}  p99 {:>8.2?}",
+                overhead.direct.p50, overhead.direct.p99
+            );
+            println!(
+                "  through the router:  p50 {:>8.2?}  p99 {:>8.2?}",
+                overhead.routed.p50, overhead.routed.p99
+            );
+            println!("  overhead at p50: {:.2?}", overhead.overhead_p50);
+            println!();
+            println!("tail latency, measured latencies replayed through a sim node, {tail_calls} calls each (virtual time):");
+            println!(
+                "  {:<20} {:<36} {:>9} {:>9} {:>7} {:>8}",
+                "model", "policy", "p50", "p99", "extra", "p99 cut"
+            );
+            for r in tail {
+                println!(
+                    "  {:<20} {:<36} {:>8.2}s {:>8.2}s {:>6.1}% {:>7.2}x",
+                    r.model,
+                    r.policy,
+                    r.p50.as_secs_f64(),
+                    r.p99.as_secs_f64(),
+                    r.extra_calls * 100.0,
+                    r.p99_cut
+                );
+            }
+            exit::OK
+        }
+        BenchCmd::Amdahl {
+            tasks,
+            latencies,
+            runs,
+            json,
+        } => {
+            let models = ["gpt-5.2", "claude-sonnet-4-6", "gemini-3-flash"];
+            let cells = match blocking(move || {
+                conclave::bench::amdahl::table(&tasks, &latencies, &models, runs)
+            })
+            .await
+            {
+                Some(v) => v,
+                None => return exit::FAILURE,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cells).expect("serialisable")
+                );
+                return exit::OK;
+            }
+            println!(
+                "speed-up over n = 1 (share of Amdahl's bound), {runs} seeds per DAG, virtual time"
+            );
+            println!(
+                "{:<18} {:>4} {:<26} {:>14} {:>14} {:>14} {:>14}",
+                "latencies", "p", "policy", "n=2", "n=3", "n=4", "n=5"
+            );
+            for row in cells.chunks(5) {
+                let r = &row[0];
+                let cols: Vec<String> = row[1..]
+                    .iter()
+                    .map(|c| format!("{:.2}x ({:>3.0}%)", c.speedup, 100.0 * c.speedup / c.bound))
+                    .collect();
+                println!(
+                    "{:<18} {:>4.1} {:<26} {:>14} {:>14} {:>14} {:>14}",
+                    r.model, r.p, r.policy, cols[0], cols[1], cols[2], cols[3]
+                );
+            }
+            exit::OK
+        }
+        BenchCmd::Team {
+            data,
+            accuracy,
+            cap,
+            quorum,
+            tasks,
+            concurrency,
+            json,
+        } => {
+            let dir = default_plugin_dir();
+            let adaptive =
+                conclave::bench::team::adaptive(&dir, &data, accuracy, cap, usize::MAX, &quorum)
+                    .await;
+            let throughput = conclave::bench::team::throughput(&dir, tasks, concurrency).await;
+            let (adaptive, throughput) = match (adaptive, throughput) {
+                (Ok(a), Ok(t)) => (a, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            if json {
+                let out = serde_json::json!({"adaptive": adaptive, "throughput": throughput});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).expect("serialisable")
+                );
+                return exit::OK;
+            }
+            println!(
+                "adaptive consistency, {} items of {}, sim node of accuracy {accuracy}:",
+                adaptive.fixed.items,
+                data.display()
+            );
+            for s in [&adaptive.fixed, &adaptive.adaptive] {
+                println!(
+                    "  {:<40} accuracy {:>5.1}%  samples/item {:>5.2}  undecided {}",
+                    s.policy,
+                    s.accuracy * 100.0,
+                    s.samples_per_item,
+                    s.no_decision
+                );
+            }
+            println!("  samples saved: {:.2}x", adaptive.samples_saved);
+            println!(
+                "pipeline throughput (5 replicas, 1 verifier, 1 voter; zero-latency sim node; {} in flight): {:.0} tasks/s ({} tasks in {:.2?}, {} plugin calls each)",
+                throughput.concurrency, throughput.tasks_per_second, throughput.tasks, throughput.wall, throughput.plugin_calls_per_task
+            );
+            exit::OK
+        }
+        BenchCmd::Embedded {
+            model,
+            max_tokens,
+            json,
+        } => match conclave::bench::embedded::batching(&model, max_tokens).await {
+            Ok(r) if json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("serialisable")
+                );
+                exit::OK
+            }
+            Ok(r) => {
+                println!("embedded model {} on {} threads, prompt {} tokens, up to {} new tokens per sample:", r.model, r.threads, r.prompt_tokens, r.max_tokens);
+                for (label, run) in [("1 sample ", &r.one), ("5 samples", &r.five)] {
+                    println!(
+                        "  {label}: {:>8.2?} wall, {:>5} tokens, {:>7.1} tokens/s",
+                        run.wall, run.completion_tokens, run.tokens_per_second
+                    );
+                }
+                println!(
+                    "  5 samples take {:.2}x the time of 1 (goal: at most 2x)",
+                    r.ratio
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        },
+    }
+}
