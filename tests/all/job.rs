@@ -1,21 +1,9 @@
 //! Jobs from team spec files: tasks in dependency order with the blackboard
 //! between them, the example specs, and a stop reason for every job.
 
-use conclave::spec::team::TeamSpec;
 use conclave::team::consensus::StopReason;
-use conclave::team::job::PreparedTeam;
-use conclave_tests::{plugin_dir, runtime, workspace};
-
-async fn prepare(text: &str) -> (tempfile::TempDir, PreparedTeam) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("team.toml");
-    std::fs::write(&path, text).unwrap();
-    let spec = TeamSpec::load(&path).unwrap();
-    let team = PreparedTeam::prepare(spec, runtime(), &plugin_dir())
-        .await
-        .unwrap();
-    (dir, team)
-}
+use conclave::team::events::Event;
+use conclave_tests::{prepare_file, prepare_team as prepare, run_job, workspace};
 
 const TWO_TASKS: &str = r#"
 [team]
@@ -60,13 +48,15 @@ depends_on = ["first"]
 #[tokio::test]
 async fn tasks_run_in_order_and_the_job_reports_its_spend() {
     let (_dir, team) = prepare(TWO_TASKS).await;
-    let mut seen = Vec::new();
-    let r = team
-        .run("run-job-1", "What is 21 * 2?", Some("42"), |id, _| {
-            seen.push(id.to_string())
+    let (r, events) = run_job(&team, "run-job-1", "What is 21 * 2?", Some("42")).await;
+    let ended: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TaskEnded { task, .. } => Some(task.as_str()),
+            _ => None,
         })
-        .await;
-    assert_eq!(seen, ["first", "second"]);
+        .collect();
+    assert_eq!(ended, ["first", "second"]);
     assert_eq!(r.stop, StopReason::Decided, "{r:?}");
     assert_eq!(r.answer.as_deref(), Some("42"));
     assert!(r.simulated);
@@ -79,20 +69,23 @@ async fn tasks_run_in_order_and_the_job_reports_its_spend() {
 }
 
 #[tokio::test]
-async fn a_job_stops_at_the_first_task_without_a_decision() {
+async fn a_task_without_a_decision_stops_its_dependents_with_its_reason() {
     let text = TWO_TASKS
         .replace("accuracy = 0.9\nseed = 1", "error_rate = 1.0")
         .replace("accuracy = 0.9\nseed = 2", "error_rate = 1.0");
     let (_dir, team) = prepare(&text).await;
-    let r = team
-        .run("run-job-2", "What is 21 * 2?", Some("42"), |_, _| {})
-        .await;
+    let (r, _) = run_job(&team, "run-job-2", "What is 21 * 2?", Some("42")).await;
     assert!(
-        matches!(&r.stop, StopReason::Failed(w) if w.contains("replicas failed")),
+        matches!(&r.tasks[0].1.stop, StopReason::Failed(w) if w.contains("replicas failed")),
+        "{:?}",
+        r.tasks[0].1.stop
+    );
+    assert!(
+        matches!(&r.stop, StopReason::Failed(w) if w.starts_with("dependency first did not decide: all")),
         "{:?}",
         r.stop
     );
-    assert_eq!(r.tasks.len(), 1, "the dependent task did not run");
+    assert_eq!(r.tasks[1].1.samples, 0, "the dependent task did not run");
     assert_eq!(r.answer, None);
 }
 
@@ -109,22 +102,15 @@ async fn a_custom_plugin_path_is_loaded_and_its_kind_checked() {
         )
         .replace("voter = \"quorum\"", "voter = \"myvote\"");
     let (_dir, team) = prepare(&text).await;
-    let r = team
-        .run("run-job-3", "What is 21 * 2?", Some("42"), |_, _| {})
-        .await;
+    let (r, _) = run_job(&team, "run-job-3", "What is 21 * 2?", Some("42")).await;
     assert_eq!(r.answer.as_deref(), Some("1.0.0:3"));
 }
 
 #[tokio::test]
 async fn the_self_consistency_example_runs_on_the_embedded_model() {
     let path = workspace().join("examples/self-consistency.toml");
-    let spec = TeamSpec::load(&path).unwrap();
-    let team = PreparedTeam::prepare(spec, runtime(), &plugin_dir())
-        .await
-        .unwrap();
-    let r = team
-        .run("run-example", "What is 12 + 30?", None, |_, _| {})
-        .await;
+    let team = prepare_file(&path).await;
+    let (r, _) = run_job(&team, "run-example", "What is 12 + 30?", None).await;
     assert!(!r.simulated);
     assert_eq!(r.samples, 5);
     match &r.stop {

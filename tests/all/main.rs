@@ -8,5 +8,7 @@ mod hostile;
 mod hot_swap;
 mod job;
 mod loading;
+mod patterns;
 mod router;
 mod scaffold;
+mod scheduler;

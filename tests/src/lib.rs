@@ -179,3 +179,62 @@ impl conclave::HostServices for ScriptedServices {
 }
 
 pub mod http;
+
+/// Records every event of a run, for assertions on what happened when.
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<std::sync::Mutex<Vec<conclave::team::events::Event>>>);
+
+impl Recorder {
+    /// The events so far, in order.
+    pub fn events(&self) -> Vec<conclave::team::events::Event> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// An observer that records into this.
+    pub fn observer(&self) -> Arc<dyn conclave::team::events::Observer> {
+        let log = self.0.clone();
+        Arc::new(move |_: &str, e: &conclave::team::events::Event| {
+            log.lock().unwrap().push(e.clone())
+        })
+    }
+}
+
+/// A team spec file written into a temporary folder (kept alive by the
+/// returned guard), loaded and prepared with the built-in plugins.
+pub async fn prepare_team(text: &str) -> (tempfile::TempDir, conclave::team::job::PreparedTeam) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, prepare_file(&path).await)
+}
+
+/// A team spec file loaded and prepared with the built-in plugins.
+pub async fn prepare_file(path: &Path) -> conclave::team::job::PreparedTeam {
+    let spec = conclave::spec::team::TeamSpec::load(path).unwrap();
+    conclave::team::job::PreparedTeam::prepare(spec, runtime(), &plugin_dir())
+        .await
+        .unwrap()
+}
+
+/// Runs a job to its end, recording its events.
+pub async fn run_job(
+    team: &conclave::team::job::PreparedTeam,
+    run: &str,
+    question: &str,
+    gold: Option<&str>,
+) -> (
+    conclave::team::job::JobResult,
+    Vec<conclave::team::events::Event>,
+) {
+    let rec = Recorder::default();
+    let r = team
+        .run(
+            run,
+            question,
+            gold,
+            rec.observer(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    (r, rec.events())
+}

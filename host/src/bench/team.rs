@@ -12,7 +12,10 @@ use crate::model::router::NodeHandle;
 use crate::model::sim::{SimBackend, SimConfig};
 use crate::model::{Router, RouterConfig};
 use crate::plugin::{AnswerKind, Grants, PluginRuntime, RuntimeConfig};
-use crate::team::consensus::{PluginUse, StopReason, TaskSpec, Team};
+use crate::team::budget::{Limits, Meter};
+use crate::team::consensus::{PluginUse, StopReason, TaskContext, TaskResult, TaskSpec, Team};
+use crate::team::events::{Event, Observer};
+use crate::team::scheduler::{self, Executor, JobTask};
 
 /// One policy's score on a data set.
 #[derive(Clone, Debug, Serialize)]
@@ -145,6 +148,8 @@ pub async fn adaptive(
                 replicas: first,
                 max_samples: cap,
                 max_rounds: 1,
+                debate_rounds: 0,
+                retries: 1,
                 inputs: vec![],
             };
             let r = team.run_task("bench-adaptive", &spec).await;
@@ -181,6 +186,48 @@ pub struct ThroughputReport {
     pub tasks_per_second: f64,
     /// Plugin calls per task (roles, verifiers, voter).
     pub plugin_calls_per_task: usize,
+    /// The same tasks as one job of independent tasks on the scheduler
+    /// (`concurrency` tasks at once), with the events heard by an
+    /// observer: what scheduling, budgets and events add.
+    pub scheduled_wall: Duration,
+    pub scheduled_tasks_per_second: f64,
+    /// Scheduled throughput over direct throughput.
+    pub scheduled_ratio: f64,
+}
+
+/// Runs scheduler tasks on one team, counting events.
+struct BenchExecutor {
+    team: Arc<Team>,
+    ctx: TaskContext,
+}
+
+impl Executor for BenchExecutor {
+    fn execute(
+        self: Arc<Self>,
+        task: Arc<JobTask>,
+        inputs: Vec<(String, String)>,
+        meter: Arc<Meter>,
+    ) -> futures::future::BoxFuture<'static, TaskResult> {
+        Box::pin(async move {
+            let mut spec = TaskSpec::new(&task.id, &task.prompt, task.answer_kind);
+            spec.replicas = task.replicas;
+            spec.max_samples = task.max_samples;
+            spec.inputs = inputs;
+            spec.gold = Some(
+                task.id
+                    .trim_start_matches('t')
+                    .parse::<u64>()
+                    .map(|i| i + 1)
+                    .unwrap_or(0)
+                    .to_string(),
+            );
+            let ctx = TaskContext {
+                meter,
+                ..self.ctx.clone()
+            };
+            self.team.run_task_in("bench-scheduled", &spec, &ctx).await
+        })
+    }
 }
 
 /// Tasks per second through the whole pipeline (5 replicas of `solver`,
@@ -217,6 +264,8 @@ pub async fn throughput(
         replicas: 5,
         max_samples: 5,
         max_rounds: 1,
+        debate_rounds: 0,
+        retries: 1,
         inputs: vec![],
     };
     // Warm up.
@@ -237,11 +286,68 @@ pub async fn throughput(
     }
     let wall = start.elapsed();
     let done = per * concurrency.max(1);
+    // The same tasks through the scheduler, as one job.
+    let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = events.clone();
+    let observer: Arc<dyn Observer> = Arc::new(move |_: &str, _: &Event| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let executor = Arc::new(BenchExecutor {
+        team: team.clone(),
+        ctx: TaskContext {
+            observer: observer.clone(),
+            ..TaskContext::standalone()
+        },
+    });
+    let jobs: Vec<JobTask> = (0..done)
+        .map(|i| JobTask {
+            id: format!("t{i}"),
+            role: "solver".into(),
+            verifiers: vec!["answer-format".into()],
+            voter: "majority".into(),
+            prompt: format!("What is {i} + 1?"),
+            answer_kind: AnswerKind::Number,
+            replicas: 5,
+            max_samples: 5,
+            max_rounds: 1,
+            debate_rounds: 0,
+            retries: 1,
+            limits: Limits::default(),
+            depends_on: vec![],
+            subtasks: None,
+        })
+        .collect();
+    let start = Instant::now();
+    let results = scheduler::run(
+        "bench-scheduled",
+        jobs,
+        executor,
+        Meter::job(Limits::default()),
+        scheduler::Options {
+            max_parallel_tasks: concurrency.max(1),
+        },
+        tokio_util::sync::CancellationToken::new(),
+        observer.as_ref(),
+    )
+    .await;
+    let scheduled_wall = start.elapsed();
+    let decided = results
+        .iter()
+        .filter(|(_, r)| r.stop == StopReason::Decided)
+        .count();
+    if decided * 10 < done * 9 {
+        return Err(format!("only {decided} of {done} scheduled tasks decided"));
+    }
+    let tasks_per_second = done as f64 / wall.as_secs_f64();
+    let scheduled_tasks_per_second = done as f64 / scheduled_wall.as_secs_f64();
     Ok(ThroughputReport {
         tasks: done,
         concurrency,
         wall,
-        tasks_per_second: done as f64 / wall.as_secs_f64(),
+        tasks_per_second,
         plugin_calls_per_task: 5 + 5 + 1,
+        scheduled_wall,
+        scheduled_tasks_per_second,
+        scheduled_ratio: scheduled_tasks_per_second / tasks_per_second,
     })
 }

@@ -205,6 +205,10 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 "pipeline throughput (5 replicas, 1 verifier, 1 voter; zero-latency sim node; {} in flight): {:.0} tasks/s ({} tasks in {:.2?}, {} plugin calls each)",
                 throughput.concurrency, throughput.tasks_per_second, throughput.tasks, throughput.wall, throughput.plugin_calls_per_task
             );
+            println!(
+                "  the same tasks as one job on the scheduler (events observed): {:.0} tasks/s in {:.2?} ({:.2}x of direct)",
+                throughput.scheduled_tasks_per_second, throughput.scheduled_wall, throughput.scheduled_ratio
+            );
             exit::OK
         }
         BenchCmd::Embedded {

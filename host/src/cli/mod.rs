@@ -31,6 +31,8 @@ pub mod exit {
     pub const NO_CONSENSUS: u8 = 4;
     /// A budget ran out before a decision.
     pub const BUDGET_EXHAUSTED: u8 = 7;
+    /// Interrupted (Ctrl-C); the conventional 128 + SIGINT.
+    pub const CANCELLED: u8 = 130;
 }
 
 #[derive(Parser)]
@@ -51,6 +53,16 @@ enum Command {
     Plugins(PluginsCmd),
     /// Ask a team a question.
     Run(RunArgs),
+    /// Show a team's task DAG: order, critical path, p, Amdahl's bound.
+    Plan {
+        spec: PathBuf,
+        /// Bounds for teams of 1 to this many workers (default: the
+        /// spec's `max_parallel_tasks`, at most 8).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check model nodes.
     #[command(subcommand)]
     Nodes(NodesCmd),
@@ -280,6 +292,11 @@ async fn run(cli: Cli) -> u8 {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Nodes(cmd) => team::nodes(cmd).await,
         Command::Run(args) => team::ask(args).await,
+        Command::Plan {
+            spec,
+            workers,
+            json,
+        } => team::plan(&spec, workers, json),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

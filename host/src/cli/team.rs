@@ -1,6 +1,8 @@
 //! `conclave run` and `conclave nodes check`: asking a team, reaching its
 //! nodes.
 
+use conclave::team::events::{Event, Observer};
+
 use super::{default_plugin_dir, exit, report, runtime, NodesCmd, RunArgs};
 
 /// `conclave run`.
@@ -61,15 +63,28 @@ pub async fn ask(args: RunArgs) -> u8 {
             }
         };
     let run_id = conclave::team::job::new_run_id();
-    let r = team
-        .run(&run_id, &question, gold.as_deref(), |id, t| {
-            if !json {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the model calls in flight");
+            on_ctrl_c.cancel();
+        }
+    });
+    let observer: std::sync::Arc<dyn Observer> = if json {
+        std::sync::Arc::new(conclave::team::events::Quiet)
+    } else {
+        std::sync::Arc::new(|_: &str, e: &Event| {
+            if let Event::TaskEnded { task, result } = e {
                 eprintln!(
-                    "task {id}: {:?} after {} samples, {} rounds",
-                    t.stop, t.samples, t.rounds
+                    "task {task}: {} after {} samples, {} rounds",
+                    result.stop, result.samples, result.rounds
                 );
             }
         })
+    };
+    let r = team
+        .run(&run_id, &question, gold.as_deref(), observer, cancel)
         .await;
     if json {
         println!(
@@ -97,17 +112,7 @@ pub async fn ask(args: RunArgs) -> u8 {
             r.tokens_in, r.tokens_out, r.cost
         );
         println!("time:       {:.2?}", r.wall);
-        println!(
-            "stop:       {}",
-            match &r.stop {
-                conclave::team::consensus::StopReason::Decided => "decided".to_string(),
-                conclave::team::consensus::StopReason::NoConsensus(w) =>
-                    format!("no consensus: {w}"),
-                conclave::team::consensus::StopReason::BudgetExhausted(w) =>
-                    format!("budget exhausted: {w}"),
-                conclave::team::consensus::StopReason::Failed(w) => format!("failed: {w}"),
-            }
-        );
+        println!("stop:       {}", r.stop);
         println!("run:        {}", r.run_id);
     }
     match r.stop {
@@ -115,7 +120,46 @@ pub async fn ask(args: RunArgs) -> u8 {
         conclave::team::consensus::StopReason::NoConsensus(_) => exit::NO_CONSENSUS,
         conclave::team::consensus::StopReason::BudgetExhausted(_) => exit::BUDGET_EXHAUSTED,
         conclave::team::consensus::StopReason::Failed(_) => exit::NODE_FAILURE,
+        conclave::team::consensus::StopReason::Cancelled(_) => exit::CANCELLED,
     }
+}
+
+/// `conclave plan`.
+pub fn plan(spec: &std::path::Path, workers: Option<usize>, json: bool) -> u8 {
+    let team = match conclave::spec::team::TeamSpec::load(spec) {
+        Ok(t) => t,
+        Err(e) => {
+            report(&e);
+            return exit::BAD_SPEC;
+        }
+    };
+    let n = workers.unwrap_or(team.team.max_parallel_tasks.unwrap_or(16).min(8));
+    let shape = team.dag().shape(n);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shape).expect("serialisable")
+        );
+        return exit::OK;
+    }
+    println!("{:<28} {:>22}", "task", "longest chain from it");
+    let mut order = shape.priority.clone();
+    order.sort_by_key(|(_, r)| std::cmp::Reverse(*r));
+    for (id, rest) in &order {
+        println!("{id:<28} {rest:>22}");
+    }
+    println!();
+    println!("tasks:             {}", shape.tasks);
+    println!("critical path:     {} tasks", shape.critical_path);
+    println!("parallel fraction: p = {:.2}", shape.parallel_fraction);
+    let bounds: Vec<String> = shape
+        .amdahl
+        .iter()
+        .map(|(n, b)| format!("n={n}: {b:.2}x"))
+        .collect();
+    println!("Amdahl bound:      {}", bounds.join(", "));
+    println!("(a coordinator's plan, if any, adds subtasks at run time)");
+    exit::OK
 }
 
 /// `conclave nodes ...`.

@@ -233,6 +233,18 @@ impl Router {
         self.slots.iter().map(|s| s.node.backend.name()).collect()
     }
 
+    /// What `tokens_in` and `tokens_out` cost on `node` at its prices
+    /// (0 for a node this router does not have).
+    pub fn cost_of(&self, node: &str, tokens_in: u64, tokens_out: u64) -> f64 {
+        self.slots
+            .iter()
+            .find(|s| s.node.backend.name() == node)
+            .map(|s| {
+                (tokens_in as f64 * s.node.price_in + tokens_out as f64 * s.node.price_out) / 1e6
+            })
+            .unwrap_or(0.0)
+    }
+
     /// A copy of the accounts.
     pub fn accounts(&self) -> Accounts {
         self.accounts

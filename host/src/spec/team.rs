@@ -29,11 +29,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{line_col, parse_nodes, table_position, SpecError};
 use crate::model::node::{suggest, NodeSpec};
+use crate::model::RouterConfig;
 use crate::plugin::{AnswerKind, Capability, SandboxLimits};
 
 /// `[team]`.
@@ -47,6 +49,64 @@ pub struct TeamSection {
     /// Where built-in plugins are looked up (default: the runtime's).
     #[serde(default)]
     pub plugin_dir: Option<PathBuf>,
+    /// The task whose answer is the job's (default: the last task in
+    /// dependency order).
+    #[serde(default)]
+    pub answer: Option<String>,
+    /// Tasks running at once (default 16).
+    #[serde(default)]
+    pub max_parallel_tasks: Option<usize>,
+    /// Messages each replica's mailbox holds (default 64).
+    #[serde(default)]
+    pub bus_capacity: Option<usize>,
+    /// Job budget: tokens (in plus out) over all tasks.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Job budget: cost at the nodes' prices.
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    /// Job budget: wall time, e.g. `"30s"`, `"2m"`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_wall: Option<Duration>,
+}
+
+/// `[dag]`: tasks read from a task-list JSON file
+/// (`{"tasks": [{"id", "title", "description", "dependencies"}]}`), each
+/// run like a `[[task]]` with these settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DagSection {
+    /// The task list, relative to the spec.
+    pub path: PathBuf,
+    pub role: String,
+    pub voter: String,
+    #[serde(default)]
+    pub verifiers: Vec<String>,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default = "default_kind")]
+    pub answer_kind: String,
+    /// `{title}`, `{description}` and `{question}` are filled in. Default:
+    /// the title, a blank line, the description.
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+/// `subtasks = {...}` of a task whose role may answer with a plan.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtaskSection {
+    /// The role of subtasks whose plan entry names none.
+    #[serde(default = "default_solver")]
+    pub role: String,
+    #[serde(default)]
+    pub verifiers: Vec<String>,
+    #[serde(default = "default_voter")]
+    pub voter: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default = "default_kind")]
+    pub answer_kind: String,
 }
 
 /// `[[plugin]]`.
@@ -54,9 +114,14 @@ pub struct TeamSection {
 #[serde(deny_unknown_fields)]
 pub struct PluginSection {
     pub name: String,
-    /// A component file; absent means the built-in of this name.
+    /// A component file; absent means the built-in of this name (or of
+    /// `builtin`).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The built-in this plugin is an instance of, so that one built-in
+    /// can be used under several names with different configs.
+    #[serde(default)]
+    pub builtin: Option<String>,
     /// Given to the plugin as JSON.
     #[serde(default)]
     pub config: Option<toml::Table>,
@@ -91,10 +156,35 @@ pub struct TaskSection {
     pub max_rounds: u32,
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Debate: rounds in which each replica sees the others' previous
+    /// answers (over the bus), before the vote.
+    #[serde(default)]
+    pub debate_rounds: u32,
+    /// How often a failed replica is drawn again on another node.
+    #[serde(default = "one")]
+    pub retries: u32,
+    /// Task budget: tokens (in plus out).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Task budget: cost at the nodes' prices.
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    /// Task budget: wall time, e.g. `"20s"`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_wall: Option<Duration>,
+    /// How to run the subtasks if the role answers with a plan.
+    #[serde(default)]
+    pub subtasks: Option<SubtaskSection>,
 }
 
 fn one() -> u32 {
     1
+}
+fn default_solver() -> String {
+    "solver".into()
+}
+fn default_voter() -> String {
+    "majority".into()
 }
 fn default_kind() -> String {
     "text".into()
@@ -107,6 +197,8 @@ pub struct TeamSpec {
     pub team: TeamSection,
     pub nodes: Vec<NodeSpec>,
     pub plugins: Vec<PluginSection>,
+    /// `[router]`: retries, backoff, per-call deadline, hedging, breaker.
+    pub router: RouterConfig,
     /// In dependency order.
     pub tasks: Vec<TaskSection>,
 }
@@ -121,9 +213,25 @@ pub fn answer_kind(s: &str) -> Option<AnswerKind> {
     }
 }
 
-const TOP_KEYS: [&str; 4] = ["team", "node", "plugin", "task"];
-const PLUGIN_KEYS: [&str; 5] = ["name", "path", "config", "grants", "limits"];
-const TASK_KEYS: [&str; 11] = [
+const DAG_KEYS: [&str; 7] = [
+    "path",
+    "role",
+    "voter",
+    "verifiers",
+    "replicas",
+    "answer_kind",
+    "prompt",
+];
+
+const TOP_KEYS: [&str; 6] = ["team", "node", "plugin", "task", "dag", "router"];
+const PLUGIN_KEYS: [&str; 6] = ["name", "path", "builtin", "config", "grants", "limits"];
+const TASK_KEYS: [&str; 16] = [
+    "debate_rounds",
+    "retries",
+    "max_tokens",
+    "max_cost",
+    "max_wall",
+    "subtasks",
     "id",
     "role",
     "prompt",
@@ -134,7 +242,6 @@ const TASK_KEYS: [&str; 11] = [
     "max_samples",
     "max_rounds",
     "depends_on",
-    "__",
 ];
 
 fn unknown_key(msg: &str) -> Option<String> {
@@ -143,6 +250,22 @@ fn unknown_key(msg: &str) -> Option<String> {
 }
 
 impl TeamSpec {
+    /// The tasks as a DAG (before any coordinator adds subtasks).
+    pub fn dag(&self) -> crate::team::dag::Dag {
+        crate::team::dag::Dag::new(
+            self.tasks
+                .iter()
+                .map(|t| crate::team::dag::DagTask {
+                    id: t.id.clone(),
+                    title: t.role.clone(),
+                    description: String::new(),
+                    dependencies: t.depends_on.clone(),
+                })
+                .collect(),
+        )
+        .expect("checked at load: unique ids, known dependencies, no cycles")
+    }
+
     /// Reads and checks the spec at `path`.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
@@ -179,6 +302,13 @@ impl TeamSpec {
                 syntax(l, c, format!("[team]: {}", e.message().trim()))
             })?,
             None => TeamSection::default(),
+        };
+        let router: RouterConfig = match doc.get("router") {
+            Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| {
+                let (l, c) = find_key(text, "router");
+                syntax(l, c, format!("[router]: {}", e.message().trim()))
+            })?,
+            None => RouterConfig::default(),
         };
         let nodes = parse_nodes(text, path)?;
         let array = |name: &str| -> Vec<toml::Value> {
@@ -255,6 +385,29 @@ impl TeamSpec {
                     ));
                 }
             }
+            if let Some(e) = zero_budget(t.max_tokens, t.max_cost, t.max_wall) {
+                return Err(err(
+                    e,
+                    format!("`{e}` must be above zero (a budget of zero can do nothing)"),
+                ));
+            }
+            if let Some(sub) = &t.subtasks {
+                if sub.replicas == 0 {
+                    return Err(err(
+                        "subtasks",
+                        "`subtasks.replicas` must be at least 1".into(),
+                    ));
+                }
+                if answer_kind(&sub.answer_kind).is_none() {
+                    return Err(err(
+                        "subtasks",
+                        format!(
+                            "subtasks.answer_kind {:?} is not number, choice or text",
+                            sub.answer_kind
+                        ),
+                    ));
+                }
+            }
             if t.max_samples.is_some_and(|m| m < t.replicas) {
                 return Err(err(
                     "max_samples",
@@ -266,8 +419,87 @@ impl TeamSpec {
             }
             tasks.push(t);
         }
+        if let Some(v) = doc.get("dag") {
+            let (l, c) = find_key(text, "dag");
+            let d: DagSection = v.clone().try_into().map_err(|e: toml::de::Error| {
+                let msg = e.message().trim().to_string();
+                let hint = unknown_key(&msg)
+                    .and_then(|k| suggest(&k, &DAG_KEYS))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                syntax(l, c, format!("[dag]: {msg}{hint}"))
+            })?;
+            let file = path.parent().unwrap_or(Path::new(".")).join(&d.path);
+            let dag = crate::team::dag::Dag::load(&file)
+                .map_err(|e| syntax(l, c, format!("[dag]: {e}")))?;
+            if answer_kind(&d.answer_kind).is_none() || d.replicas == 0 {
+                return Err(syntax(
+                    l,
+                    c,
+                    "[dag]: `replicas` must be at least 1 and `answer_kind` number, choice or text"
+                        .into(),
+                ));
+            }
+            let template = d
+                .prompt
+                .clone()
+                .unwrap_or_else(|| "{title}\n\n{description}".into());
+            for dt in dag.tasks {
+                if tasks.iter().any(|q| q.id == dt.id) {
+                    return Err(syntax(
+                        l,
+                        c,
+                        format!("[dag]: task `{}` is also a [[task]]", dt.id),
+                    ));
+                }
+                tasks.push(TaskSection {
+                    prompt: Some(
+                        template
+                            .replace("{title}", &dt.title)
+                            .replace("{description}", &dt.description),
+                    ),
+                    id: dt.id,
+                    role: d.role.clone(),
+                    replicas: d.replicas,
+                    verifiers: d.verifiers.clone(),
+                    voter: d.voter.clone(),
+                    answer_kind: d.answer_kind.clone(),
+                    max_samples: None,
+                    max_rounds: 1,
+                    depends_on: dt.dependencies,
+                    debate_rounds: 0,
+                    retries: 1,
+                    max_tokens: None,
+                    max_cost: None,
+                    max_wall: None,
+                    subtasks: None,
+                });
+            }
+        }
         if tasks.is_empty() {
-            return Err(syntax(1, 1, "the spec has no [[task]]".into()));
+            return Err(syntax(
+                1,
+                1,
+                "the spec has no [[task]] (nor a [dag])".into(),
+            ));
+        }
+        if let Some(e) = zero_budget(team.max_tokens, team.max_cost, team.max_wall) {
+            let (l, c) = find_key(text, e);
+            return Err(syntax(
+                l,
+                c,
+                format!("[team]: `{e}` must be above zero (a budget of zero can do nothing)"),
+            ));
+        }
+        if let Some(a) = &team.answer {
+            if !tasks.iter().any(|t| &t.id == a) {
+                let (l, c) = find_key(text, "answer");
+                return Err(syntax(
+                    l,
+                    c,
+                    format!("[team]: `answer` names unknown task `{a}`"),
+                ));
+            }
         }
         // References between tasks and to plugins.
         let builtin_kinds: BTreeMap<&str, &str> = [
@@ -297,6 +529,37 @@ impl TeamSpec {
             .copied()
             .chain(builtin_kinds.keys().copied())
             .collect();
+        // The kind of a built-in, under its own name or an instance's.
+        let mut kinds = builtin_kinds.clone();
+        for (i, p) in plugins.iter().enumerate() {
+            if let Some(b) = &p.builtin {
+                if p.path.is_some() {
+                    return Err(section_err(
+                        "plugin",
+                        i,
+                        "builtin",
+                        format!("plugin `{}`: give `path` or `builtin`, not both", p.name),
+                    ));
+                }
+                match builtin_kinds.get(b.as_str()) {
+                    Some(k) => {
+                        kinds.insert(p.name.as_str(), *k);
+                    }
+                    None => {
+                        let names: Vec<&str> = builtin_kinds.keys().copied().collect();
+                        let hint = suggest(b, &names)
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_default();
+                        return Err(section_err(
+                            "plugin",
+                            i,
+                            "builtin",
+                            format!("plugin `{}`: no built-in named `{b}`{hint}", p.name),
+                        ));
+                    }
+                }
+            }
+        }
         let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
         for (i, t) in tasks.iter().enumerate() {
             let err = |field: &str, m: String| {
@@ -309,7 +572,7 @@ impl TeamSpec {
                         .unwrap_or_default();
                     return Err(err(field, format!("no plugin named `{name}`{hint}")));
                 }
-                if let Some(k) = builtin_kinds.get(name).filter(|_| !custom.contains(&name)) {
+                if let Some(k) = kinds.get(name).filter(|_| !custom.contains(&name)) {
                     if *k != kind {
                         return Err(err(field, format!("`{name}` is a {k}, not a {kind}")));
                     }
@@ -320,6 +583,13 @@ impl TeamSpec {
             check("voter", &t.voter, "voter")?;
             for v in &t.verifiers {
                 check("verifiers", v, "verifier")?;
+            }
+            if let Some(sub) = &t.subtasks {
+                check("subtasks", &sub.role, "role")?;
+                check("subtasks", &sub.voter, "voter")?;
+                for v in &sub.verifiers {
+                    check("subtasks", v, "verifier")?;
+                }
             }
             for d in &t.depends_on {
                 if !ids.contains(&d.as_str()) {
@@ -357,14 +627,73 @@ impl TeamSpec {
                 "the spec has no [[node]]: a role needs a model node to serve it".into(),
             ));
         }
+        for (i, p) in plugins.iter().enumerate() {
+            if let Some(m) = unroutable(p, &nodes) {
+                return Err(section_err(
+                    "plugin",
+                    i,
+                    "config",
+                    format!("plugin `{}`: {m}", p.name),
+                ));
+            }
+        }
         Ok(TeamSpec {
             path: path.into(),
             team,
             nodes,
             plugins,
+            router,
             tasks: ordered,
         })
     }
+}
+
+/// The first budget of zero among a scope's limits.
+fn zero_budget(
+    tokens: Option<u64>,
+    cost: Option<f64>,
+    wall: Option<Duration>,
+) -> Option<&'static str> {
+    if tokens == Some(0) {
+        Some("max_tokens")
+    } else if cost.is_some_and(|c| c <= 0.0) {
+        Some("max_cost")
+    } else if wall.is_some_and(|w| w.is_zero()) {
+        Some("max_wall")
+    } else {
+        None
+    }
+}
+
+/// Why no node can serve a plugin's pinned node or tags, if none can.
+fn unroutable(p: &PluginSection, nodes: &[NodeSpec]) -> Option<String> {
+    let sampling = p.config.as_ref()?.get("sampling")?.as_table()?;
+    if let Some(n) = sampling
+        .get("node")
+        .and_then(|v| v.as_str())
+        .filter(|n| !n.is_empty())
+    {
+        if !nodes.iter().any(|x| x.name == n) {
+            let names: Vec<&str> = nodes.iter().map(|x| x.name.as_str()).collect();
+            let hint = suggest(n, &names)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Some(format!("no node named `{n}` can serve it{hint}"));
+        }
+    }
+    let tags: Vec<&str> = sampling
+        .get("tags")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+        .unwrap_or_default();
+    if !tags.is_empty()
+        && !nodes
+            .iter()
+            .any(|x| tags.iter().all(|t| x.tags.iter().any(|y| y == t)))
+    {
+        return Some(format!("no node has all the tags {tags:?} it asks for"));
+    }
+    None
 }
 
 /// Where `key` first appears as a table or a key.
@@ -456,5 +785,87 @@ mod tests {
     fn a_role_needs_a_node() {
         let e = err(&OK.replace("[[node]]\nname = \"s\"\nbackend = \"sim\"\n", ""));
         assert!(e.contains("no [[node]]"), "{e}");
+    }
+
+    #[test]
+    fn zero_budgets_name_their_key_and_line() {
+        let e = err(&OK.replace("name = \"t\"\n", "name = \"t\"\nmax_tokens = 0\n"));
+        assert!(
+            e.starts_with("t.toml:3:1: [team]: `max_tokens` must be above zero"),
+            "{e}"
+        );
+        let e = err(&format!("{OK}max_wall = \"0s\"\n"));
+        assert!(
+            e.starts_with("t.toml:17:1: task `a`: `max_wall` must be above zero"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_answer_task_must_exist() {
+        let e = err(&OK.replace("name = \"t\"\n", "name = \"t\"\nanswer = \"b\"\n"));
+        assert!(
+            e.starts_with("t.toml:3:1: [team]: `answer` names unknown task `b`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_pinned_node_must_exist() {
+        let e = err(&OK.replace(
+            "grants = [\"llm\"]",
+            "grants = [\"llm\"]\nconfig = { sampling = { node = \"x\" } }",
+        ));
+        assert!(
+            e.starts_with("t.toml:11:1: plugin `solver`: no node named `x` can serve it"),
+            "{e}"
+        );
+        let e = err(&OK.replace(
+            "grants = [\"llm\"]",
+            "grants = [\"llm\"]\nconfig = { sampling = { tags = [\"gpu\"] } }",
+        ));
+        assert!(e.contains("no node has all the tags [\"gpu\"]"), "{e}");
+    }
+
+    #[test]
+    fn instances_of_built_ins_are_checked() {
+        let e = err(&OK.replace(
+            "name = \"solver\"\n",
+            "name = \"s2\"\nbuiltin = \"solvr\"\n",
+        ));
+        assert!(
+            e.contains("plugin `s2`: no built-in named `solvr`; did you mean `solver`?"),
+            "{e}"
+        );
+        let ok = OK
+            .replace(
+                "name = \"solver\"\n",
+                "name = \"s2\"\nbuiltin = \"solver\"\n",
+            )
+            .replace("role = \"solver\"", "role = \"s2\"");
+        assert!(TeamSpec::parse(&ok, Path::new("t.toml")).is_ok());
+        let e = err(&ok.replace("role = \"s2\"", "role = \"majority\"\n"));
+        assert!(e.contains("`majority` is a voter, not a role"), "{e}");
+    }
+
+    #[test]
+    fn subtask_settings_are_checked() {
+        let e = err(&format!("{OK}subtasks = {{ voter = \"majorty\" }}\n"));
+        assert!(
+            e.contains("task `a`: no plugin named `majorty`; did you mean `majority`?"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_dag_file_that_cannot_be_read_is_named() {
+        let e = err(&format!(
+            "{OK}\n[dag]\npath = \"missing.json\"\nrole = \"solver\"\nvoter = \"majority\"\n"
+        ));
+        assert!(e.starts_with("t.toml:18:1: [dag]: missing.json:"), "{e}");
+        let e = err(&format!(
+            "{OK}\n[dag]\npath = \"x.json\"\nrole = \"solver\"\nvotr = \"majority\"\n"
+        ));
+        assert!(e.contains("unknown field `votr`"), "{e}");
     }
 }

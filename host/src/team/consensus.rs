@@ -2,20 +2,27 @@
 //! candidate judged by the verifiers, the ballots counted by a voter, and the
 //! voter's answer acted on: `need-more` draws more samples (adaptive
 //! consistency), `revise` runs another round with the feedback (debate,
-//! critique), `no-consensus` ends the task with its reason. A failing
-//! replica or verifier fails that ballot only; the task goes on with the
-//! rest and ends with exactly one stop reason.
+//! critique), `no-consensus` ends the task with its reason. Debate rounds
+//! deliver each replica the others' previous answers over the bus. A
+//! failing replica is drawn again on another node up to `retries` times; a
+//! failing replica or verifier fails that ballot only; the task goes on with
+//! the rest and ends with exactly one stop reason. A role may answer with a
+//! plan instead: the task is then decided by that plan, and the scheduler
+//! runs its subtasks.
 
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::budget::{Limits, Meter};
+use super::bus::{Bus, BusError, Envelope};
+use super::events::{Event, Observer, Quiet};
 use crate::model::router::{CallTag, Route};
 use crate::model::{self, ModelError, Router};
-use crate::plugin::bindings::llm;
+use crate::plugin::bindings::{bus as wit_bus, llm};
 use crate::plugin::{
-    AnswerKind, Ballot, CallInfo, Candidate, Decision, Grants, HostServices, Invocation, Outcome,
-    Plugin, PluginRuntime, Task,
+    AnswerKind, Ballot, CallInfo, Candidate, Decided, Decision, Grants, HostServices, Invocation,
+    Outcome, Plugin, PluginRuntime, Task,
 };
 
 /// A plugin as a team uses it: the component, its config and its grants.
@@ -39,23 +46,70 @@ pub struct TaskSpec {
     pub checker: Option<String>,
     /// Samples in the first round.
     pub replicas: u32,
-    /// Most samples over all rounds.
+    /// Most samples over all rounds, not counting redraws of failed ones.
     pub max_samples: u32,
-    /// Most rounds (1 = no revision).
+    /// Most rounds the voter may ask for with `revise` (1 = no revision).
     pub max_rounds: u32,
+    /// Debate: rounds in which every replica sees the others' previous
+    /// answers, before the vote (0 = no debate).
+    pub debate_rounds: u32,
+    /// How often a failed replica is drawn again on another node.
+    pub retries: u32,
     /// Decided answers of the tasks this one depends on, by task id: what
     /// `blackboard.read` returns.
     pub inputs: Vec<(String, String)>,
 }
 
-/// Why a task stopped. Exactly one per task.
+impl TaskSpec {
+    /// One sample, one round, one retry, no inputs.
+    pub fn new(id: &str, prompt: &str, answer_kind: AnswerKind) -> Self {
+        TaskSpec {
+            id: id.into(),
+            prompt: prompt.into(),
+            answer_kind,
+            gold: None,
+            checker: None,
+            replicas: 1,
+            max_samples: 1,
+            max_rounds: 1,
+            debate_rounds: 0,
+            retries: 1,
+            inputs: Vec::new(),
+        }
+    }
+}
+
+/// Why a task (or a job) stopped. Exactly one per task.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "stop", content = "reason", rename_all = "kebab-case")]
 pub enum StopReason {
     Decided,
     NoConsensus(String),
     BudgetExhausted(String),
+    Cancelled(String),
     Failed(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Decided => write!(f, "decided"),
+            StopReason::NoConsensus(w) => write!(f, "no consensus: {w}"),
+            StopReason::BudgetExhausted(w) => write!(f, "budget exhausted: {w}"),
+            StopReason::Cancelled(w) => write!(f, "cancelled: {w}"),
+            StopReason::Failed(w) => write!(f, "failed: {w}"),
+        }
+    }
+}
+
+/// A subtask of a coordinator's plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedSubtask {
+    pub id: String,
+    pub prompt: String,
+    /// Empty: the task's default subtask role.
+    pub role: String,
+    pub depends_on: Vec<String>,
 }
 
 /// The outcome of a task.
@@ -66,13 +120,39 @@ pub struct TaskResult {
     pub support: u32,
     pub total: u32,
     pub runner_up: Option<String>,
-    /// Samples drawn (successful or not).
+    /// Samples drawn (successful or not, redraws included).
     pub samples: u32,
     pub rounds: u32,
     /// Nodes whose candidates were counted, one per ballot.
     pub nodes: Vec<String>,
     /// Why replicas or verifiers failed, one line each.
     pub failures: Vec<String>,
+    /// The plan a coordinator answered with, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Vec<PlannedSubtask>>,
+    /// Tokens (in plus out) and cost charged to this task.
+    pub tokens: u64,
+    pub cost: f64,
+}
+
+impl TaskResult {
+    /// A task that never ran, for `reason`.
+    pub fn not_run(stop: StopReason) -> Self {
+        TaskResult {
+            stop,
+            answer: None,
+            support: 0,
+            total: 0,
+            runner_up: None,
+            samples: 0,
+            rounds: 0,
+            nodes: Vec::new(),
+            failures: Vec::new(),
+            plan: None,
+            tokens: 0,
+            cost: 0.0,
+        }
+    }
 }
 
 /// A role, its verifiers and its voter, over a router.
@@ -84,14 +164,37 @@ pub struct Team {
     pub voter: PluginUse,
 }
 
+/// What a task shares with the rest of its job: the run's bus, the meter
+/// its model calls are charged to, and who hears its events.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub bus: Arc<Bus>,
+    pub meter: Arc<Meter>,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl TaskContext {
+    /// A bus of its own, no limits, nobody listening.
+    pub fn standalone() -> Self {
+        TaskContext {
+            bus: Arc::new(Bus::new(64)),
+            meter: Meter::job(Limits::default()),
+            observer: Arc::new(Quiet),
+        }
+    }
+}
+
 /// The host services a replica sees: model calls through the router,
-/// spread over nodes the task's other replicas are not using.
+/// spread over nodes the task's other replicas are not using and charged
+/// to the task's meter, the run's bus, and the task's inputs.
 struct RoutedServices {
     router: Arc<Router>,
     tag: CallTag,
+    run: String,
     gold: Option<String>,
     used: Arc<Mutex<Vec<String>>>,
     board: Vec<(String, String)>,
+    ctx: TaskContext,
 }
 
 fn replica_seed(call: &CallInfo) -> u64 {
@@ -111,6 +214,10 @@ fn to_llm_error(e: ModelError) -> llm::LlmError {
     }
 }
 
+fn address(call: &CallInfo) -> String {
+    format!("{}/{}", call.task_id, call.replica)
+}
+
 #[async_trait::async_trait]
 impl HostServices for RoutedServices {
     async fn chat(
@@ -118,6 +225,11 @@ impl HostServices for RoutedServices {
         call: &CallInfo,
         request: llm::ChatRequest,
     ) -> Result<llm::ChatResponse, llm::LlmError> {
+        let _admission = self
+            .ctx
+            .meter
+            .admit()
+            .map_err(|why| llm::LlmError::Unavailable(format!("budget exhausted: {why}")))?;
         let req = model::ChatRequest {
             messages: request
                 .messages
@@ -141,27 +253,93 @@ impl HostServices for RoutedServices {
             avoid: self.used.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             deadline: None,
         };
-        let routed = self
-            .router
-            .chat(&route, &self.tag, &req)
-            .await
-            .map_err(to_llm_error)?;
-        let r = routed.response;
+        let routed = match self.router.chat(&route, &self.tag, &req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.ctx.observer.event(
+                    &self.run,
+                    &Event::Failure {
+                        task: call.task_id.clone(),
+                        what: format!("replica {}: model call: {e}", call.replica),
+                    },
+                );
+                return Err(to_llm_error(e));
+            }
+        };
+        let r = &routed.response;
+        let (tin, tout) = (r.prompt_tokens, r.completion_tokens());
+        self.ctx.meter.charge(
+            u64::from(tin) + u64::from(tout),
+            self.router.cost_of(&r.node, tin.into(), tout.into()),
+        );
+        self.ctx.observer.event(
+            &self.run,
+            &Event::ModelCall {
+                task: call.task_id.clone(),
+                replica: call.replica,
+                node: r.node.clone(),
+                tokens_in: tin,
+                tokens_out: tout,
+                latency_ms: routed.latency.as_secs_f64() * 1e3,
+                attempts: routed.attempts,
+                hedged: routed.hedged,
+            },
+        );
         self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(r.node.clone());
+        let r = routed.response;
         let text = r
             .choices
             .first()
             .map(|c| c.text.clone())
             .unwrap_or_default();
         Ok(llm::ChatResponse {
-            completion_tokens: r.completion_tokens(),
-            prompt_tokens: r.prompt_tokens,
+            completion_tokens: tout,
+            prompt_tokens: tin,
             node: r.node,
             text,
         })
+    }
+
+    fn send(&self, call: &CallInfo, m: wit_bus::Envelope) -> Result<(), wit_bus::BusError> {
+        let envelope = Envelope {
+            from: address(call),
+            to: m.recipient,
+            kind: m.kind,
+            body: m.body,
+            correlation_id: m.correlation_id,
+            deadline: None,
+        };
+        let event = Event::Message {
+            from: envelope.from.clone(),
+            to: envelope.to.clone(),
+            kind: envelope.kind.clone(),
+        };
+        match self.ctx.bus.send(envelope) {
+            Ok(()) => {
+                self.ctx.observer.event(&self.run, &event);
+                Ok(())
+            }
+            Err(e @ BusError::Full(..)) => Err(wit_bus::BusError::Full(e.to_string())),
+            Err(e) => Err(wit_bus::BusError::UnknownRecipient(e.to_string())),
+        }
+    }
+
+    fn inbox(&self, call: &CallInfo) -> Vec<wit_bus::Envelope> {
+        self.ctx
+            .bus
+            .inbox(&address(call))
+            .into_iter()
+            .map(|m| wit_bus::Envelope {
+                sender: m.from,
+                recipient: m.to,
+                kind: m.kind,
+                body: m.body,
+                correlation_id: m.correlation_id,
+            })
+            .collect()
     }
 
     fn read(&self, _call: &CallInfo, id: &str) -> Option<String> {
@@ -200,9 +378,54 @@ fn wit_task(
     }
 }
 
+/// A plan as the scheduler takes it, refused when its subtasks do not form
+/// a DAG.
+fn check_plan(plan: &crate::plugin::Plan) -> Result<Vec<PlannedSubtask>, String> {
+    super::dag::Dag::new(
+        plan.subtasks
+            .iter()
+            .map(|s| super::dag::DagTask {
+                id: s.id.clone(),
+                title: String::new(),
+                description: String::new(),
+                dependencies: s.depends_on.clone(),
+            })
+            .collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(plan
+        .subtasks
+        .iter()
+        .map(|s| PlannedSubtask {
+            id: s.id.clone(),
+            prompt: s.prompt.clone(),
+            role: s.role.clone(),
+            depends_on: s.depends_on.clone(),
+        })
+        .collect())
+}
+
+/// What a task has gathered so far.
+#[derive(Default)]
+struct Gathered {
+    ballots: Vec<Ballot>,
+    /// The slot (position in its round) of each ballot's replica.
+    slots: Vec<u32>,
+    plans: Vec<Vec<PlannedSubtask>>,
+    failures: Vec<String>,
+    samples: u32,
+}
+
 impl Team {
-    /// Runs one task to a stop reason.
+    /// Runs one task to a stop reason on a bus of its own, without limits.
     pub async fn run_task(&self, run: &str, spec: &TaskSpec) -> TaskResult {
+        self.run_task_in(run, spec, &TaskContext::standalone())
+            .await
+    }
+
+    /// Runs one task to a stop reason within its job's `ctx`. Dropping the
+    /// future cancels the model calls in flight.
+    pub async fn run_task_in(&self, run: &str, spec: &TaskSpec, ctx: &TaskContext) -> TaskResult {
         let used = Arc::new(Mutex::new(Vec::new()));
         let services: Arc<dyn HostServices> = Arc::new(RoutedServices {
             router: self.router.clone(),
@@ -210,34 +433,201 @@ impl Team {
                 run: run.to_string(),
                 role: self.role.plugin.name().to_string(),
             },
+            run: run.to_string(),
             gold: spec.gold.clone(),
             used: used.clone(),
             board: spec.inputs.clone(),
+            ctx: ctx.clone(),
         });
-        let mut ballots: Vec<Ballot> = Vec::new();
-        let mut failures = Vec::new();
+        let mut g = Gathered::default();
         let mut feedback: Vec<String> = Vec::new();
-        let (mut samples, mut round, mut want) = (0u32, 0u32, spec.replicas.max(1));
-        let result = |stop,
-                      decision: Option<&crate::plugin::Decided>,
-                      samples,
-                      round,
-                      ballots: &[Ballot],
-                      failures: Vec<String>| TaskResult {
-            stop,
-            answer: decision.map(|d| d.answer.clone()),
-            support: decision.map(|d| d.support).unwrap_or(0),
-            total: decision.map(|d| d.total).unwrap_or(ballots.len() as u32),
-            runner_up: decision.and_then(|d| d.runner_up.clone()),
-            samples,
-            rounds: round + 1,
-            nodes: ballots.iter().map(|b| b.candidate.node.clone()).collect(),
-            failures,
+        let (mut round, mut want) = (0u32, spec.replicas.max(1));
+        let finish = |stop: StopReason, decided: Option<&Decided>, round: u32, g: Gathered| {
+            ctx.bus.close_task(&spec.id);
+            let (tokens, cost) = ctx.meter.used();
+            let plan = g.plans.into_iter().next();
+            TaskResult {
+                answer: decided.map(|d| d.answer.clone()),
+                support: decided.map(|d| d.support).unwrap_or(0),
+                total: decided.map(|d| d.total).unwrap_or(g.ballots.len() as u32),
+                runner_up: decided.and_then(|d| d.runner_up.clone()),
+                samples: g.samples,
+                rounds: round + 1,
+                nodes: g.ballots.iter().map(|b| b.candidate.node.clone()).collect(),
+                failures: g.failures,
+                plan: if stop == StopReason::Decided {
+                    plan
+                } else {
+                    None
+                },
+                stop,
+                tokens,
+                cost,
+            }
         };
         loop {
-            // Draw `want` more samples, all at once.
-            let calls = (0..want).map(|i| {
-                let replica = samples + i;
+            if let Some(why) = ctx.meter.exhausted() {
+                return finish(StopReason::BudgetExhausted(why), None, round, g);
+            }
+            // No more samples than the budgets still have room for.
+            if let Some(room) = ctx.meter.room() {
+                want = want.min(room.clamp(1, u64::from(u32::MAX)) as u32);
+            }
+            self.draw(run, spec, ctx, &services, round, want, &feedback, &mut g)
+                .await;
+            if g.ballots.is_empty() && !g.plans.is_empty() {
+                let plan = &g.plans[0];
+                let text = plan
+                    .iter()
+                    .map(|s| format!("{}: {}", s.id, s.prompt))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let d = Decided {
+                    answer: text,
+                    support: 1,
+                    total: g.plans.len() as u32,
+                    runner_up: None,
+                };
+                ctx.observer.event(
+                    run,
+                    &Event::Planned {
+                        task: spec.id.clone(),
+                        subtasks: plan.iter().map(|s| s.id.clone()).collect(),
+                    },
+                );
+                return finish(StopReason::Decided, Some(&d), round, g);
+            }
+            let left = spec.max_samples.saturating_sub(g.samples);
+            if g.ballots.is_empty() && (left == 0 || ctx.meter.exhausted().is_some()) {
+                let stop = match ctx.meter.exhausted() {
+                    Some(why) => StopReason::BudgetExhausted(why),
+                    None => StopReason::Failed(format!(
+                        "all {} replicas failed; last: {}",
+                        g.samples,
+                        g.failures.last().cloned().unwrap_or_default()
+                    )),
+                };
+                return finish(stop, None, round, g);
+            }
+            if round < spec.debate_rounds && !g.ballots.is_empty() {
+                round += 1;
+                feedback = self.exchange(run, spec, ctx, g.samples, &g);
+                g.ballots.clear();
+                g.slots.clear();
+                used.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                want = spec.replicas.max(1);
+                continue;
+            }
+            let vt = wit_task(
+                run,
+                spec,
+                &self.voter.config,
+                round,
+                0,
+                g.samples,
+                &feedback,
+            );
+            let inv = Invocation {
+                grants: self.voter.grants,
+                ..Default::default()
+            };
+            let decision = match self
+                .runtime
+                .tally(&self.voter.plugin, &inv, &vt, &g.ballots)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    let why = StopReason::Failed(format!("voter: {e}"));
+                    return finish(why, None, round, g);
+                }
+            };
+            ctx.observer.event(
+                run,
+                &Event::Vote {
+                    task: spec.id.clone(),
+                    round,
+                    ballots: g.ballots.len() as u32,
+                    decision: describe(&decision),
+                },
+            );
+            let spent = ctx.meter.exhausted();
+            let stop = match decision {
+                Decision::Decided(d) => Some((StopReason::Decided, Some(d))),
+                Decision::NoConsensus(r) => Some((StopReason::NoConsensus(r), None)),
+                Decision::NeedMore(_) | Decision::Revise(_) if spent.is_some() => {
+                    Some((StopReason::BudgetExhausted(spent.unwrap_or_default()), None))
+                }
+                Decision::NeedMore(_) | Decision::Revise(_) if left == 0 => {
+                    let why = format!(
+                        "task {}: sample budget of {} spent",
+                        spec.id, spec.max_samples
+                    );
+                    Some((StopReason::BudgetExhausted(why), None))
+                }
+                Decision::Revise(_) if round + 1 >= spec.max_rounds.max(1) + spec.debate_rounds => {
+                    let why = format!(
+                        "task {}: round budget of {} spent",
+                        spec.id,
+                        spec.max_rounds.max(1)
+                    );
+                    Some((StopReason::BudgetExhausted(why), None))
+                }
+                Decision::NeedMore(k) => {
+                    want = k.min(left).max(1);
+                    None
+                }
+                Decision::Revise(reason) => {
+                    round += 1;
+                    feedback = self.exchange(run, spec, ctx, g.samples, &g);
+                    feedback.push(reason);
+                    g.ballots.clear();
+                    g.slots.clear();
+                    used.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    want = spec.replicas.max(1).min(left);
+                    None
+                }
+            };
+            if let Some((stop, decided)) = stop {
+                return finish(stop, decided.as_ref(), round, g);
+            }
+        }
+    }
+
+    /// Draws `want` samples at once, drawing failed ones again (new
+    /// replica numbers, so new seeds and other nodes) up to
+    /// `spec.retries` times, and judges every candidate.
+    #[allow(clippy::too_many_arguments)]
+    async fn draw(
+        &self,
+        run: &str,
+        spec: &TaskSpec,
+        ctx: &TaskContext,
+        services: &Arc<dyn HostServices>,
+        round: u32,
+        want: u32,
+        feedback: &[String],
+        g: &mut Gathered,
+    ) {
+        // (slot, replica number)
+        let mut pending: Vec<(u32, u32)> = (0..want).map(|i| (i, g.samples + i)).collect();
+        for attempt in 0..=spec.retries {
+            if pending.is_empty() || (attempt > 0 && ctx.meter.exhausted().is_some()) {
+                break;
+            }
+            for (_, replica) in &pending {
+                ctx.bus.open(&format!("{}/{replica}", spec.id));
+                if attempt > 0 {
+                    ctx.observer.event(
+                        run,
+                        &Event::Retry {
+                            task: spec.id.clone(),
+                            replica: *replica,
+                        },
+                    );
+                }
+            }
+            let calls = pending.iter().map(|&(slot, replica)| {
                 let task = wit_task(
                     run,
                     spec,
@@ -245,7 +635,7 @@ impl Team {
                     round,
                     replica,
                     spec.replicas,
-                    &feedback,
+                    feedback,
                 );
                 let inv = Invocation {
                     grants: self.role.grants,
@@ -259,115 +649,125 @@ impl Team {
                     },
                 };
                 async move {
-                    (
-                        replica,
-                        self.runtime.run_role(&self.role.plugin, &inv, &task).await,
-                    )
+                    let out = self.runtime.run_role(&self.role.plugin, &inv, &task).await;
+                    (slot, replica, out)
                 }
             });
             let outcomes = futures::future::join_all(calls).await;
-            samples += want;
-            for (replica, outcome) in outcomes {
+            g.samples += pending.len() as u32;
+            let mut failed = Vec::new();
+            for (slot, replica, outcome) in outcomes {
+                let fail = |why: String| format!("replica {replica}: {why}");
                 match outcome {
                     Ok(Outcome::Candidate(c)) => {
-                        let verdicts = self
-                            .judge(run, spec, round, &c, &services, &mut failures)
-                            .await;
-                        ballots.push(Ballot {
+                        ctx.observer.event(
+                            run,
+                            &Event::Candidate {
+                                task: spec.id.clone(),
+                                replica,
+                                round,
+                                node: c.node.clone(),
+                                answer: c.answer.clone(),
+                            },
+                        );
+                        let verdicts = self.judge(run, spec, ctx, round, &c, services, g).await;
+                        g.ballots.push(Ballot {
                             candidate: c,
                             verdicts,
                         });
+                        g.slots.push(slot);
                     }
-                    Ok(Outcome::Plan(_)) => failures.push(format!(
-                        "replica {replica}: returned a plan where an answer was expected"
-                    )),
-                    Err(e) => failures.push(format!("replica {replica}: {e}")),
+                    Ok(Outcome::Plan(p)) => match check_plan(&p) {
+                        Ok(plan) => g.plans.push(plan),
+                        Err(e) => {
+                            self.failed(run, spec, ctx, g, fail(format!("invalid plan: {e}")));
+                            failed.push(slot);
+                        }
+                    },
+                    Err(e) => {
+                        self.failed(run, spec, ctx, g, fail(e.to_string()));
+                        failed.push(slot);
+                    }
                 }
             }
-            if ballots.is_empty() && samples >= spec.max_samples.max(spec.replicas) {
-                let why = format!(
-                    "all {samples} replicas failed; last: {}",
-                    failures.last().cloned().unwrap_or_default()
-                );
-                return result(
-                    StopReason::Failed(why),
-                    None,
-                    samples,
-                    round,
-                    &ballots,
-                    failures,
-                );
-            }
-            let vt = wit_task(run, spec, &self.voter.config, round, 0, samples, &feedback);
-            let inv = Invocation {
-                grants: self.voter.grants,
-                ..Default::default()
-            };
-            let decision = match self
-                .runtime
-                .tally(&self.voter.plugin, &inv, &vt, &ballots)
-                .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    return result(
-                        StopReason::Failed(format!("voter: {e}")),
-                        None,
-                        samples,
-                        round,
-                        &ballots,
-                        failures,
-                    )
-                }
-            };
-            let left = spec.max_samples.saturating_sub(samples);
-            let stop = match decision {
-                Decision::Decided(d) => Some((StopReason::Decided, Some(d))),
-                Decision::NoConsensus(r) => Some((StopReason::NoConsensus(r), None)),
-                Decision::NeedMore(_) | Decision::Revise(_) if left == 0 => {
-                    let why = format!("sample budget of {} spent", spec.max_samples);
-                    Some((StopReason::BudgetExhausted(why), None))
-                }
-                Decision::Revise(_) if round + 1 >= spec.max_rounds.max(1) => {
-                    let why = format!("round budget of {} spent", spec.max_rounds.max(1));
-                    Some((StopReason::BudgetExhausted(why), None))
-                }
-                Decision::NeedMore(k) => {
-                    want = k.min(left).max(1);
-                    None
-                }
-                Decision::Revise(reason) => {
-                    round += 1;
-                    feedback = ballots
-                        .iter()
-                        .map(|b| {
-                            format!(
-                                "Another solver answered {}: {}",
-                                b.candidate.answer, b.candidate.text
-                            )
-                        })
-                        .chain(std::iter::once(reason))
-                        .collect();
-                    ballots.clear();
-                    used.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                    want = spec.replicas.max(1).min(left);
-                    None
-                }
-            };
-            if let Some((stop, decided)) = stop {
-                return result(stop, decided.as_ref(), samples, round, &ballots, failures);
-            }
+            let base = g.samples;
+            pending = failed
+                .into_iter()
+                .enumerate()
+                .map(|(i, slot)| (slot, base + i as u32))
+                .collect();
         }
     }
 
+    fn failed(
+        &self,
+        run: &str,
+        spec: &TaskSpec,
+        ctx: &TaskContext,
+        g: &mut Gathered,
+        what: String,
+    ) {
+        ctx.observer.event(
+            run,
+            &Event::Failure {
+                task: spec.id.clone(),
+                what: what.clone(),
+            },
+        );
+        g.failures.push(what);
+    }
+
+    /// Starts the next round: every replica of it gets the others'
+    /// previous answers, over the bus when the role may read it, and as
+    /// feedback otherwise (the returned feedback).
+    fn exchange(
+        &self,
+        run: &str,
+        spec: &TaskSpec,
+        ctx: &TaskContext,
+        next: u32,
+        g: &Gathered,
+    ) -> Vec<String> {
+        let said = |b: &Ballot| format!("answered {}: {}", b.candidate.answer, b.candidate.text);
+        if !self.role.grants.bus {
+            return g
+                .ballots
+                .iter()
+                .map(|b| format!("Another solver {}", said(b)))
+                .collect();
+        }
+        for slot in 0..spec.replicas.max(1) {
+            let to = format!("{}/{}", spec.id, next + slot);
+            ctx.bus.open(&to);
+            for (b, s) in g.ballots.iter().zip(&g.slots) {
+                if *s == slot {
+                    continue;
+                }
+                let from = format!("{}/{}", spec.id, b.candidate.replica);
+                let m = Envelope::new(&from, &to, "answer", &said(b));
+                let event = Event::Message {
+                    from,
+                    to: to.clone(),
+                    kind: "answer".into(),
+                };
+                if ctx.bus.send(m).is_ok() {
+                    ctx.observer.event(run, &event);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn judge(
         &self,
         run: &str,
         spec: &TaskSpec,
+        ctx: &TaskContext,
         round: u32,
         c: &Candidate,
         services: &Arc<dyn HostServices>,
-        failures: &mut Vec<String>,
+        g: &mut Gathered,
     ) -> Vec<crate::plugin::Verdict> {
         let mut verdicts = Vec::new();
         for v in &self.verifiers {
@@ -375,13 +775,23 @@ impl Team {
             let inv = Invocation::new(v.grants, Some(services.clone()));
             match self.runtime.verify(&v.plugin, &inv, &task, c).await {
                 Ok(verdict) => verdicts.push(verdict),
-                Err(e) => failures.push(format!(
-                    "verifier {} on replica {}: {e}",
-                    v.plugin.name(),
-                    c.replica
-                )),
+                Err(e) => {
+                    let what =
+                        format!("verifier {} on replica {}: {e}", v.plugin.name(), c.replica);
+                    self.failed(run, spec, ctx, g, what);
+                }
             }
         }
         verdicts
+    }
+}
+
+/// A decision in a few words, for events.
+fn describe(d: &Decision) -> String {
+    match d {
+        Decision::Decided(d) => format!("decided {} ({} of {})", d.answer, d.support, d.total),
+        Decision::NeedMore(k) => format!("need {k} more"),
+        Decision::Revise(r) => format!("revise: {r}"),
+        Decision::NoConsensus(r) => format!("no consensus: {r}"),
     }
 }

@@ -21,6 +21,21 @@ pub struct DagTask {
     pub dependencies: Vec<String>,
 }
 
+/// What bounds a team on a DAG.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Shape {
+    pub tasks: usize,
+    /// Tasks on the longest chain.
+    pub critical_path: usize,
+    /// p = (tasks − critical path) / tasks.
+    pub parallel_fraction: f64,
+    /// Amdahl's bound on speed-up for n workers: (n, bound).
+    pub amdahl: Vec<(usize, f64)>,
+    /// Each task (topological order) with the tasks on the longest chain
+    /// from it: the scheduler's priority.
+    pub priority: Vec<(String, usize)>,
+}
+
 #[derive(Deserialize)]
 struct TaskList {
     tasks: Vec<DagTask>,
@@ -157,6 +172,26 @@ impl Dag {
     pub fn amdahl_bound(&self, n: usize) -> f64 {
         let p = self.parallel_fraction();
         1.0 / ((1.0 - p) + p / n.max(1) as f64)
+    }
+
+    /// The numbers that bound a team on this DAG, for teams of 1 to
+    /// `up_to` workers.
+    pub fn shape(&self, up_to: usize) -> Shape {
+        let rest = self.remaining_path();
+        Shape {
+            tasks: self.len(),
+            critical_path: self.critical_path(),
+            parallel_fraction: self.parallel_fraction(),
+            amdahl: (1..=up_to.max(1))
+                .map(|n| (n, self.amdahl_bound(n)))
+                .collect(),
+            priority: self
+                .tasks
+                .iter()
+                .zip(rest)
+                .map(|(t, r)| (t.id.clone(), r))
+                .collect(),
+        }
     }
 
     /// Weakly connected groups of tasks that depend on each other, in

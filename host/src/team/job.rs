@@ -1,7 +1,8 @@
-//! A job: one question given to a team spec, its tasks run in dependency
-//! order (each task's decided answer readable by its dependents through the
-//! blackboard), ending with the last task's answer, its support, the
-//! tokens, cost and time spent, and exactly one stop reason.
+//! A job: one question given to a team spec. Its tasks run as a DAG on the
+//! scheduler (each task's decided answer readable by its dependents through
+//! the blackboard), within the job's budgets, and it ends with the answer
+//! task's answer, its support, the tokens, cost and time spent, and exactly
+//! one stop reason.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,10 +10,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::consensus::{PluginUse, StopReason, TaskResult, TaskSpec, Team};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::budget::{Limits, Meter};
+use super::bus::Bus;
+use super::consensus::{PluginUse, StopReason, TaskContext, TaskResult, TaskSpec, Team};
+use super::events::Observer;
+use super::scheduler::{self, Executor, JobTask, SubtaskDefaults};
 use crate::model::Router;
 use crate::plugin::{Grants, Plugin, PluginError, PluginRuntime};
-use crate::spec::team::{answer_kind, TeamSpec};
+use crate::spec::team::{answer_kind, TaskSection, TeamSpec};
 use crate::spec::SpecError;
 
 /// Why a job could not start.
@@ -44,6 +52,8 @@ pub struct JobResult {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub cost: f64,
+    /// Messages sent on the run's bus.
+    pub messages: u64,
     pub wall: Duration,
     /// Whether any node was the simulator (its answers are not a model's).
     pub simulated: bool,
@@ -55,7 +65,7 @@ pub struct PreparedTeam {
     spec: TeamSpec,
     runtime: Arc<PluginRuntime>,
     router: Arc<Router>,
-    plugins: Vec<(String, PluginUse)>,
+    plugins: Arc<Vec<(String, PluginUse)>>,
     simulated: bool,
 }
 
@@ -78,7 +88,7 @@ impl PreparedTeam {
     ) -> Result<Self, JobError> {
         let nodes = crate::spec::build_nodes(&spec.path)?;
         let simulated = nodes.iter().any(|n| n.backend.is_simulated());
-        let router = Arc::new(Router::new(nodes, Default::default()));
+        let router = Arc::new(Router::new(nodes, spec.router.clone()));
         let base = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let dir: PathBuf = spec
             .team
@@ -86,19 +96,30 @@ impl PreparedTeam {
             .as_ref()
             .map(|d| base.join(d))
             .unwrap_or_else(|| builtin_dir.to_path_buf());
-        let mut names: Vec<&str> = Vec::new();
+        // Every declared plugin (a plan may name any role) and every
+        // built-in a task or its subtasks name.
+        let mut names: Vec<&str> = spec.plugins.iter().map(|p| p.name.as_str()).collect();
         for t in &spec.tasks {
             names.push(&t.role);
             names.push(&t.voter);
             names.extend(t.verifiers.iter().map(String::as_str));
+            if let Some(s) = &t.subtasks {
+                names.push(&s.role);
+                names.push(&s.voter);
+                names.extend(s.verifiers.iter().map(String::as_str));
+            }
         }
         names.sort_unstable();
         names.dedup();
         let mut plugins = Vec::new();
         for name in names {
             let declared = spec.plugins.iter().find(|p| p.name == name);
-            let file = match declared.and_then(|p| p.path.as_ref()) {
-                Some(p) => base.join(p),
+            let file = match declared {
+                Some(d) => match (&d.path, &d.builtin) {
+                    (Some(p), _) => base.join(p),
+                    (None, Some(b)) => dir.join(format!("{b}.wasm")),
+                    (None, None) => dir.join(format!("{name}.wasm")),
+                },
                 None => dir.join(format!("{name}.wasm")),
             };
             let plugin: Plugin = runtime.load_file(&file).await.map_err(load_error(name))?;
@@ -135,17 +156,9 @@ impl PreparedTeam {
             spec,
             runtime,
             router,
-            plugins,
+            plugins: Arc::new(plugins),
             simulated,
         })
-    }
-
-    fn plugin(&self, name: &str) -> PluginUse {
-        self.plugins
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
-            .expect("loaded in prepare")
     }
 
     /// The spec this team was made from.
@@ -153,62 +166,64 @@ impl PreparedTeam {
         &self.spec
     }
 
-    /// Runs `question` through every task. `gold` is passed to `sim` nodes
-    /// only. `progress` hears about each task as it ends.
+    /// Runs `question` through the team's task DAG (see
+    /// [`super::scheduler`]). `gold` is passed to `sim` nodes only.
+    /// `observer` hears every event; cancelling `cancel` stops the job and
+    /// its model calls in flight.
     pub async fn run(
         &self,
         run_id: &str,
         question: &str,
         gold: Option<&str>,
-        mut progress: impl FnMut(&str, &TaskResult),
+        observer: Arc<dyn Observer>,
+        cancel: CancellationToken,
     ) -> JobResult {
         let start = Instant::now();
-        let mut done: Vec<(String, TaskResult)> = Vec::new();
-        let mut stop = StopReason::Failed("no task ran".into());
-        for t in &self.spec.tasks {
-            let team = Team {
-                runtime: self.runtime.clone(),
-                router: self.router.clone(),
-                role: self.plugin(&t.role),
-                verifiers: t.verifiers.iter().map(|v| self.plugin(v)).collect(),
-                voter: self.plugin(&t.voter),
-            };
-            let inputs: Vec<(String, String)> = t
-                .depends_on
-                .iter()
-                .filter_map(|d| {
-                    done.iter()
-                        .find(|(id, _)| id == d)
-                        .and_then(|(id, r)| r.answer.clone().map(|a| (id.clone(), a)))
-                })
-                .collect();
-            let spec = TaskSpec {
-                id: t.id.clone(),
-                prompt: t
-                    .prompt
-                    .as_deref()
-                    .map(|p| p.replace("{question}", question))
-                    .unwrap_or_else(|| question.to_string()),
-                answer_kind: answer_kind(&t.answer_kind).expect("checked at load"),
-                gold: gold.map(String::from),
-                checker: None,
-                replicas: t.replicas,
-                max_samples: t.max_samples.unwrap_or(t.replicas),
-                max_rounds: t.max_rounds,
-                inputs,
-            };
-            let result = team.run_task(run_id, &spec).await;
-            progress(&t.id, &result);
-            stop = result.stop.clone();
-            let failed = result.stop != StopReason::Decided;
-            done.push((t.id.clone(), result));
-            if failed {
-                break;
-            }
-        }
+        let t = &self.spec.team;
+        let meter = Meter::job(Limits {
+            max_tokens: t.max_tokens,
+            max_cost: t.max_cost,
+            max_wall: t.max_wall,
+        });
+        let tasks: Vec<JobTask> = self
+            .spec
+            .tasks
+            .iter()
+            .map(|t| job_task(t, question))
+            .collect();
+        let bus = Arc::new(Bus::new(t.bus_capacity.unwrap_or(64)));
+        let executor = Arc::new(TeamExecutor {
+            runtime: self.runtime.clone(),
+            router: self.router.clone(),
+            plugins: self.plugins.clone(),
+            run_id: run_id.to_string(),
+            gold: gold.map(String::from),
+            bus: bus.clone(),
+            observer: observer.clone(),
+        });
+        let options = scheduler::Options {
+            max_parallel_tasks: t.max_parallel_tasks.unwrap_or(16),
+        };
+        let done = scheduler::run(
+            run_id,
+            tasks,
+            executor,
+            meter.clone(),
+            options,
+            cancel,
+            observer.as_ref(),
+        )
+        .await;
+        let final_id = t
+            .answer
+            .clone()
+            .or_else(|| self.spec.tasks.last().map(|t| t.id.clone()));
+        let last = done
+            .iter()
+            .find(|(id, _)| Some(id) == final_id.as_ref())
+            .map(|(_, r)| r.clone());
         let accounts = self.router.accounts();
         let run = accounts.by_run.get(run_id);
-        let last = done.last().map(|(_, r)| r.clone());
         JobResult {
             run_id: run_id.to_string(),
             question: question.to_string(),
@@ -218,14 +233,134 @@ impl PreparedTeam {
             runner_up: last.as_ref().and_then(|r| r.runner_up.clone()),
             nodes: last.as_ref().map(|r| r.nodes.clone()).unwrap_or_default(),
             samples: done.iter().map(|(_, r)| r.samples).sum(),
-            stop,
+            stop: last
+                .map(|r| r.stop)
+                .unwrap_or_else(|| StopReason::Failed("the answer task did not run".into())),
             tokens_in: run.map(|s| s.tokens_in).unwrap_or(0),
             tokens_out: run.map(|s| s.tokens_out).unwrap_or(0),
-            cost: run.map(|s| s.cost).unwrap_or(0.0),
+            cost: meter.used().1,
+            messages: bus.sent(),
             wall: start.elapsed(),
             simulated: self.simulated,
             tasks: done,
         }
+    }
+}
+
+/// A spec task as the scheduler runs it, for `question`.
+fn job_task(t: &TaskSection, question: &str) -> JobTask {
+    JobTask {
+        id: t.id.clone(),
+        role: t.role.clone(),
+        verifiers: t.verifiers.clone(),
+        voter: t.voter.clone(),
+        prompt: t
+            .prompt
+            .as_deref()
+            .map(|p| p.replace("{question}", question))
+            .unwrap_or_else(|| question.to_string()),
+        answer_kind: answer_kind(&t.answer_kind).expect("checked at load"),
+        replicas: t.replicas,
+        max_samples: t.max_samples.unwrap_or(t.replicas),
+        max_rounds: t.max_rounds,
+        debate_rounds: t.debate_rounds,
+        retries: t.retries,
+        limits: Limits {
+            max_tokens: t.max_tokens,
+            max_cost: t.max_cost,
+            max_wall: t.max_wall,
+        },
+        depends_on: t.depends_on.clone(),
+        subtasks: t.subtasks.as_ref().map(|s| SubtaskDefaults {
+            role: s.role.clone(),
+            verifiers: s.verifiers.clone(),
+            voter: s.voter.clone(),
+            replicas: s.replicas,
+            answer_kind: answer_kind(&s.answer_kind).expect("checked at load"),
+        }),
+    }
+}
+
+/// Runs the scheduler's tasks on a prepared team's plugins and nodes.
+struct TeamExecutor {
+    runtime: Arc<PluginRuntime>,
+    router: Arc<Router>,
+    plugins: Arc<Vec<(String, PluginUse)>>,
+    run_id: String,
+    gold: Option<String>,
+    bus: Arc<Bus>,
+    observer: Arc<dyn Observer>,
+}
+
+impl TeamExecutor {
+    /// The team for one task: its role, verifiers and voter, loaded.
+    fn team_for(&self, task: &JobTask) -> Result<Team, String> {
+        let get = |name: &str| {
+            self.plugins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| {
+                    format!("plugin `{name}` is not part of this team; declare it with [[plugin]]")
+                })
+        };
+        Ok(Team {
+            runtime: self.runtime.clone(),
+            router: self.router.clone(),
+            role: get(&task.role)?,
+            verifiers: task
+                .verifiers
+                .iter()
+                .map(|v| get(v))
+                .collect::<Result<_, _>>()?,
+            voter: get(&task.voter)?,
+        })
+    }
+}
+
+impl Executor for TeamExecutor {
+    fn execute(
+        self: Arc<Self>,
+        task: Arc<JobTask>,
+        inputs: Vec<(String, String)>,
+        meter: Arc<Meter>,
+    ) -> BoxFuture<'static, TaskResult> {
+        Box::pin(async move {
+            let team = match self.team_for(&task) {
+                Ok(t) => t,
+                Err(why) => return TaskResult::not_run(StopReason::Failed(why)),
+            };
+            let spec = TaskSpec {
+                id: task.id.clone(),
+                prompt: task.prompt.clone(),
+                answer_kind: task.answer_kind,
+                gold: self.gold.clone(),
+                checker: None,
+                replicas: task.replicas,
+                max_samples: task.max_samples,
+                max_rounds: task.max_rounds,
+                debate_rounds: task.debate_rounds,
+                retries: task.retries,
+                inputs,
+            };
+            let ctx = TaskContext {
+                bus: self.bus.clone(),
+                meter: meter.clone(),
+                observer: self.observer.clone(),
+            };
+            let run = team.run_task_in(&self.run_id, &spec, &ctx);
+            match meter.deadline() {
+                Some((at, why)) => match tokio::time::timeout_at(at, run).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let mut r = TaskResult::not_run(StopReason::BudgetExhausted(why));
+                        (r.tokens, r.cost) = meter.used();
+                        r
+                    }
+                },
+                None => run.await,
+            }
+        })
     }
 }
 

@@ -13,6 +13,10 @@ use conclave_sdk::voter::*;
 struct Config {
     /// Count ballots that a verifier failed (default: no).
     count_failed: bool,
+    /// When no ballot passed its verifiers, ask for another round with the
+    /// verifiers' reasons as feedback (generate and criticise) instead of
+    /// giving up (default: no).
+    revise_on_fail: bool,
 }
 
 struct Majority;
@@ -48,6 +52,17 @@ impl Voter for Majority {
                 score: mean_score(b),
             })
             .collect();
+        if config.revise_on_fail && votes.is_empty() && !ballots.is_empty() {
+            let reasons: Vec<String> = ballots
+                .iter()
+                .flat_map(|b| b.verdicts.iter().filter(|v| !v.pass))
+                .map(|v| format!("{}: {}", v.verifier, v.reason))
+                .collect();
+            return Ok(Decision::Revise(format!(
+                "Every answer failed verification. {}",
+                reasons.join(" ")
+            )));
+        }
         let counts = tally(&votes);
         let total = votes.iter().filter(|v| !v.answer.is_empty()).count() as u32;
         Ok(decide(&counts, total, || {
