@@ -11,4 +11,5 @@ pub mod dag;
 pub mod events;
 pub mod job;
 pub mod scheduler;
+mod services;
 pub mod simulate;
