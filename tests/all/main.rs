@@ -7,6 +7,7 @@ mod embedded;
 mod hostile;
 mod hot_swap;
 mod job;
+mod journal;
 mod loading;
 mod patterns;
 mod router;

@@ -16,7 +16,7 @@ fn at(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
 }
 
 fn started(task: &str) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::TaskStarted { task: t } if t == task)
+    move |e| matches!(e, Event::TaskStarted { task: t, .. } if t == task)
 }
 
 fn ended(task: &str) -> impl Fn(&Event) -> bool + '_ {

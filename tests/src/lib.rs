@@ -238,3 +238,21 @@ pub async fn run_job(
         .await;
     (r, rec.events())
 }
+
+/// The `conclave` binary of this checkout, built once per test run (a
+/// no-op when it is fresh).
+pub fn conclave_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-q", "-p", "conclave", "--bin", "conclave"])
+                .current_dir(workspace())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the conclave binary failed");
+            workspace().join("target").join("debug").join("conclave")
+        })
+        .clone()
+}

@@ -6,6 +6,7 @@
 
 pub mod amdahl;
 pub mod embedded;
+pub mod journal;
 pub mod router;
 pub mod team;
 

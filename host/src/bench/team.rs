@@ -48,6 +48,7 @@ async fn load(
         .await
         .map_err(|e| e.to_string())?;
     Ok(PluginUse {
+        name: name.to_string(),
         plugin,
         config: config.into(),
         grants,

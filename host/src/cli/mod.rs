@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod bench;
+mod journal;
 mod plugins;
 mod team;
 
@@ -62,6 +63,52 @@ enum Command {
         workers: Option<usize>,
         #[arg(long)]
         json: bool,
+    },
+    /// Continue a run that was killed, from its journal.
+    Resume {
+        run: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CONCLAVE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Count a run's votes again from its journal, with no model call;
+    /// `--voter` re-judges them with another voter.
+    Replay {
+        /// The run (or none with --all).
+        #[arg(required_unless_present = "all")]
+        run: Option<String>,
+        /// Every run in the data directory.
+        #[arg(long, conflicts_with = "run")]
+        all: bool,
+        /// A built-in voter's name or a component file.
+        #[arg(long)]
+        voter: Option<String>,
+        /// The voter's config, JSON.
+        #[arg(long, default_value = "{}")]
+        voter_config: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CONCLAVE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List journaled runs.
+    Runs {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CONCLAVE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// What a run did: timeline, nodes, tasks, critical path.
+    Trace {
+        run: String,
+        #[arg(long)]
+        json: bool,
+        /// Also write a self-contained HTML page with a Gantt chart.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        #[arg(long, env = "CONCLAVE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Check model nodes.
     #[command(subcommand)]
@@ -120,6 +167,14 @@ struct RunArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Where runs are journaled (default: `conclave` in the user's data
+    /// directory).
+    #[arg(long, env = "CONCLAVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The run's id (default: a new one). Seeds derive from it, so the
+    /// same id on seeded nodes gives the same run.
+    #[arg(long)]
+    run_id: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +254,14 @@ enum BenchCmd {
         tasks: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The journal's cost on a job of many tasks, its append rate, and
+    /// replay speed.
+    Journal {
+        #[arg(long, default_value_t = 1000)]
+        tasks: usize,
         #[arg(long)]
         json: bool,
     },
@@ -292,6 +355,36 @@ async fn run(cli: Cli) -> u8 {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Nodes(cmd) => team::nodes(cmd).await,
         Command::Run(args) => team::ask(args).await,
+        Command::Resume {
+            run,
+            json,
+            data_dir,
+        } => journal::resume(&run, json, data_dir.as_deref()).await,
+        Command::Replay {
+            run,
+            all,
+            voter,
+            voter_config,
+            json,
+            data_dir,
+        } => {
+            journal::replay(
+                run.as_deref(),
+                all,
+                voter.as_deref(),
+                &voter_config,
+                json,
+                data_dir.as_deref(),
+            )
+            .await
+        }
+        Command::Runs { json, data_dir } => journal::runs(json, data_dir.as_deref()),
+        Command::Trace {
+            run,
+            json,
+            html,
+            data_dir,
+        } => journal::trace(&run, json, html.as_deref(), data_dir.as_deref()),
         Command::Plan {
             spec,
             workers,

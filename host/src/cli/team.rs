@@ -13,6 +13,8 @@ pub async fn ask(args: RunArgs) -> u8 {
         input,
         gold,
         json,
+        data_dir,
+        run_id,
     } = args;
     let question = match (question, input) {
         (Some(q), _) => q,
@@ -62,7 +64,43 @@ pub async fn ask(args: RunArgs) -> u8 {
                 };
             }
         };
-    let run_id = conclave::team::job::new_run_id();
+    let journal = match open_journal(data_dir.as_deref()) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    let run_id = run_id.unwrap_or_else(conclave::team::job::new_run_id);
+    let done = conclave::journal::resume::run(
+        &team,
+        journal,
+        &run_id,
+        &question,
+        gold.as_deref(),
+        progress(json),
+        cancel_on_ctrl_c(),
+    )
+    .await;
+    finish(&done, json)
+}
+
+/// Opens the journal in `dir` (default: the user's data directory).
+pub(super) fn open_journal(
+    dir: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<dyn conclave::journal::Journal>, u8> {
+    let dir = dir
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(conclave::journal::sqlite::default_dir);
+    match conclave::journal::sqlite::SqliteJournal::open(&dir) {
+        Ok(j) => Ok(j),
+        Err(e) => {
+            report(&e);
+            eprintln!("hint: choose another place with --data-dir DIR");
+            Err(exit::FAILURE)
+        }
+    }
+}
+
+/// A token cancelled by Ctrl-C.
+pub(super) fn cancel_on_ctrl_c() -> tokio_util::sync::CancellationToken {
     let cancel = tokio_util::sync::CancellationToken::new();
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {
@@ -71,7 +109,12 @@ pub async fn ask(args: RunArgs) -> u8 {
             on_ctrl_c.cancel();
         }
     });
-    let observer: std::sync::Arc<dyn Observer> = if json {
+    cancel
+}
+
+/// One line per finished task on standard error (nothing with --json).
+pub(super) fn progress(json: bool) -> std::sync::Arc<dyn Observer> {
+    if json {
         std::sync::Arc::new(conclave::team::events::Quiet)
     } else {
         std::sync::Arc::new(|_: &str, e: &Event| {
@@ -82,15 +125,21 @@ pub async fn ask(args: RunArgs) -> u8 {
                 );
             }
         })
-    };
-    let r = team
-        .run(&run_id, &question, gold.as_deref(), observer, cancel)
-        .await;
+    }
+}
+
+/// Prints a journaled job's result; the exit code for its stop reason.
+pub(super) fn finish(done: &conclave::journal::resume::Journaled, json: bool) -> u8 {
+    use conclave::team::consensus::StopReason;
+    let r = &done.result;
+    if let Some(w) = &done.repaired {
+        eprintln!("warning: {w}");
+    }
+    if let Some(e) = &done.journal_error {
+        eprintln!("warning: the run was not fully journaled: {e}");
+    }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("serialisable")
-        );
+        println!("{}", serde_json::to_string_pretty(r).expect("serialisable"));
     } else {
         if r.simulated {
             println!("note: this team uses a simulated node; its answers are not a model's");
@@ -111,16 +160,17 @@ pub async fn ask(args: RunArgs) -> u8 {
             "tokens:     {} in, {} out; cost {:.6}",
             r.tokens_in, r.tokens_out, r.cost
         );
+        println!("messages:   {}", r.messages);
         println!("time:       {:.2?}", r.wall);
         println!("stop:       {}", r.stop);
-        println!("run:        {}", r.run_id);
+        println!("run:        {} (conclave trace {})", r.run_id, r.run_id);
     }
     match r.stop {
-        conclave::team::consensus::StopReason::Decided => exit::OK,
-        conclave::team::consensus::StopReason::NoConsensus(_) => exit::NO_CONSENSUS,
-        conclave::team::consensus::StopReason::BudgetExhausted(_) => exit::BUDGET_EXHAUSTED,
-        conclave::team::consensus::StopReason::Failed(_) => exit::NODE_FAILURE,
-        conclave::team::consensus::StopReason::Cancelled(_) => exit::CANCELLED,
+        StopReason::Decided => exit::OK,
+        StopReason::NoConsensus(_) => exit::NO_CONSENSUS,
+        StopReason::BudgetExhausted(_) => exit::BUDGET_EXHAUSTED,
+        StopReason::Failed(_) => exit::NODE_FAILURE,
+        StopReason::Cancelled(_) => exit::CANCELLED,
     }
 }
 

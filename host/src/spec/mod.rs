@@ -158,6 +158,13 @@ pub fn build_nodes(path: &Path) -> Result<Vec<NodeHandle>, SpecError> {
         path: path.into(),
         source,
     })?;
+    build_nodes_from(&text, path)
+}
+
+/// [`build_nodes`] from spec `text` that was read from `path` (relative
+/// paths in it are resolved against `path`'s folder).
+pub fn build_nodes_from(text: &str, path: &Path) -> Result<Vec<NodeHandle>, SpecError> {
+    let text = text.to_string();
     let base = path.parent().unwrap_or(Path::new("."));
     let specs = parse_nodes(&text, path)?;
     specs

@@ -194,6 +194,8 @@ fn default_kind() -> String {
 #[derive(Clone, Debug)]
 pub struct TeamSpec {
     pub path: PathBuf,
+    /// The text it was parsed from (journaled with every run).
+    pub source: String,
     pub team: TeamSection,
     pub nodes: Vec<NodeSpec>,
     pub plugins: Vec<PluginSection>,
@@ -201,6 +203,15 @@ pub struct TeamSpec {
     pub router: RouterConfig,
     /// In dependency order.
     pub tasks: Vec<TaskSection>,
+}
+
+/// An answer kind's name in a spec.
+pub fn kind_name(k: AnswerKind) -> &'static str {
+    match k {
+        AnswerKind::Number => "number",
+        AnswerKind::Choice => "choice",
+        AnswerKind::Text => "text",
+    }
 }
 
 /// Parses an answer kind name.
@@ -639,6 +650,7 @@ impl TeamSpec {
         }
         Ok(TeamSpec {
             path: path.into(),
+            source: text.to_string(),
             team,
             nodes,
             plugins,

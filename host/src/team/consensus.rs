@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::budget::{Limits, Meter};
 use super::bus::{Bus, Envelope};
@@ -28,6 +28,8 @@ use crate::plugin::{
 /// A plugin as a team uses it: the component, its config and its grants.
 #[derive(Clone)]
 pub struct PluginUse {
+    /// The team's name for it (a built-in's, or a `[[plugin]]`'s).
+    pub name: String,
     pub plugin: Plugin,
     /// JSON given to the plugin as `task.config`.
     pub config: String,
@@ -80,7 +82,7 @@ impl TaskSpec {
 }
 
 /// Why a task (or a job) stopped. Exactly one per task.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "stop", content = "reason", rename_all = "kebab-case")]
 pub enum StopReason {
     Decided,
@@ -103,7 +105,7 @@ impl std::fmt::Display for StopReason {
 }
 
 /// A subtask of a coordinator's plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedSubtask {
     pub id: String,
     pub prompt: String,
@@ -113,7 +115,7 @@ pub struct PlannedSubtask {
 }
 
 /// The outcome of a task.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
     pub stop: StopReason,
     pub answer: Option<String>,
@@ -128,7 +130,7 @@ pub struct TaskResult {
     /// Why replicas or verifiers failed, one line each.
     pub failures: Vec<String>,
     /// The plan a coordinator answered with, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Vec<PlannedSubtask>>,
     /// Tokens (in plus out) and cost charged to this task.
     pub tokens: u64,
@@ -171,6 +173,22 @@ pub struct TaskContext {
     pub bus: Arc<Bus>,
     pub meter: Arc<Meter>,
     pub observer: Arc<dyn Observer>,
+    /// Model replies already in the journal (resume): answered from here
+    /// instead of calling a node again.
+    pub recorded: Option<Arc<Recorded>>,
+}
+
+/// Model replies by (task, replica, the replica's n-th call).
+pub type Recorded = std::collections::HashMap<(String, u32, u32), RecordedCall>;
+
+/// A journaled model reply.
+#[derive(Clone, Debug)]
+pub struct RecordedCall {
+    pub node: String,
+    pub text: String,
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    pub cost: f64,
 }
 
 impl TaskContext {
@@ -180,6 +198,7 @@ impl TaskContext {
             bus: Arc::new(Bus::new(64)),
             meter: Meter::job(Limits::default()),
             observer: Arc::new(Quiet),
+            recorded: None,
         }
     }
 }
@@ -268,6 +287,7 @@ impl Team {
             used: used.clone(),
             board: spec.inputs.clone(),
             ctx: ctx.clone(),
+            calls: Mutex::default(),
         });
         let mut g = Gathered::default();
         let mut feedback: Vec<String> = Vec::new();
@@ -378,6 +398,7 @@ impl Team {
                     task: spec.id.clone(),
                     round,
                     ballots: g.ballots.len() as u32,
+                    voter: self.voter.name.clone(),
                     decision: describe(&decision),
                 },
             );
@@ -490,21 +511,20 @@ impl Team {
                 let fail = |why: String| format!("replica {replica}: {why}");
                 match outcome {
                     Ok(Outcome::Candidate(c)) => {
-                        ctx.observer.event(
-                            run,
-                            &Event::Candidate {
-                                task: spec.id.clone(),
-                                replica,
-                                round,
-                                node: c.node.clone(),
-                                answer: c.answer.clone(),
-                            },
-                        );
                         let verdicts = self.judge(run, spec, ctx, round, &c, services, g).await;
-                        g.ballots.push(Ballot {
+                        let ballot = Ballot {
                             candidate: c,
                             verdicts,
-                        });
+                        };
+                        ctx.observer.event(
+                            run,
+                            &Event::Ballot {
+                                task: spec.id.clone(),
+                                round,
+                                ballot: (&ballot).into(),
+                            },
+                        );
+                        g.ballots.push(ballot);
                         g.slots.push(slot);
                     }
                     Ok(Outcome::Plan(p)) => match check_plan(&p) {
@@ -542,6 +562,7 @@ impl Team {
             &Event::Failure {
                 task: spec.id.clone(),
                 what: what.clone(),
+                node: None,
             },
         );
         g.failures.push(what);
@@ -616,8 +637,8 @@ impl Team {
     }
 }
 
-/// A decision in a few words, for events.
-fn describe(d: &Decision) -> String {
+/// A decision in a few words, for events (and for replay to compare).
+pub fn describe(d: &Decision) -> String {
     match d {
         Decision::Decided(d) => format!("decided {} ({} of {})", d.answer, d.support, d.total),
         Decision::NeedMore(k) => format!("need {k} more"),

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::{Limits, Meter};
 use super::bus::Bus;
-use super::consensus::{PluginUse, StopReason, TaskContext, TaskResult, TaskSpec, Team};
+use super::consensus::{PluginUse, Recorded, StopReason, TaskContext, TaskResult, TaskSpec, Team};
 use super::events::Observer;
 use super::scheduler::{self, Executor, JobTask, SubtaskDefaults};
 use crate::model::Router;
@@ -37,7 +37,7 @@ pub enum JobError {
 }
 
 /// What a job came to.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub run_id: String,
     pub question: String,
@@ -86,72 +86,10 @@ impl PreparedTeam {
         runtime: Arc<PluginRuntime>,
         builtin_dir: &Path,
     ) -> Result<Self, JobError> {
-        let nodes = crate::spec::build_nodes(&spec.path)?;
+        let nodes = crate::spec::build_nodes_from(&spec.source, &spec.path)?;
         let simulated = nodes.iter().any(|n| n.backend.is_simulated());
         let router = Arc::new(Router::new(nodes, spec.router.clone()));
-        let base = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let dir: PathBuf = spec
-            .team
-            .plugin_dir
-            .as_ref()
-            .map(|d| base.join(d))
-            .unwrap_or_else(|| builtin_dir.to_path_buf());
-        // Every declared plugin (a plan may name any role) and every
-        // built-in a task or its subtasks name.
-        let mut names: Vec<&str> = spec.plugins.iter().map(|p| p.name.as_str()).collect();
-        for t in &spec.tasks {
-            names.push(&t.role);
-            names.push(&t.voter);
-            names.extend(t.verifiers.iter().map(String::as_str));
-            if let Some(s) = &t.subtasks {
-                names.push(&s.role);
-                names.push(&s.voter);
-                names.extend(s.verifiers.iter().map(String::as_str));
-            }
-        }
-        names.sort_unstable();
-        names.dedup();
-        let mut plugins = Vec::new();
-        for name in names {
-            let declared = spec.plugins.iter().find(|p| p.name == name);
-            let file = match declared {
-                Some(d) => match (&d.path, &d.builtin) {
-                    (Some(p), _) => base.join(p),
-                    (None, Some(b)) => dir.join(format!("{b}.wasm")),
-                    (None, None) => dir.join(format!("{name}.wasm")),
-                },
-                None => dir.join(format!("{name}.wasm")),
-            };
-            let plugin: Plugin = runtime.load_file(&file).await.map_err(load_error(name))?;
-            let (grants, config) = match declared {
-                Some(d) => {
-                    let mut caps = d.grants.clone();
-                    caps.push(crate::plugin::Capability::Log);
-                    let config = d
-                        .config
-                        .as_ref()
-                        .map(|c| serde_json::to_string(c).expect("TOML is JSON-able"));
-                    (Grants::of(&caps), config.unwrap_or_else(|| "{}".into()))
-                }
-                None => {
-                    let caps: Vec<_> = plugin
-                        .descriptor()
-                        .capabilities
-                        .iter()
-                        .map(|c| (*c).into())
-                        .collect();
-                    (Grants::of(&caps), "{}".into())
-                }
-            };
-            plugins.push((
-                name.to_string(),
-                PluginUse {
-                    plugin,
-                    config,
-                    grants,
-                },
-            ));
-        }
+        let plugins = load_plugins(&spec, &runtime, builtin_dir).await?;
         Ok(PreparedTeam {
             spec,
             runtime,
@@ -178,6 +116,21 @@ impl PreparedTeam {
         observer: Arc<dyn Observer>,
         cancel: CancellationToken,
     ) -> JobResult {
+        self.run_with(run_id, question, gold, observer, cancel, None)
+            .await
+    }
+
+    /// [`PreparedTeam::run`], answering the model calls in `recorded`
+    /// from there (resuming a run from its journal).
+    pub async fn run_with(
+        &self,
+        run_id: &str,
+        question: &str,
+        gold: Option<&str>,
+        observer: Arc<dyn Observer>,
+        cancel: CancellationToken,
+        recorded: Option<Arc<Recorded>>,
+    ) -> JobResult {
         let start = Instant::now();
         let t = &self.spec.team;
         let meter = Meter::job(Limits {
@@ -200,6 +153,7 @@ impl PreparedTeam {
             gold: gold.map(String::from),
             bus: bus.clone(),
             observer: observer.clone(),
+            recorded,
         });
         let options = scheduler::Options {
             max_parallel_tasks: t.max_parallel_tasks.unwrap_or(16),
@@ -222,6 +176,7 @@ impl PreparedTeam {
             .iter()
             .find(|(id, _)| Some(id) == final_id.as_ref())
             .map(|(_, r)| r.clone());
+        observer.flushed().await;
         let accounts = self.router.accounts();
         let run = accounts.by_run.get(run_id);
         JobResult {
@@ -245,6 +200,83 @@ impl PreparedTeam {
             tasks: done,
         }
     }
+}
+
+/// Loads every plugin a spec's tasks use and every declared plugin (a
+/// plan may name any role), by the team's names for them. Built-ins come
+/// from `[team] plugin_dir` or else `builtin_dir`; an undeclared built-in
+/// is granted the capabilities it asks for, a declared plugin exactly its
+/// `grants` (plus `log`).
+pub async fn load_plugins(
+    spec: &TeamSpec,
+    runtime: &Arc<PluginRuntime>,
+    builtin_dir: &Path,
+) -> Result<Vec<(String, PluginUse)>, JobError> {
+    let base = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dir: PathBuf = spec
+        .team
+        .plugin_dir
+        .as_ref()
+        .map(|d| base.join(d))
+        .unwrap_or_else(|| builtin_dir.to_path_buf());
+    // Every declared plugin (a plan may name any role) and every
+    // built-in a task or its subtasks name.
+    let mut names: Vec<&str> = spec.plugins.iter().map(|p| p.name.as_str()).collect();
+    for t in &spec.tasks {
+        names.push(&t.role);
+        names.push(&t.voter);
+        names.extend(t.verifiers.iter().map(String::as_str));
+        if let Some(s) = &t.subtasks {
+            names.push(&s.role);
+            names.push(&s.voter);
+            names.extend(s.verifiers.iter().map(String::as_str));
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut plugins = Vec::new();
+    for name in names {
+        let declared = spec.plugins.iter().find(|p| p.name == name);
+        let file = match declared {
+            Some(d) => match (&d.path, &d.builtin) {
+                (Some(p), _) => base.join(p),
+                (None, Some(b)) => dir.join(format!("{b}.wasm")),
+                (None, None) => dir.join(format!("{name}.wasm")),
+            },
+            None => dir.join(format!("{name}.wasm")),
+        };
+        let plugin: Plugin = runtime.load_file(&file).await.map_err(load_error(name))?;
+        let (grants, config) = match declared {
+            Some(d) => {
+                let mut caps = d.grants.clone();
+                caps.push(crate::plugin::Capability::Log);
+                let config = d
+                    .config
+                    .as_ref()
+                    .map(|c| serde_json::to_string(c).expect("TOML is JSON-able"));
+                (Grants::of(&caps), config.unwrap_or_else(|| "{}".into()))
+            }
+            None => {
+                let caps: Vec<_> = plugin
+                    .descriptor()
+                    .capabilities
+                    .iter()
+                    .map(|c| (*c).into())
+                    .collect();
+                (Grants::of(&caps), "{}".into())
+            }
+        };
+        plugins.push((
+            name.to_string(),
+            PluginUse {
+                name: name.to_string(),
+                plugin,
+                config,
+                grants,
+            },
+        ));
+    }
+    Ok(plugins)
 }
 
 /// A spec task as the scheduler runs it, for `question`.
@@ -290,6 +322,7 @@ struct TeamExecutor {
     gold: Option<String>,
     bus: Arc<Bus>,
     observer: Arc<dyn Observer>,
+    recorded: Option<Arc<Recorded>>,
 }
 
 impl TeamExecutor {
@@ -347,9 +380,10 @@ impl Executor for TeamExecutor {
                 bus: self.bus.clone(),
                 meter: meter.clone(),
                 observer: self.observer.clone(),
+                recorded: self.recorded.clone(),
             };
             let run = team.run_task_in(&self.run_id, &spec, &ctx);
-            match meter.deadline() {
+            let result = match meter.deadline() {
                 Some((at, why)) => match tokio::time::timeout_at(at, run).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -359,7 +393,10 @@ impl Executor for TeamExecutor {
                     }
                 },
                 None => run.await,
-            }
+            };
+            // The decision is reported only once what led to it is safe.
+            self.observer.flushed().await;
+            result
         })
     }
 }

@@ -158,20 +158,21 @@ impl Graph {
                 dependents[d].push(i);
             }
         }
-        let mut memo: Vec<Option<usize>> = vec![None; n];
-        fn walk(i: usize, dependents: &[Vec<usize>], memo: &mut [Option<usize>]) -> usize {
-            if let Some(v) = memo[i] {
-                return v;
+        // Longest chain to a sink, sinks first (Kahn's order on the
+        // dependents, reversed): no recursion, however deep the DAG.
+        let mut left: Vec<usize> = dependents.iter().map(Vec::len).collect();
+        let mut queue: Vec<usize> = (0..n).filter(|&i| left[i] == 0).collect();
+        let mut remaining = vec![1usize; n];
+        while let Some(j) = queue.pop() {
+            for d in self.deps(j).collect::<Vec<_>>() {
+                remaining[d] = remaining[d].max(1 + remaining[j]);
+                left[d] -= 1;
+                if left[d] == 0 {
+                    queue.push(d);
+                }
             }
-            let v = 1 + dependents[i]
-                .iter()
-                .map(|&j| walk(j, dependents, memo))
-                .max()
-                .unwrap_or(0);
-            memo[i] = Some(v);
-            v
         }
-        self.remaining = (0..n).map(|i| walk(i, &dependents, &mut memo)).collect();
+        self.remaining = remaining;
         self.dependents = dependents;
         self.unmet = unmet;
         self.ready = (0..n)
@@ -230,9 +231,13 @@ impl Graph {
         });
         let name = |id: &str| format!("{}.{id}", p.id);
         let ids: Vec<String> = plan.iter().map(|s| name(&s.id)).collect();
+        let first = self.tasks.len();
         for s in plan {
-            let mut depends_on: Vec<String> = s.depends_on.iter().map(|d| name(d)).collect();
+            // The plan itself (decided: it does not hold the subtask back)
+            // and the coordinator's own inputs come first.
+            let mut depends_on = vec![p.id.clone()];
             depends_on.extend(p.depends_on.iter().cloned());
+            depends_on.extend(s.depends_on.iter().map(|d| name(d)));
             self.add(JobTask {
                 id: name(&s.id),
                 role: if s.role.is_empty() {
@@ -254,7 +259,9 @@ impl Graph {
                 subtasks: None,
             });
         }
-        for t in &mut self.tasks {
+        // Only the tasks that were there before the plan: the subtasks
+        // depend on the plan themselves.
+        for t in &mut self.tasks[..first] {
             if t.depends_on.contains(&p.id) {
                 t.depends_on.extend(ids.iter().cloned());
             }
@@ -317,6 +324,11 @@ pub async fn run(
                 run_id,
                 &Event::TaskStarted {
                     task: g.tasks[i].id.clone(),
+                    role: g.tasks[i].role.clone(),
+                    voter: g.tasks[i].voter.clone(),
+                    answer_kind: crate::spec::team::kind_name(g.tasks[i].answer_kind).into(),
+                    prompt: g.tasks[i].prompt.clone(),
+                    depends_on: g.tasks[i].depends_on.clone(),
                 },
             );
             let task_meter = meter.task(&g.tasks[i].id, g.tasks[i].limits);
@@ -374,4 +386,109 @@ pub async fn run(
             (t.id.clone(), r)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::team::events::Quiet;
+
+    /// Decides every task at once with its id as the answer, recording
+    /// the order tasks start in.
+    struct Echo(std::sync::Mutex<Vec<String>>);
+
+    impl Executor for Echo {
+        fn execute(
+            self: Arc<Self>,
+            task: Arc<JobTask>,
+            inputs: Vec<(String, String)>,
+            _meter: Arc<Meter>,
+        ) -> BoxFuture<'static, TaskResult> {
+            self.0.lock().unwrap().push(task.id.clone());
+            Box::pin(async move {
+                let mut r = TaskResult::not_run(StopReason::Decided);
+                r.answer = Some(format!("{}<{}", task.id, inputs.len()));
+                r
+            })
+        }
+    }
+
+    fn task(id: &str, deps: &[String]) -> JobTask {
+        JobTask {
+            id: id.into(),
+            role: "solver".into(),
+            verifiers: vec![],
+            voter: "majority".into(),
+            prompt: String::new(),
+            answer_kind: AnswerKind::Text,
+            replicas: 1,
+            max_samples: 1,
+            max_rounds: 1,
+            debate_rounds: 0,
+            retries: 0,
+            limits: Limits::default(),
+            depends_on: deps.to_vec(),
+            subtasks: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deep_chain_runs_in_order_without_recursion() {
+        let n = 20_000;
+        let tasks: Vec<JobTask> = (0..n)
+            .map(|i| {
+                let deps = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("t{}", i - 1)]
+                };
+                task(&format!("t{i}"), &deps)
+            })
+            .collect();
+        let exec = Arc::new(Echo(Default::default()));
+        let done = run(
+            "r",
+            tasks,
+            exec.clone(),
+            Meter::job(Limits::default()),
+            Options::default(),
+            CancellationToken::new(),
+            &Quiet,
+        )
+        .await;
+        assert_eq!(done.len(), n);
+        assert!(done.iter().all(|(_, r)| r.stop == StopReason::Decided));
+        let order = exec.0.lock().unwrap().clone();
+        assert_eq!(order[0], "t0");
+        assert_eq!(order[n - 1], format!("t{}", n - 1));
+        assert_eq!(done[5].1.answer.as_deref(), Some("t5<1"));
+    }
+
+    #[tokio::test]
+    async fn the_longest_chain_starts_first() {
+        // a -> b -> c is the long chain; x and y stand alone.
+        let tasks = vec![
+            task("x", &[]),
+            task("y", &[]),
+            task("a", &[]),
+            task("b", &["a".into()]),
+            task("c", &["b".into()]),
+        ];
+        let exec = Arc::new(Echo(Default::default()));
+        run(
+            "r",
+            tasks,
+            exec.clone(),
+            Meter::job(Limits::default()),
+            Options {
+                max_parallel_tasks: 1,
+            },
+            CancellationToken::new(),
+            &Quiet,
+        )
+        .await;
+        let order = exec.0.lock().unwrap().clone();
+        assert_eq!(order[0], "a", "{order:?}");
+        assert_eq!(order.len(), 5);
+    }
 }

@@ -24,6 +24,8 @@ pub(super) struct RoutedServices {
     pub(super) used: Arc<Mutex<Vec<String>>>,
     pub(super) board: Vec<(String, String)>,
     pub(super) ctx: TaskContext,
+    /// Calls made so far by each replica: the key of a journaled reply.
+    pub(super) calls: Mutex<std::collections::HashMap<u32, u32>>,
 }
 
 fn replica_seed(call: &CallInfo) -> u64 {
@@ -54,6 +56,46 @@ impl HostServices for RoutedServices {
         call: &CallInfo,
         request: llm::ChatRequest,
     ) -> Result<llm::ChatResponse, llm::LlmError> {
+        let n = {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            let n = calls.entry(call.replica).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let key = (call.task_id.clone(), call.replica, n);
+        if let Some(r) = self.ctx.recorded.as_ref().and_then(|m| m.get(&key)) {
+            // Resume: the reply is in the journal; no node is called.
+            self.ctx
+                .meter
+                .charge(u64::from(r.tokens_in) + u64::from(r.tokens_out), r.cost);
+            self.ctx.observer.event(
+                &self.run,
+                &Event::ModelCall {
+                    task: call.task_id.clone(),
+                    replica: call.replica,
+                    call: n,
+                    node: r.node.clone(),
+                    tokens_in: r.tokens_in,
+                    tokens_out: r.tokens_out,
+                    cost: r.cost,
+                    latency_ms: 0.0,
+                    attempts: 0,
+                    hedged: false,
+                    text: r.text.clone(),
+                    replayed: true,
+                },
+            );
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r.node.clone());
+            return Ok(llm::ChatResponse {
+                completion_tokens: r.tokens_out,
+                prompt_tokens: r.tokens_in,
+                node: r.node.clone(),
+                text: r.text.clone(),
+            });
+        }
         let _admission = self
             .ctx
             .meter
@@ -90,6 +132,7 @@ impl HostServices for RoutedServices {
                     &Event::Failure {
                         task: call.task_id.clone(),
                         what: format!("replica {}: model call: {e}", call.replica),
+                        node: Some(e.node().to_string()),
                     },
                 );
                 return Err(to_llm_error(e));
@@ -97,21 +140,30 @@ impl HostServices for RoutedServices {
         };
         let r = &routed.response;
         let (tin, tout) = (r.prompt_tokens, r.completion_tokens());
-        self.ctx.meter.charge(
-            u64::from(tin) + u64::from(tout),
-            self.router.cost_of(&r.node, tin.into(), tout.into()),
-        );
+        let cost = self.router.cost_of(&r.node, tin.into(), tout.into());
+        self.ctx
+            .meter
+            .charge(u64::from(tin) + u64::from(tout), cost);
+        let text = r
+            .choices
+            .first()
+            .map(|c| c.text.clone())
+            .unwrap_or_default();
         self.ctx.observer.event(
             &self.run,
             &Event::ModelCall {
                 task: call.task_id.clone(),
                 replica: call.replica,
+                call: n,
                 node: r.node.clone(),
                 tokens_in: tin,
                 tokens_out: tout,
+                cost,
                 latency_ms: routed.latency.as_secs_f64() * 1e3,
                 attempts: routed.attempts,
                 hedged: routed.hedged,
+                text: text.clone(),
+                replayed: false,
             },
         );
         self.used
@@ -119,11 +171,6 @@ impl HostServices for RoutedServices {
             .unwrap_or_else(|p| p.into_inner())
             .push(r.node.clone());
         let r = routed.response;
-        let text = r
-            .choices
-            .first()
-            .map(|c| c.text.clone())
-            .unwrap_or_default();
         Ok(llm::ChatResponse {
             completion_tokens: tout,
             prompt_tokens: tin,

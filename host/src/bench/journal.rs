@@ -1,0 +1,227 @@
+//! What the journal costs: a job of many independent tasks (5 replicas,
+//! a verifier, a voter each, on a zero-latency sim node) run without a
+//! journal and with one (durable at every task decision), the raw append
+//! rate, and how fast the recorded run is re-judged by another voter.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::sqlite::SqliteJournal;
+use crate::journal::{Entry, Journal};
+use crate::plugin::{PluginRuntime, RuntimeConfig};
+use crate::spec::team::TeamSpec;
+use crate::team::consensus::StopReason;
+use crate::team::events::{Event, Quiet};
+use crate::team::job::PreparedTeam;
+
+/// The numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct JournalReport {
+    pub tasks: usize,
+    pub without: Duration,
+    /// With the events recorded into a journal that keeps nothing: what
+    /// making and handing over the records costs, before storage.
+    pub discarding: Duration,
+    pub with: Duration,
+    /// with / without − 1.
+    pub overhead: f64,
+    /// Records the journaled job wrote, and the syncs (commits) it took.
+    pub records: usize,
+    pub commits: u64,
+    /// Appends per second with a durable flush every `flush_every`.
+    pub appends_per_second: f64,
+    pub flush_every: usize,
+    /// Re-judging the recorded job with another voter (`weighted`).
+    pub replay: Duration,
+    pub replay_votes: usize,
+}
+
+fn spec_text(tasks: usize) -> String {
+    let mut s = String::from(
+        "[team]\nname = \"journal-bench\"\nmax_parallel_tasks = 64\n\n[[node]]\nname = \"sim\"\nbackend = \"sim\"\naccuracy = 0.8\n",
+    );
+    for i in 0..tasks {
+        s.push_str(&format!(
+            "\n[[task]]\nid = \"t{i}\"\nrole = \"solver\"\nprompt = \"What is {i} + 1?\"\nreplicas = 5\nverifiers = [\"answer-format\"]\nvoter = \"majority\"\nanswer_kind = \"number\"\n"
+        ));
+    }
+    s
+}
+
+/// Runs the benchmark with the built-in plugins in `plugins`.
+pub async fn run(plugins: &Path, tasks: usize) -> Result<JournalReport, String> {
+    let dir = tempfile_dir()?;
+    let path = dir.join("team.toml");
+    let text = spec_text(tasks);
+    std::fs::write(&path, &text).map_err(|e| e.to_string())?;
+    let spec = TeamSpec::parse(&text, &path).map_err(|e| e.to_string())?;
+    let rt = Arc::new(PluginRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?);
+    let team = PreparedTeam::prepare(spec, rt.clone(), plugins)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Warm up, then without a journal.
+    team.run("warm", "", None, Arc::new(Quiet), CancellationToken::new())
+        .await;
+    // Alternate the three ways, five rounds, and take each one's median:
+    // a shared machine's noise hits them alike.
+    let journal = SqliteJournal::open(&dir.join("data")).map_err(|e| e.to_string())?;
+    let (mut plain_t, mut discard_t, mut with_t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut plain = None;
+    let mut done = None;
+    let mut commits = 0;
+    for round in 0..5 {
+        let start = Instant::now();
+        let p = team
+            .run(
+                &format!("plain-{round}"),
+                "",
+                None,
+                Arc::new(Quiet),
+                CancellationToken::new(),
+            )
+            .await;
+        plain_t.push(start.elapsed());
+        plain = Some(p);
+        let start = Instant::now();
+        crate::journal::resume::run(
+            &team,
+            Arc::new(Discard),
+            &format!("discarding-{round}"),
+            "",
+            None,
+            Arc::new(Quiet),
+            CancellationToken::new(),
+        )
+        .await;
+        discard_t.push(start.elapsed());
+        let c0 = journal.commits();
+        let start = Instant::now();
+        let d = crate::journal::resume::run(
+            &team,
+            journal.clone(),
+            "journaled",
+            "",
+            None,
+            Arc::new(Quiet),
+            CancellationToken::new(),
+        )
+        .await;
+        with_t.push(start.elapsed());
+        commits = journal.commits() - c0;
+        if let Some(e) = &d.journal_error {
+            return Err(e.clone());
+        }
+        done = Some(d);
+        if round < 4 {
+            // Keep one journaled run: the last.
+            journal
+                .truncate("journaled", 0)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (without, discarding, with) = (
+        median(&mut plain_t),
+        median(&mut discard_t),
+        median(&mut with_t),
+    );
+    let (plain, done) = (plain.expect("ran"), done.expect("ran"));
+    let decided = |r: &crate::team::job::JobResult| {
+        r.tasks
+            .iter()
+            .filter(|(_, t)| t.stop == StopReason::Decided)
+            .count()
+    };
+    if decided(&done.result) != decided(&plain) || decided(&plain) < tasks * 9 / 10 {
+        return Err("the journaled and plain jobs did not decide alike".into());
+    }
+    let log = journal.read("journaled").map_err(|e| e.to_string())?;
+    let records = log.records.len();
+    // Re-judge every vote with another voter.
+    let voter = crate::journal::replay::load_voter(&rt, "weighted", "{}", plugins).await?;
+    let start = Instant::now();
+    let report = crate::journal::replay::replay(&log, rt.clone(), plugins, Some(voter))
+        .await
+        .map_err(|e| e.to_string())?;
+    let replay = start.elapsed();
+    // Raw appends, durable every 64.
+    let flush_every = 64;
+    let n = 20_000;
+    let event = Event::Retry {
+        task: "t".into(),
+        replica: 0,
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        journal.append(
+            "appends",
+            Entry::Event {
+                event: event.clone(),
+            },
+        );
+        if (i + 1) % flush_every == 0 {
+            journal.flush().await.map_err(|e| e.to_string())?;
+        }
+    }
+    journal.flush().await.map_err(|e| e.to_string())?;
+    let appends_per_second = n as f64 / start.elapsed().as_secs_f64();
+    drop(journal);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(JournalReport {
+        tasks,
+        without,
+        discarding,
+        with,
+        overhead: with.as_secs_f64() / without.as_secs_f64() - 1.0,
+        records,
+        commits,
+        appends_per_second,
+        flush_every,
+        replay,
+        replay_votes: report.votes,
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let d = std::env::temp_dir().join(format!("conclave-bench-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    Ok(d)
+}
+
+/// A journal that keeps nothing.
+struct Discard;
+
+impl Journal for Discard {
+    fn append(&self, _run: &str, entry: Entry) -> u64 {
+        // Serialise as the real journal does, then drop.
+        std::hint::black_box(serde_json::to_string(&entry).ok());
+        0
+    }
+    fn flush(
+        &self,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::journal::JournalError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn runs(&self) -> Result<Vec<crate::journal::RunRow>, crate::journal::JournalError> {
+        Ok(Vec::new())
+    }
+    fn read(&self, run: &str) -> Result<crate::journal::RunLog, crate::journal::JournalError> {
+        Err(crate::journal::JournalError::NoRun {
+            path: "(discarded)".into(),
+            run: run.into(),
+        })
+    }
+    fn truncate(&self, _run: &str, _keep: u64) -> Result<(), crate::journal::JournalError> {
+        Ok(())
+    }
+    fn location(&self) -> String {
+        "(discarded)".into()
+    }
+}

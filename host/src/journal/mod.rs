@@ -1,0 +1,208 @@
+//! The journal: every event of every run, appended as typed, versioned
+//! records with a run id and a sequence number, so that a run can be
+//! resumed after a crash ([`resume`]), re-judged without a model call
+//! ([`replay`]) and inspected ([`trace`]).
+//!
+//! [`Journal`] is the seam: the embedded store is one SQLite file
+//! ([`sqlite`]); a cluster mode can put the same records on a replicated
+//! log. [`Recorder`] is the [`Observer`] that feeds a journal during a run,
+//! and makes a decision wait until the records behind it are durable.
+
+pub mod replay;
+pub mod resume;
+pub mod sqlite;
+pub mod trace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::team::events::{Event, Observer};
+use crate::team::job::JobResult;
+
+/// The version of the record format this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// What a record says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "kebab-case")]
+pub enum Entry {
+    /// A job was submitted: everything needed to run it again.
+    JobSubmitted {
+        team: String,
+        /// Where the spec was read from (relative paths in it are resolved
+        /// against its folder).
+        spec_path: String,
+        /// The spec's text as it was run.
+        spec: String,
+        question: String,
+        gold: Option<String>,
+    },
+    /// A run was resumed after the record `after`.
+    Resumed { after: u64 },
+    /// Something happened in the run.
+    Event { event: Event },
+    /// The job ended.
+    JobEnded { result: JobResult },
+}
+
+/// One journaled record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub run: String,
+    /// From 0, without gaps, per run.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch when it was appended.
+    pub at_ms: u64,
+    pub entry: Entry,
+}
+
+/// A run as listed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRow {
+    pub run: String,
+    pub team: String,
+    pub question: String,
+    pub started_ms: u64,
+    /// Unset while the run is going on, or if it was killed.
+    pub ended_ms: Option<u64>,
+    pub stop: Option<String>,
+    pub tokens: u64,
+    pub cost: f64,
+}
+
+/// A run's records as read back, and what was wrong with its tail.
+#[derive(Clone, Debug)]
+pub struct RunLog {
+    pub records: Vec<Record>,
+    /// A record that could not be read (bad checksum, unknown version,
+    /// not JSON): everything from it on is left out, and the reason is here.
+    pub damaged: Option<String>,
+}
+
+impl RunLog {
+    /// The submission record.
+    pub fn submitted(&self) -> Option<(&str, &str, &str, &str, Option<&str>)> {
+        self.records.iter().find_map(|r| match &r.entry {
+            Entry::JobSubmitted {
+                team,
+                spec_path,
+                spec,
+                question,
+                gold,
+            } => Some((
+                team.as_str(),
+                spec_path.as_str(),
+                spec.as_str(),
+                question.as_str(),
+                gold.as_deref(),
+            )),
+            _ => None,
+        })
+    }
+
+    /// The result, if the run ended.
+    pub fn ended(&self) -> Option<&JobResult> {
+        self.records.iter().rev().find_map(|r| match &r.entry {
+            Entry::JobEnded { result } => Some(result),
+            _ => None,
+        })
+    }
+
+    /// The events, in order, with their times.
+    pub fn events(&self) -> impl Iterator<Item = (u64, &Event)> {
+        self.records.iter().filter_map(|r| match &r.entry {
+            Entry::Event { event } => Some((r.at_ms, event)),
+            _ => None,
+        })
+    }
+}
+
+/// Why the journal failed. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: cannot open: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("journal {path}: cannot write: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("journal {path}: cannot read: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("journal {path}: no run {run:?}")]
+    NoRun { path: PathBuf, run: String },
+}
+
+/// Where runs are recorded.
+pub trait Journal: Send + Sync {
+    /// Queues `entry` as the next record of `run`; returns its sequence
+    /// number. Never blocks on the disk.
+    fn append(&self, run: &str, entry: Entry) -> u64;
+
+    /// Resolves once every record queued so far is durable (one sync
+    /// serves every record queued before it: group commit).
+    fn flush(&self) -> BoxFuture<'static, Result<(), JournalError>>;
+
+    /// Every run, newest first.
+    fn runs(&self) -> Result<Vec<RunRow>, JournalError>;
+
+    /// A run's records, checked.
+    fn read(&self, run: &str) -> Result<RunLog, JournalError>;
+
+    /// Cuts a run back to its first `keep` records (after damage).
+    fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError>;
+
+    /// Where it lives, for messages.
+    fn location(&self) -> String;
+}
+
+/// Feeds a journal from a run's events.
+pub struct Recorder {
+    journal: Arc<dyn Journal>,
+    /// The first write error (shared with the futures of `flushed`).
+    error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Recorder {
+    pub fn new(journal: Arc<dyn Journal>) -> Arc<Self> {
+        Arc::new(Recorder {
+            journal,
+            error: Default::default(),
+        })
+    }
+
+    /// The first error writing the journal, if there was one.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Observer for Recorder {
+    fn event(&self, run: &str, event: &Event) {
+        self.journal.append(
+            run,
+            Entry::Event {
+                event: event.clone(),
+            },
+        );
+    }
+
+    fn flushed(&self) -> BoxFuture<'static, ()> {
+        let flush = self.journal.flush();
+        let this = self.error.clone();
+        Box::pin(async move {
+            if let Err(e) = flush.await {
+                let mut slot = this.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(e.to_string());
+            }
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,229 @@
+//! Replay: every vote of a journaled run counted again from its recorded
+//! ballots, with no model call. With the run's own voters, every decision
+//! must come out the same (a plugin that changed behaviour shows up as the
+//! first differing decision); with another voter, it shows what that
+//! policy would have decided (counterfactual evaluation, for free).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::RunLog;
+use crate::plugin::{AnswerKind, Ballot, Invocation, PluginRuntime, Task};
+use crate::spec::team::{answer_kind, TeamSpec};
+use crate::team::consensus::{describe, PluginUse};
+use crate::team::events::Event;
+use crate::team::job::{load_plugins, JobError};
+
+/// One vote counted again.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revote {
+    pub task: String,
+    pub round: u32,
+    pub ballots: u32,
+    pub recorded: String,
+    pub now: String,
+}
+
+/// What a replay found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplayReport {
+    pub run: String,
+    /// The voter used instead of the recorded ones, if any.
+    pub voter: Option<String>,
+    pub votes: usize,
+    /// Votes whose decision differs, in order; the first is where the run
+    /// diverges.
+    pub changed: Vec<Revote>,
+    /// The job's recorded answer, and its answer task's final decision now.
+    pub answer_before: Option<String>,
+    pub answer_now: Option<String>,
+}
+
+/// Why a replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("run {0}: the journal has no submission record")]
+    NoSubmission(String),
+    #[error("run {run}: {source}")]
+    Team {
+        run: String,
+        #[source]
+        source: JobError,
+    },
+    #[error("run {run}: voter `{voter}` is not part of its team (use --voter-file for a component file)")]
+    NoVoter { run: String, voter: String },
+    #[error("run {run}: task {task}: voter {voter}: {reason}")]
+    Voter {
+        run: String,
+        task: String,
+        voter: String,
+        reason: String,
+    },
+}
+
+/// Replays `log`'s votes; with `voter`, through that plugin instead.
+pub async fn replay(
+    log: &RunLog,
+    runtime: Arc<PluginRuntime>,
+    builtin_dir: &Path,
+    voter: Option<PluginUse>,
+) -> Result<ReplayReport, ReplayError> {
+    let run = log
+        .records
+        .first()
+        .map(|r| r.run.clone())
+        .unwrap_or_default();
+    let (_, spec_path, text, question, _) = log
+        .submitted()
+        .ok_or_else(|| ReplayError::NoSubmission(run.clone()))?;
+    let team_err = |source: JobError| ReplayError::Team {
+        run: run.clone(),
+        source,
+    };
+    let spec =
+        TeamSpec::parse(text, Path::new(spec_path)).map_err(|e| team_err(JobError::Spec(e)))?;
+    let plugins = load_plugins(&spec, &runtime, builtin_dir)
+        .await
+        .map_err(team_err)?;
+    let final_task = spec
+        .team
+        .answer
+        .clone()
+        .or_else(|| spec.tasks.last().map(|t| t.id.clone()));
+    // Per (task, round): the ballots so far. Per task: its kind and prompt.
+    let mut ballots: std::collections::HashMap<(String, u32), Vec<Ballot>> = Default::default();
+    let mut tasks: std::collections::HashMap<String, (AnswerKind, String)> = Default::default();
+    let mut report = ReplayReport {
+        run: run.clone(),
+        voter: voter.as_ref().map(|v| v.name.clone()),
+        votes: 0,
+        changed: Vec::new(),
+        answer_before: log.ended().and_then(|r| r.answer.clone()),
+        answer_now: None,
+    };
+    for (_, e) in log.events() {
+        match e {
+            Event::TaskStarted {
+                task,
+                answer_kind: k,
+                prompt,
+                ..
+            } => {
+                let kind = answer_kind(k).unwrap_or(AnswerKind::Text);
+                tasks.insert(task.clone(), (kind, prompt.clone()));
+            }
+            Event::Ballot {
+                task,
+                round,
+                ballot,
+            } => ballots
+                .entry((task.clone(), *round))
+                .or_default()
+                .push(ballot.into()),
+            Event::Vote {
+                task,
+                round,
+                ballots: n,
+                voter: recorded_voter,
+                decision,
+            } => {
+                let using = match &voter {
+                    Some(v) => v.clone(),
+                    None => plugins
+                        .iter()
+                        .find(|(name, _)| name == recorded_voter)
+                        .map(|(_, p)| p.clone())
+                        .ok_or_else(|| ReplayError::NoVoter {
+                            run: run.clone(),
+                            voter: recorded_voter.clone(),
+                        })?,
+                };
+                let all = ballots
+                    .get(&(task.clone(), *round))
+                    .cloned()
+                    .unwrap_or_default();
+                let counted: Vec<Ballot> = all.into_iter().take(*n as usize).collect();
+                let (kind, prompt) = tasks
+                    .get(task)
+                    .cloned()
+                    .unwrap_or((AnswerKind::Text, question.to_string()));
+                let t = Task {
+                    id: task.clone(),
+                    run_id: run.clone(),
+                    prompt,
+                    answer_kind: kind,
+                    round: *round,
+                    replica: 0,
+                    replicas: *n,
+                    feedback: Vec::new(),
+                    config: using.config.clone(),
+                    checker: None,
+                };
+                let inv = Invocation {
+                    grants: using.grants,
+                    ..Default::default()
+                };
+                let now = runtime
+                    .tally(&using.plugin, &inv, &t, &counted)
+                    .await
+                    .map(|d| describe(&d))
+                    .map_err(|e| ReplayError::Voter {
+                        run: run.clone(),
+                        task: task.clone(),
+                        voter: using.name.clone(),
+                        reason: e.to_string(),
+                    })?;
+                report.votes += 1;
+                if Some(task) == final_task.as_ref() {
+                    report.answer_now = now
+                        .strip_prefix("decided ")
+                        .and_then(|d| d.split(" (").next())
+                        .map(String::from);
+                }
+                if now != *decision {
+                    report.changed.push(Revote {
+                        task: task.clone(),
+                        round: *round,
+                        ballots: *n,
+                        recorded: decision.clone(),
+                        now,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(report)
+}
+
+/// A voter to re-judge with: a built-in's name (from `builtin_dir`) or a
+/// component file, with `config` (JSON).
+pub async fn load_voter(
+    runtime: &Arc<PluginRuntime>,
+    voter: &str,
+    config: &str,
+    builtin_dir: &Path,
+) -> Result<PluginUse, String> {
+    serde_json::from_str::<serde_json::Value>(config)
+        .map_err(|e| format!("--voter-config is not JSON: {e}"))?;
+    let file = if voter.ends_with(".wasm") {
+        Path::new(voter).to_path_buf()
+    } else {
+        builtin_dir.join(format!("{voter}.wasm"))
+    };
+    let plugin = runtime
+        .load_file(&file)
+        .await
+        .map_err(|e| format!("voter {voter}: {e}"))?;
+    if plugin.descriptor().kind != crate::plugin::PluginKind::Voter {
+        return Err(format!("{voter} is not a voter"));
+    }
+    Ok(PluginUse {
+        name: plugin.name().to_string(),
+        plugin,
+        config: config.to_string(),
+        grants: crate::plugin::Grants::of(&[crate::plugin::Capability::Log]),
+    })
+}
