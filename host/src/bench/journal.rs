@@ -22,6 +22,7 @@ use crate::team::job::PreparedTeam;
 #[derive(Clone, Debug, Serialize)]
 pub struct JournalReport {
     pub tasks: usize,
+    pub latency: Option<Duration>,
     pub without: Duration,
     /// With the events recorded into a journal that keeps nothing: what
     /// making and handing over the records costs, before storage.
@@ -40,10 +41,16 @@ pub struct JournalReport {
     pub replay_votes: usize,
 }
 
-fn spec_text(tasks: usize) -> String {
+fn spec_text(tasks: usize, latency: Option<Duration>) -> String {
     let mut s = String::from(
         "[team]\nname = \"journal-bench\"\nmax_parallel_tasks = 64\n\n[[node]]\nname = \"sim\"\nbackend = \"sim\"\naccuracy = 0.8\n",
     );
+    if let Some(l) = latency {
+        s.push_str(&format!(
+            "latency = {{ kind = \"constant\", value = \"{}\" }}\n",
+            humantime::format_duration(l)
+        ));
+    }
     for i in 0..tasks {
         s.push_str(&format!(
             "\n[[task]]\nid = \"t{i}\"\nrole = \"solver\"\nprompt = \"What is {i} + 1?\"\nreplicas = 5\nverifiers = [\"answer-format\"]\nvoter = \"majority\"\nanswer_kind = \"number\"\n"
@@ -53,10 +60,15 @@ fn spec_text(tasks: usize) -> String {
 }
 
 /// Runs the benchmark with the built-in plugins in `plugins`.
-pub async fn run(plugins: &Path, tasks: usize) -> Result<JournalReport, String> {
+/// `latency`: the sim node's (constant) latency; none for zero.
+pub async fn run(
+    plugins: &Path,
+    tasks: usize,
+    latency: Option<Duration>,
+) -> Result<JournalReport, String> {
     let dir = tempfile_dir()?;
     let path = dir.join("team.toml");
-    let text = spec_text(tasks);
+    let text = spec_text(tasks, latency);
     std::fs::write(&path, &text).map_err(|e| e.to_string())?;
     let spec = TeamSpec::parse(&text, &path).map_err(|e| e.to_string())?;
     let rt = Arc::new(PluginRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?);
@@ -176,6 +188,7 @@ pub async fn run(plugins: &Path, tasks: usize) -> Result<JournalReport, String> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(JournalReport {
         tasks,
+        latency,
         without,
         discarding,
         with,

@@ -211,8 +211,12 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             );
             exit::OK
         }
-        BenchCmd::Journal { tasks, json } => {
-            match conclave::bench::journal::run(&default_plugin_dir(), tasks).await {
+        BenchCmd::Journal {
+            tasks,
+            latency,
+            json,
+        } => {
+            match conclave::bench::journal::run(&default_plugin_dir(), tasks, latency).await {
                 Ok(r) if json => {
                     println!(
                         "{}",
@@ -222,8 +226,11 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 }
                 Ok(r) => {
                     println!(
-                        "job of {} tasks (5 replicas, 1 verifier, 1 voter; zero-latency sim node; 64 at once):",
-                        r.tasks
+                        "job of {} tasks (5 replicas, 1 verifier, 1 voter; sim node, {} a call; 64 at once):",
+                        r.tasks,
+                        r.latency
+                            .map(|l| humantime::format_duration(l).to_string())
+                            .unwrap_or_else(|| "no latency".into())
                     );
                     println!("  without a journal: {:.2?}", r.without);
                     println!(

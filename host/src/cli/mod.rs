@@ -262,6 +262,9 @@ enum BenchCmd {
     Journal {
         #[arg(long, default_value_t = 1000)]
         tasks: usize,
+        /// The sim node's latency per call (default: none).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        latency: Option<std::time::Duration>,
         #[arg(long)]
         json: bool,
     },
