@@ -11,6 +11,7 @@ pub mod journal;
 pub mod model;
 pub mod plugin;
 pub mod scaffold;
+pub mod server;
 pub mod spec;
 pub mod team;
 

@@ -13,3 +13,4 @@ mod patterns;
 mod router;
 mod scaffold;
 mod scheduler;
+mod server;

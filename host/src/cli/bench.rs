@@ -215,52 +215,50 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             tasks,
             latency,
             json,
-        } => {
-            match conclave::bench::journal::run(&default_plugin_dir(), tasks, latency).await {
-                Ok(r) if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&r).expect("serialisable")
-                    );
-                    exit::OK
-                }
-                Ok(r) => {
-                    println!(
-                        "job of {} tasks (5 replicas, 1 verifier, 1 voter; sim node, {} a call; 64 at once):",
-                        r.tasks,
-                        r.latency
-                            .map(|l| humantime::format_duration(l).to_string())
-                            .unwrap_or_else(|| "no latency".into())
-                    );
-                    println!("  without a journal: {:.2?}", r.without);
-                    println!(
-                        "  events serialised and discarded: {:.2?}  ({:+.1}%)",
-                        r.discarding,
-                        100.0 * (r.discarding.as_secs_f64() / r.without.as_secs_f64() - 1.0)
-                    );
-                    println!(
+        } => match conclave::bench::journal::run(&default_plugin_dir(), tasks, latency).await {
+            Ok(r) if json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("serialisable")
+                );
+                exit::OK
+            }
+            Ok(r) => {
+                println!(
+                    "job of {} tasks (5 replicas, 1 verifier, 1 voter; {}; 64 at once):",
+                    r.tasks,
+                    r.latency
+                        .map(|l| format!("sim node answering in {}", humantime::format_duration(l)))
+                        .unwrap_or_else(|| "zero-latency sim node".into())
+                );
+                println!("  without a journal: {:.2?}", r.without);
+                println!(
+                    "  events serialised and discarded: {:.2?}  ({:+.1}%)",
+                    r.discarding,
+                    100.0 * (r.discarding.as_secs_f64() / r.without.as_secs_f64() - 1.0)
+                );
+                println!(
                         "  with the journal (durable at each decision, {} records in {} commits): {:.2?}  overhead {:+.1}%",
                         r.records,
                         r.commits,
                         r.with,
                         100.0 * r.overhead
                     );
-                    println!(
-                        "appends: {:.0} records/s, durable every {}",
-                        r.appends_per_second, r.flush_every
-                    );
-                    println!(
-                        "replay of the journaled job with another voter: {} votes in {:.2?}",
-                        r.replay_votes, r.replay
-                    );
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    exit::FAILURE
-                }
+                println!(
+                    "appends: {:.0} records/s, durable every {}",
+                    r.appends_per_second, r.flush_every
+                );
+                println!(
+                    "replay of the journaled job with another voter: {} votes in {:.2?}",
+                    r.replay_votes, r.replay
+                );
+                exit::OK
             }
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        },
         BenchCmd::Embedded {
             model,
             max_tokens,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 mod bench;
 mod journal;
 mod plugins;
+mod serve;
 mod team;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -64,6 +65,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a team as an OpenAI-compatible model.
+    Serve(ServeArgs),
     /// Continue a run that was killed, from its journal.
     Resume {
         run: String,
@@ -175,6 +178,31 @@ struct RunArgs {
     /// same id on seeded nodes gives the same run.
     #[arg(long)]
     run_id: Option<String>,
+}
+
+/// `conclave serve`'s arguments.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The team spec.
+    spec: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// The environment variable holding the bearer token clients must send
+    /// (required on a non-loopback address).
+    #[arg(long)]
+    token_env: Option<String>,
+    /// Team runs at once; more requests wait for a slot.
+    #[arg(long, default_value_t = 16)]
+    max_concurrency: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Longest a request may take, waiting for a slot included.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    deadline: std::time::Duration,
+    #[arg(long, env = "CONCLAVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -358,6 +386,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Nodes(cmd) => team::nodes(cmd).await,
         Command::Run(args) => team::ask(args).await,
+        Command::Serve(args) => serve::serve(args).await,
         Command::Resume {
             run,
             json,

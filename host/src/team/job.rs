@@ -401,14 +401,24 @@ impl Executor for TeamExecutor {
     }
 }
 
-/// A run id: time-ordered and unique enough for one data directory.
+/// A run id: time-ordered, and unique in one data directory: the time,
+/// the process and a counter within the process (many runs start in the
+/// same millisecond on a server).
 pub fn new_run_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    format!(
-        "run-{}-{:04x}",
-        now.as_millis(),
-        std::process::id() & 0xffff
-    )
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("run-{}-{:x}-{n}", now.as_millis(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_ids_started_together_differ() {
+        let ids: std::collections::BTreeSet<String> =
+            (0..1000).map(|_| super::new_run_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
 }

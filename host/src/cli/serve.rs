@@ -1,0 +1,108 @@
+//! `conclave serve`: a team as an OpenAI-compatible model.
+
+use std::sync::Arc;
+
+use super::team::open_journal;
+use super::{default_plugin_dir, exit, report, runtime, ServeArgs};
+
+/// `conclave serve`.
+pub async fn serve(args: ServeArgs) -> u8 {
+    let ServeArgs {
+        spec,
+        listen,
+        token_env,
+        max_concurrency,
+        max_body,
+        deadline,
+        data_dir,
+    } = args;
+    let token = match &token_env {
+        Some(var) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                eprintln!("error: --token-env names {var}, which is not set (or empty)");
+                return exit::USAGE;
+            }
+        },
+        None => None,
+    };
+    let team = match conclave::spec::team::TeamSpec::load(&spec) {
+        Ok(t) => t,
+        Err(e) => {
+            report(&e);
+            return exit::BAD_SPEC;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&e);
+            return exit::FAILURE;
+        }
+    };
+    let team =
+        match conclave::team::job::PreparedTeam::prepare(team, rt, &default_plugin_dir()).await {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                report(&e);
+                return match e {
+                    conclave::team::job::JobError::Spec(_) => exit::BAD_SPEC,
+                    conclave::team::job::JobError::Plugin { .. } => exit::BAD_PLUGIN,
+                };
+            }
+        };
+    let journal = match open_journal(data_dir.as_deref()) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    let mut config = conclave::server::ServerConfig::new(listen);
+    config.token = token;
+    config.max_concurrency = max_concurrency;
+    config.max_body = max_body;
+    config.deadline = deadline;
+    let server = match conclave::server::Server::bind(team.clone(), journal, config).await {
+        Ok(s) => s,
+        Err(e) => {
+            report(&e);
+            return exit::USAGE;
+        }
+    };
+    let name = team.spec().team.name.clone();
+    eprintln!(
+        "serving team {name:?} at http://{}/v1 (model {name:?}); Ctrl-C or SIGTERM stops after the requests in flight",
+        server.local_addr()
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        // Ctrl-C, or SIGTERM from a service manager.
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down: finishing the requests in flight");
+        on_signal.cancel();
+    });
+    match server.serve(shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            report(&e);
+            exit::FAILURE
+        }
+    }
+}
