@@ -4,6 +4,7 @@
 mod builtins;
 mod consensus;
 mod embedded;
+mod eval;
 mod hostile;
 mod hot_swap;
 mod job;

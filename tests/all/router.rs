@@ -436,3 +436,17 @@ async fn a_token_rate_limit_makes_calls_wait_instead_of_failing() {
     );
     assert_eq!(s.count(), 6);
 }
+
+#[tokio::test]
+async fn a_run_takes_its_account_and_the_router_forgets_it() {
+    let s = FakeServer::always(Behaviour::Reply("Answer: 42".into())).await;
+    let router = Router::new(vec![node("a", &s, "")], quick(0));
+    call(&router).await.unwrap();
+    call(&router).await.unwrap();
+    let account = router.take_run("r").expect("the run's account");
+    assert_eq!(account.calls, 2);
+    assert!(router.take_run("r").is_none());
+    let all = router.accounts();
+    assert!(all.by_run.is_empty(), "no account kept per finished run");
+    assert_eq!(all.by_node["a"].calls, 2, "node accounts stay");
+}

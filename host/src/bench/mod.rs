@@ -8,6 +8,7 @@ pub mod amdahl;
 pub mod embedded;
 pub mod journal;
 pub mod router;
+pub mod serve;
 pub mod team;
 
 use std::path::Path;

@@ -259,6 +259,34 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 exit::FAILURE
             }
         },
+        BenchCmd::Serve { requests, json } => {
+            match conclave::bench::serve::run(&default_plugin_dir(), requests).await {
+                Ok(rows) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).expect("serialisable")
+                    );
+                    exit::OK
+                }
+                Ok(rows) => {
+                    println!(
+                        "{:<34} {:>8} {:>12} {:>10}",
+                        "way", "clients", "requests/s", "mean ms"
+                    );
+                    for r in rows {
+                        println!(
+                            "{:<34} {:>8} {:>12.0} {:>10.3}",
+                            r.way, r.clients, r.per_second, r.mean_ms
+                        );
+                    }
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
         BenchCmd::Embedded {
             model,
             max_tokens,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod bench;
+mod eval;
 mod journal;
 mod plugins;
 mod serve;
@@ -67,6 +68,8 @@ enum Command {
     },
     /// Serve a team as an OpenAI-compatible model.
     Serve(ServeArgs),
+    /// Score teams on a dataset, side by side.
+    Eval(EvalArgs),
     /// Continue a run that was killed, from its journal.
     Resume {
         run: String,
@@ -178,6 +181,37 @@ struct RunArgs {
     /// same id on seeded nodes gives the same run.
     #[arg(long)]
     run_id: Option<String>,
+}
+
+/// `conclave eval`'s arguments.
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The team spec.
+    spec: PathBuf,
+    /// JSONL items: question and answer, or question, choices and a
+    /// letter answer.
+    #[arg(long)]
+    data: PathBuf,
+    /// More team specs to score on the same items.
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
+    /// Only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seeds the runs (the same seed resumes the same evaluation).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Items at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Where eval.json and chart.svg go (default: evals/ID in the data
+    /// directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, env = "CONCLAVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// `conclave serve`'s arguments.
@@ -296,6 +330,14 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What serving costs: a sim node directly, a team in-process, a team
+    /// over HTTP; at 1 and 64 clients.
+    Serve {
+        #[arg(long, default_value_t = 2048)]
+        requests: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedded model: 5 samples of one prompt against 1 sample.
     Embedded {
         /// The GGUF file (default: the one `scripts/fetch-model.sh` fetches).
@@ -387,6 +429,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Nodes(cmd) => team::nodes(cmd).await,
         Command::Run(args) => team::ask(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Eval(args) => eval::eval(args).await,
         Command::Resume {
             run,
             json,

@@ -245,6 +245,17 @@ impl Router {
             .unwrap_or(0.0)
     }
 
+    /// Removes and returns run `run`'s account: a job takes its own when
+    /// it ends, so that a long-lived router (a server) does not keep one
+    /// per run forever, and no job copies every other run's.
+    pub fn take_run(&self, run: &str) -> Option<super::accounts::Stats> {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_run
+            .remove(run)
+    }
+
     /// A copy of the accounts.
     pub fn accounts(&self) -> Accounts {
         self.accounts

@@ -177,8 +177,8 @@ impl PreparedTeam {
             .find(|(id, _)| Some(id) == final_id.as_ref())
             .map(|(_, r)| r.clone());
         observer.flushed().await;
-        let accounts = self.router.accounts();
-        let run = accounts.by_run.get(run_id);
+        let account = self.router.take_run(run_id);
+        let run = account.as_ref();
         JobResult {
             run_id: run_id.to_string(),
             question: question.to_string(),

@@ -1,0 +1,319 @@
+//! Evaluation: teams scored on a dataset. Items are JSONL lines, either
+//! `{"question", "answer"}` (numbers compared after normalisation, other
+//! text exactly after trimming and case-folding) or `{"question",
+//! "choices", "answer": "B"}` (multiple choice, letters compared). Every
+//! item is a journaled run whose id derives from the evaluation, the team
+//! and the item, so an interrupted evaluation resumes: items whose run
+//! ended are read back, not asked again.
+//!
+//! What lives elsewhere: the CLI prints the table and draws the progress
+//! bar; [`chart`] writes the SVG.
+
+pub mod chart;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use conclave_sdk::answer::{self, Kind};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::Journal;
+use crate::team::consensus::StopReason;
+use crate::team::events::Quiet;
+use crate::team::job::{JobResult, PreparedTeam};
+
+/// One dataset item.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Item {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub question: String,
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
+    pub answer: String,
+}
+
+impl Item {
+    /// How its answer is compared.
+    pub fn kind(&self) -> Kind {
+        if self.choices.is_some() {
+            Kind::Choice
+        } else if answer::normalize_number(&self.answer).is_some() {
+            Kind::Number
+        } else {
+            Kind::Text
+        }
+    }
+
+    /// The question as the team gets it (choices lettered).
+    pub fn prompt(&self) -> String {
+        match &self.choices {
+            None => self.question.clone(),
+            Some(cs) => {
+                let mut p = format!("{}\n", self.question);
+                for (i, c) in cs.iter().enumerate() {
+                    p.push_str(&format!("{}. {c}\n", (b'A' + i as u8) as char));
+                }
+                p.push_str("Answer with the letter of the right choice.");
+                p
+            }
+        }
+    }
+}
+
+/// Why a dataset could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {reason}")]
+    Item {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{0}: no items")]
+    Empty(PathBuf),
+}
+
+/// Reads a JSONL dataset; `limit` keeps the first items.
+pub fn load(path: &Path, limit: Option<usize>) -> Result<Vec<Item>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: Item = serde_json::from_str(line).map_err(|e| EvalError::Item {
+            path: path.into(),
+            line: i + 1,
+            reason: format!("not a dataset item (question, answer, optional choices): {e}"),
+        })?;
+        items.push(item);
+        if limit.is_some_and(|l| items.len() >= l) {
+            break;
+        }
+    }
+    if items.is_empty() {
+        return Err(EvalError::Empty(path.into()));
+    }
+    Ok(items)
+}
+
+/// One item's outcome for one team.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemResult {
+    pub item: usize,
+    pub id: Option<String>,
+    pub gold: String,
+    pub answer: Option<String>,
+    pub correct: bool,
+    pub stop: String,
+    pub no_consensus: bool,
+    pub samples: u32,
+    pub tokens: u64,
+    pub cost: f64,
+    pub wall_ms: f64,
+    pub run_id: String,
+    /// Read back from the journal (an earlier, interrupted evaluation).
+    pub resumed: bool,
+}
+
+/// A team's scores.
+#[derive(Clone, Debug, Serialize)]
+pub struct Score {
+    pub team: String,
+    pub spec: String,
+    pub items: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Wilson 95% interval.
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub samples_per_item: f64,
+    pub tokens_per_item: f64,
+    pub cost: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub no_consensus_rate: f64,
+    pub results: Vec<ItemResult>,
+}
+
+/// The Wilson score interval at 95% for `k` of `n`.
+pub fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let (n, p, z) = (n as f64, k as f64 / n as f64, 1.96f64);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * ((p * (1.0 - p) + z * z / (4.0 * n)) / n).sqrt() / (1.0 + z * z / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
+}
+
+/// Scores `results` (one per item).
+pub fn score(team: &str, spec: &str, mut results: Vec<ItemResult>) -> Score {
+    results.sort_by_key(|r| r.item);
+    let n = results.len();
+    let correct = results.iter().filter(|r| r.correct).count();
+    let (ci_low, ci_high) = wilson(correct, n);
+    let mut lat: Vec<f64> = results.iter().map(|r| r.wall_ms).collect();
+    lat.sort_by(f64::total_cmp);
+    let per = |f: &dyn Fn(&ItemResult) -> f64| results.iter().map(f).sum::<f64>() / n.max(1) as f64;
+    Score {
+        team: team.into(),
+        spec: spec.into(),
+        items: n,
+        correct,
+        accuracy: correct as f64 / n.max(1) as f64,
+        ci_low,
+        ci_high,
+        samples_per_item: per(&|r| f64::from(r.samples)),
+        tokens_per_item: per(&|r| r.tokens as f64),
+        cost: results.iter().map(|r| r.cost).sum(),
+        p50_ms: percentile(&lat, 0.5),
+        p95_ms: percentile(&lat, 0.95),
+        no_consensus_rate: per(&|r| r.no_consensus as u8 as f64),
+        results,
+    }
+}
+
+fn item_result(i: usize, item: &Item, r: &JobResult, resumed: bool) -> ItemResult {
+    let correct = matches!(r.stop, StopReason::Decided)
+        && r.answer
+            .as_deref()
+            .is_some_and(|a| answer::same(a, &item.answer, item.kind()));
+    ItemResult {
+        item: i,
+        id: item.id.clone(),
+        gold: item.answer.clone(),
+        answer: r.answer.clone(),
+        correct,
+        stop: r.stop.to_string(),
+        no_consensus: matches!(r.stop, StopReason::NoConsensus(_)),
+        samples: r.samples,
+        tokens: r.tokens_in + r.tokens_out,
+        cost: r.cost,
+        wall_ms: r.wall.as_secs_f64() * 1e3,
+        run_id: r.run_id.clone(),
+        resumed,
+    }
+}
+
+/// The run id of item `i` of evaluation `eval` for `team`.
+pub fn run_id(eval: &str, team: &str, i: usize) -> String {
+    format!("{eval}-{team}-{i}")
+}
+
+/// Scores `team` on `items`, `parallel` items at once. Each item is a run
+/// in `journal`; items whose run already ended there are read back.
+/// `done` hears about each item as it finishes.
+#[allow(clippy::too_many_arguments)]
+pub async fn evaluate(
+    team: &PreparedTeam,
+    journal: Arc<dyn Journal>,
+    eval: &str,
+    items: &[Item],
+    parallel: usize,
+    cancel: CancellationToken,
+    done: &(dyn Fn(&ItemResult) + Sync),
+) -> Score {
+    let name = team.spec().team.name.clone();
+    let results: Vec<ItemResult> = futures::stream::iter(items.iter().enumerate())
+        .map(|(i, item)| {
+            let journal = journal.clone();
+            let id = run_id(eval, &name, i);
+            let cancel = cancel.clone();
+            async move {
+                if let Some(r) = journal.read(&id).ok().and_then(|l| l.ended().cloned()) {
+                    return item_result(i, item, &r, true);
+                }
+                let q = item.prompt();
+                let res = crate::journal::resume::run(
+                    team,
+                    journal,
+                    &id,
+                    &q,
+                    Some(&item.answer),
+                    Arc::new(Quiet),
+                    cancel,
+                )
+                .await;
+                item_result(i, item, &res.result, false)
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .inspect(|r| done(r))
+        .collect()
+        .await;
+    score(&name, &team.spec().path.display().to_string(), results)
+}
+
+/// An evaluation's id from what it evaluates: the dataset, the seed and
+/// the item count, so the same command resumes the same evaluation.
+pub fn eval_id(data: &Path, seed: u64, items: usize) -> String {
+    let stem = data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    format!("eval-{stem}-s{seed}-n{items}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        // 8 of 10: 0.490 to 0.943 (Wilson, 95%).
+        let (lo, hi) = wilson(8, 10);
+        assert!(
+            (lo - 0.490).abs() < 1e-3 && (hi - 0.943).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        assert_eq!(wilson(0, 0), (0.0, 0.0));
+        let (lo, hi) = wilson(10, 10);
+        assert!(lo > 0.72 && hi == 1.0);
+    }
+
+    #[test]
+    fn items_know_how_to_compare_answers() {
+        let n: Item = serde_json::from_str(r#"{"question":"q","answer":"-1,200"}"#).unwrap();
+        assert_eq!(n.kind(), Kind::Number);
+        let c: Item =
+            serde_json::from_str(r#"{"question":"q","choices":["x","y"],"answer":"B"}"#).unwrap();
+        assert_eq!(c.kind(), Kind::Choice);
+        assert_eq!(
+            c.prompt(),
+            "q\nA. x\nB. y\nAnswer with the letter of the right choice."
+        );
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(
+            &p,
+            "{\"question\":\"a\",\"answer\":\"1\"}\n{\"question\":\"b\"}\n",
+        )
+        .unwrap();
+        let e = load(&p, None).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:2: not a dataset item"), "{e}");
+    }
+}

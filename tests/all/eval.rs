@@ -1,0 +1,93 @@
+//! `conclave eval` end to end on a slice of the evaluation data with sim
+//! teams: the table's numbers are the per-item results' numbers, the JSON
+//! and chart are written, and running it again resumes (no new runs).
+
+use std::process::Command;
+
+use conclave_tests::{conclave_bin, workspace};
+use serde_json::Value;
+
+fn eval(data_dir: &std::path::Path, out: &std::path::Path) -> Value {
+    let o = Command::new(conclave_bin())
+        .args([
+            "eval",
+            "examples/adaptive-consistency.toml",
+            "--compare",
+            "examples/debate.toml",
+        ])
+        .args([
+            "--data",
+            "data/eval/arithmetic_dev.jsonl",
+            "--limit",
+            "12",
+            "--seed",
+            "7",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--out")
+        .arg(out)
+        .current_dir(workspace())
+        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn mean(results: &[Value], key: &str) -> f64 {
+    results
+        .iter()
+        .map(|r| r[key].as_f64().unwrap())
+        .sum::<f64>()
+        / results.len() as f64
+}
+
+#[test]
+fn the_table_is_the_per_item_results_and_a_second_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let scores = eval(&dir.path().join("data"), &out);
+    let scores = scores.as_array().unwrap();
+    assert_eq!(scores.len(), 2);
+    for s in scores {
+        let results = s["results"].as_array().unwrap();
+        assert_eq!(results.len(), 12);
+        let correct = results.iter().filter(|r| r["correct"] == true).count();
+        assert_eq!(s["correct"], correct);
+        assert!((s["accuracy"].as_f64().unwrap() - correct as f64 / 12.0).abs() < 1e-12);
+        assert!((s["samples_per_item"].as_f64().unwrap() - mean(results, "samples")).abs() < 1e-9);
+        assert!((s["tokens_per_item"].as_f64().unwrap() - mean(results, "tokens")).abs() < 1e-9);
+        let (lo, hi) = (
+            s["ci_low"].as_f64().unwrap(),
+            s["ci_high"].as_f64().unwrap(),
+        );
+        assert!(lo <= s["accuracy"].as_f64().unwrap() && s["accuracy"].as_f64().unwrap() <= hi);
+        // Each item's verdict follows from its answer and the gold.
+        for r in results {
+            let right = r["stop"] == "decided" && r["answer"] == r["gold"];
+            assert_eq!(r["correct"], right, "{r}");
+        }
+    }
+    assert_eq!(scores[0]["team"], "adaptive-consistency");
+    assert_eq!(
+        scores[1]["samples_per_item"], 9.0,
+        "debate: 3 replicas, 3 rounds"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(written[0]["accuracy"], scores[0]["accuracy"]);
+    let chart = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    assert_eq!(chart.matches("<circle").count(), 2);
+    // Again: every item is read back from the journal.
+    let again = eval(&dir.path().join("data"), &out);
+    for (a, b) in again.as_array().unwrap().iter().zip(scores) {
+        assert_eq!(a["accuracy"], b["accuracy"]);
+        assert!(a["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["resumed"] == true));
+    }
+}
