@@ -385,3 +385,49 @@ fn two_processes_share_one_journal() {
     }
     assert_eq!(j.runs().unwrap().len(), 2);
 }
+
+#[test]
+fn replay_can_judge_the_recorded_candidates_with_another_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = team_file(dir.path(), TEAM);
+    assert!(run(&spec, dir.path(), "verify-1", &[]).status.success());
+    let out = conclave(
+        &[
+            "replay",
+            "verify-1",
+            "--verifier",
+            "numeric-check",
+            "--verifier-config",
+            "{\"derive_from_prompt\": true}",
+            "--json",
+        ],
+        dir.path(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = &result(&out)[0];
+    assert_eq!(rep["verifier"], "numeric-check");
+    assert_eq!(rep["votes"], 3);
+    // Only 42 passes the re-derivation, so every decision now is 42 or none.
+    for c in rep["changed"].as_array().unwrap() {
+        let now = c["now"].as_str().unwrap();
+        assert!(
+            now.starts_with("decided 42 (") || now.starts_with("no consensus"),
+            "{now}"
+        );
+    }
+    assert_eq!(rep["answer_now"], "42");
+    // A verifier that needs a model cannot be replayed without one.
+    let out = conclave(
+        &["replay", "verify-1", "--verifier", "llm-judge"],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("verifier llm-judge"), "{err}");
+}

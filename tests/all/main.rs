@@ -2,6 +2,7 @@
 //! one area and says so in its first line.
 
 mod builtins;
+mod cli;
 mod consensus;
 mod embedded;
 mod eval;

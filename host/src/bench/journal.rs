@@ -159,7 +159,7 @@ pub async fn run(
     // Re-judge every vote with another voter.
     let voter = crate::journal::replay::load_voter(&rt, "weighted", "{}", plugins).await?;
     let start = Instant::now();
-    let report = crate::journal::replay::replay(&log, rt.clone(), plugins, Some(voter))
+    let report = crate::journal::replay::replay(&log, rt.clone(), plugins, Some(voter), None)
         .await
         .map_err(|e| e.to_string())?;
     let replay = start.elapsed();

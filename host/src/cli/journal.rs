@@ -20,16 +20,20 @@ pub async fn resume(run: &str, json: bool, data_dir: Option<&Path>) -> u8 {
             return exit::FAILURE;
         }
     };
-    match conclave::journal::resume::resume(
+    let (observer, bar) = progress(json);
+    let resumed = conclave::journal::resume::resume(
         journal,
         run,
         rt,
         &default_plugin_dir(),
-        progress(json),
+        observer,
         cancel_on_ctrl_c(),
     )
-    .await
-    {
+    .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match resumed {
         Ok(done) => finish(&done, json),
         Err(e) => {
             report(&e);
@@ -42,8 +46,8 @@ pub async fn resume(run: &str, json: bool, data_dir: Option<&Path>) -> u8 {
 pub async fn replay(
     run: Option<&str>,
     all: bool,
-    voter: Option<&str>,
-    voter_config: &str,
+    (voter, voter_config): (Option<&str>, &str),
+    (verifier, verifier_config): (Option<&str>, &str),
     json: bool,
     data_dir: Option<&Path>,
 ) -> u8 {
@@ -64,6 +68,25 @@ pub async fn replay(
             match conclave::journal::replay::load_voter(&rt, v, voter_config, &default_plugin_dir())
                 .await
             {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::BAD_PLUGIN;
+                }
+            }
+        }
+    };
+    let verifier = match verifier {
+        None => None,
+        Some(v) => {
+            let loaded = conclave::journal::replay::load_verifier(
+                &rt,
+                v,
+                verifier_config,
+                &default_plugin_dir(),
+            )
+            .await;
+            match loaded {
                 Ok(p) => Some(p),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -101,6 +124,7 @@ pub async fn replay(
             rt.clone(),
             &default_plugin_dir(),
             voter.clone(),
+            verifier.clone(),
         )
         .await
         {
@@ -147,7 +171,8 @@ pub async fn replay(
         }
     }
     // Without --voter a replay is a check: any difference is a divergence.
-    let diverged = voter.is_none() && reports.iter().any(|r| !r.changed.is_empty());
+    let diverged =
+        voter.is_none() && verifier.is_none() && reports.iter().any(|r| !r.changed.is_empty());
     if diverged {
         if let Some(r) = reports.iter().find(|r| !r.changed.is_empty()) {
             let c = &r.changed[0];

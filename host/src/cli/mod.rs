@@ -93,6 +93,13 @@ enum Command {
         /// The voter's config, JSON.
         #[arg(long, default_value = "{}")]
         voter_config: String,
+        /// Judge the recorded candidates again with this verifier (a
+        /// built-in's name or a component file; no model calls).
+        #[arg(long)]
+        verifier: Option<String>,
+        /// The verifier's config, JSON.
+        #[arg(long, default_value = "{}")]
+        verifier_config: String,
         #[arg(long)]
         json: bool,
         #[arg(long, env = "CONCLAVE_DATA_DIR")]
@@ -440,14 +447,16 @@ async fn run(cli: Cli) -> u8 {
             all,
             voter,
             voter_config,
+            verifier,
+            verifier_config,
             json,
             data_dir,
         } => {
             journal::replay(
                 run.as_deref(),
                 all,
-                voter.as_deref(),
-                &voter_config,
+                (voter.as_deref(), &voter_config),
+                (verifier.as_deref(), &verifier_config),
                 json,
                 data_dir.as_deref(),
             )

@@ -69,16 +69,20 @@ pub async fn ask(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     let run_id = run_id.unwrap_or_else(conclave::team::job::new_run_id);
+    let (observer, bar) = progress(json);
     let done = conclave::journal::resume::run(
         &team,
         journal,
         &run_id,
         &question,
         gold.as_deref(),
-        progress(json),
+        observer,
         cancel_on_ctrl_c(),
     )
     .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     finish(&done, json)
 }
 
@@ -112,19 +116,70 @@ pub(super) fn cancel_on_ctrl_c() -> tokio_util::sync::CancellationToken {
     cancel
 }
 
-/// One line per finished task on standard error (nothing with --json).
-pub(super) fn progress(json: bool) -> std::sync::Arc<dyn Observer> {
+/// Progress on standard error: a live line (samples, votes, round,
+/// tokens, tasks) on a terminal, a plain line per finished task otherwise,
+/// nothing with --json. The bar, if any, is cleared before the result.
+pub(super) fn progress(
+    json: bool,
+) -> (std::sync::Arc<dyn Observer>, Option<indicatif::ProgressBar>) {
+    use std::io::IsTerminal;
     if json {
-        std::sync::Arc::new(conclave::team::events::Quiet)
-    } else {
-        std::sync::Arc::new(|_: &str, e: &Event| {
+        return (std::sync::Arc::new(conclave::team::events::Quiet), None);
+    }
+    if !std::io::stderr().is_terminal() {
+        let plain = |_: &str, e: &Event| {
             if let Event::TaskEnded { task, result } = e {
                 eprintln!(
                     "task {task}: {} after {} samples, {} rounds",
                     result.stop, result.samples, result.rounds
                 );
             }
-        })
+        };
+        return (std::sync::Arc::new(plain), None);
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let live = Live {
+        bar: bar.clone(),
+        counts: std::sync::Mutex::default(),
+    };
+    (std::sync::Arc::new(live), Some(bar))
+}
+
+/// The live progress line.
+struct Live {
+    bar: indicatif::ProgressBar,
+    /// samples, votes, round, tokens, tasks done
+    counts: std::sync::Mutex<(u64, u64, u32, u64, u64)>,
+}
+
+impl Observer for Live {
+    fn event(&self, _run: &str, e: &Event) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            Event::Ballot { round, .. } => {
+                c.0 += 1;
+                c.2 = c.2.max(*round + 1);
+            }
+            Event::Vote { .. } => c.1 += 1,
+            Event::ModelCall {
+                tokens_in,
+                tokens_out,
+                ..
+            } => c.3 += u64::from(*tokens_in) + u64::from(*tokens_out),
+            Event::TaskEnded { task, result } => {
+                c.4 += 1;
+                self.bar.println(format!(
+                    "task {task}: {} after {} samples, {} rounds",
+                    result.stop, result.samples, result.rounds
+                ));
+            }
+            _ => return,
+        }
+        self.bar.set_message(format!(
+            "{} samples, {} votes, round {}, {} tokens, {} tasks done",
+            c.0, c.1, c.2, c.3, c.4
+        ));
     }
 }
 

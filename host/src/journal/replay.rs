@@ -2,7 +2,11 @@
 //! ballots, with no model call. With the run's own voters, every decision
 //! must come out the same (a plugin that changed behaviour shows up as the
 //! first differing decision); with another voter, it shows what that
-//! policy would have decided (counterfactual evaluation, for free).
+//! policy would have decided (counterfactual evaluation, for free). With
+//! another verifier, every recorded candidate is judged again by it (its
+//! verdict replaces the recorded ones) before the votes are counted; a
+//! verifier that needs a model (`llm-judge`) cannot be replayed without
+//! model calls, and says so.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ pub struct ReplayReport {
     pub run: String,
     /// The voter used instead of the recorded ones, if any.
     pub voter: Option<String>,
+    /// The verifier that judged the candidates again, if any.
+    pub verifier: Option<String>,
     pub votes: usize,
     /// Votes whose decision differs, in order; the first is where the run
     /// diverges.
@@ -54,6 +60,13 @@ pub enum ReplayError {
     },
     #[error("run {run}: voter `{voter}` is not part of its team (use --voter-file for a component file)")]
     NoVoter { run: String, voter: String },
+    #[error("run {run}: task {task}: verifier {verifier}: {reason}")]
+    Verifier {
+        run: String,
+        task: String,
+        verifier: String,
+        reason: String,
+    },
     #[error("run {run}: task {task}: voter {voter}: {reason}")]
     Voter {
         run: String,
@@ -63,12 +76,14 @@ pub enum ReplayError {
     },
 }
 
-/// Replays `log`'s votes; with `voter`, through that plugin instead.
+/// Replays `log`'s votes; with `voter`, through that plugin instead; with
+/// `verifier`, on candidates judged again by it.
 pub async fn replay(
     log: &RunLog,
     runtime: Arc<PluginRuntime>,
     builtin_dir: &Path,
     voter: Option<PluginUse>,
+    verifier: Option<PluginUse>,
 ) -> Result<ReplayReport, ReplayError> {
     let run = log
         .records
@@ -98,6 +113,7 @@ pub async fn replay(
     let mut report = ReplayReport {
         run: run.clone(),
         voter: voter.as_ref().map(|v| v.name.clone()),
+        verifier: verifier.as_ref().map(|v| v.name.clone()),
         votes: 0,
         changed: Vec::new(),
         answer_before: log.ended().and_then(|r| r.answer.clone()),
@@ -118,10 +134,42 @@ pub async fn replay(
                 task,
                 round,
                 ballot,
-            } => ballots
-                .entry((task.clone(), *round))
-                .or_default()
-                .push(ballot.into()),
+            } => {
+                let mut b: Ballot = ballot.into();
+                if let Some(v) = &verifier {
+                    let (kind, prompt) = tasks
+                        .get(task)
+                        .cloned()
+                        .unwrap_or((AnswerKind::Text, question.to_string()));
+                    let t = Task {
+                        id: task.clone(),
+                        run_id: run.clone(),
+                        prompt,
+                        answer_kind: kind,
+                        round: *round,
+                        replica: b.candidate.replica,
+                        replicas: 1,
+                        feedback: Vec::new(),
+                        config: v.config.clone(),
+                        checker: None,
+                    };
+                    let inv = Invocation {
+                        grants: v.grants,
+                        ..Default::default()
+                    };
+                    let verdict = runtime
+                        .verify(&v.plugin, &inv, &t, &b.candidate)
+                        .await
+                        .map_err(|e| ReplayError::Verifier {
+                            run: run.clone(),
+                            task: task.clone(),
+                            verifier: v.name.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    b.verdicts = vec![verdict];
+                }
+                ballots.entry((task.clone(), *round)).or_default().push(b);
+            }
             Event::Vote {
                 task,
                 round,
@@ -206,8 +254,43 @@ pub async fn load_voter(
     config: &str,
     builtin_dir: &Path,
 ) -> Result<PluginUse, String> {
+    load_kind(
+        runtime,
+        voter,
+        config,
+        builtin_dir,
+        crate::plugin::PluginKind::Voter,
+    )
+    .await
+}
+
+/// A verifier to judge the candidates again with, as [`load_voter`].
+/// It is granted nothing but `log`: a replay calls no model.
+pub async fn load_verifier(
+    runtime: &Arc<PluginRuntime>,
+    verifier: &str,
+    config: &str,
+    builtin_dir: &Path,
+) -> Result<PluginUse, String> {
+    load_kind(
+        runtime,
+        verifier,
+        config,
+        builtin_dir,
+        crate::plugin::PluginKind::Verifier,
+    )
+    .await
+}
+
+async fn load_kind(
+    runtime: &Arc<PluginRuntime>,
+    voter: &str,
+    config: &str,
+    builtin_dir: &Path,
+    kind: crate::plugin::PluginKind,
+) -> Result<PluginUse, String> {
     serde_json::from_str::<serde_json::Value>(config)
-        .map_err(|e| format!("--voter-config is not JSON: {e}"))?;
+        .map_err(|e| format!("the config of {voter} is not JSON: {e}"))?;
     let file = if voter.ends_with(".wasm") {
         Path::new(voter).to_path_buf()
     } else {
@@ -216,9 +299,12 @@ pub async fn load_voter(
     let plugin = runtime
         .load_file(&file)
         .await
-        .map_err(|e| format!("voter {voter}: {e}"))?;
-    if plugin.descriptor().kind != crate::plugin::PluginKind::Voter {
-        return Err(format!("{voter} is not a voter"));
+        .map_err(|e| format!("{voter}: {e}"))?;
+    if plugin.descriptor().kind != kind {
+        return Err(format!(
+            "{voter} is a {:?}, not a {kind:?}",
+            plugin.descriptor().kind
+        ));
     }
     Ok(PluginUse {
         name: plugin.name().to_string(),

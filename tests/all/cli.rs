@@ -1,0 +1,168 @@
+//! The command line end to end (assert_cmd) on sim teams: the output,
+//! `--json`, the documented exit codes, and bad arguments.
+
+use assert_cmd::Command;
+use conclave_tests::{conclave_bin, workspace};
+
+const TEAM: &str = r#"
+[team]
+name = "cli"
+
+[[node]]
+name = "sim"
+backend = "sim"
+accuracy = 0.9
+seed = 3
+
+[[task]]
+id = "answer"
+role = "solver"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+"#;
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new(team: &str) -> Self {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("team.toml"), team).unwrap();
+        Dir(d)
+    }
+
+    fn conclave(&self, args: &[&str]) -> std::process::Output {
+        Command::new(conclave_bin())
+            .args(args)
+            .current_dir(self.0.path())
+            .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+            .env("CONCLAVE_DATA_DIR", self.0.path().join("data"))
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_prints_the_answer_and_its_support_and_exits_zero() {
+    let d = Dir::new(TEAM);
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?", "--gold", "42"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("note: this team uses a simulated node"),
+        "{out}"
+    );
+    assert!(out.contains("stop:       decided"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("support:    ") && l.contains(" of 3 ballots")),
+        "{out}"
+    );
+    let o = d.conclave(&[
+        "run",
+        "team.toml",
+        "What is 40 + 2?",
+        "--gold",
+        "42",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["stop"]["stop"], "decided");
+    assert_eq!(r["samples"], 3);
+    assert_eq!(r["simulated"], true);
+}
+
+#[test]
+fn exit_codes_tell_the_stop_reasons_apart() {
+    // No consensus: a quorum that three samples can never meet.
+    let d = Dir::new(&format!(
+        "{TEAM}\n[[plugin]]\nname = \"quorum\"\nconfig = {{ share = 1.0, min_votes = 4, max_samples = 3 }}\n"
+    )
+    .replace("voter = \"majority\"", "voter = \"quorum\""));
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?", "--gold", "42"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("stop:       no consensus:"));
+    // A budget: fewer tokens than one round of samples takes, and a voter
+    // that wants more.
+    let d = Dir::new(
+        &format!(
+            "{TEAM}max_samples = 10\n\n[[plugin]]\nname = \"quorum\"\nconfig = {{ share = 1.0, min_votes = 10, max_samples = 10 }}\n"
+        )
+        .replace("voter = \"majority\"", "voter = \"quorum\"")
+        .replace("name = \"cli\"", "name = \"cli\"\nmax_tokens = 10"),
+    );
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?", "--gold", "42"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("budget exhausted: job: token budget of 10 spent"));
+    // Every node failing: the task failed.
+    let d = Dir::new(&TEAM.replace("seed = 3", "error_rate = 1.0"));
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stdout));
+}
+
+#[test]
+fn a_bad_spec_is_refused_with_its_position_and_exit_three() {
+    let d = Dir::new(&TEAM.replace("replicas = 3", "replica = 3"));
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("error: team.toml:")
+            && err.contains("unknown key `replica`; did you mean `replicas`?"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_arguments_exit_two_with_usage() {
+    let d = Dir::new(TEAM);
+    let o = d.conclave(&["run"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("Usage: conclave run"));
+    let o = d.conclave(&["run", "team.toml", "   "]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("the question is empty"));
+    let o = d.conclave(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = d.conclave(&["run", "missing.toml", "q"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(text(&o.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn the_question_can_come_from_standard_input() {
+    let d = Dir::new(TEAM);
+    let o = Command::new(conclave_bin())
+        .args(["run", "team.toml", "--json", "--gold", "42"])
+        .current_dir(d.0.path())
+        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+        .env("CONCLAVE_DATA_DIR", d.0.path().join("data"))
+        .write_stdin("What is 40 + 2?\n")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["question"], "What is 40 + 2?");
+}
+
+#[test]
+fn plan_prints_the_critical_path_and_the_bound() {
+    let o = Command::new(conclave_bin())
+        .args(["plan", "examples/paper-dag.toml", "--workers", "5"])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    assert!(out.contains("critical path:     16 tasks"), "{out}");
+    assert!(out.contains("parallel fraction: p = 0.20"), "{out}");
+    assert!(out.contains("n=5: 1.19x"), "{out}");
+}
