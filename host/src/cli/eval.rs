@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use super::team::{cancel_on_ctrl_c, open_journal};
-use super::{default_plugin_dir, exit, report, runtime, EvalArgs};
+use super::team::{cancel_on_ctrl_c, load_team, open_journal};
+use super::{exit, report, runtime, EvalArgs};
 
 /// `conclave eval`.
 pub async fn eval(args: EvalArgs) -> u8 {
@@ -41,25 +41,9 @@ pub async fn eval(args: EvalArgs) -> u8 {
     let cancel = cancel_on_ctrl_c();
     let mut scores = Vec::new();
     for path in std::iter::once(&spec).chain(compare.iter()) {
-        let team = match conclave::spec::team::TeamSpec::load(path) {
+        let team = match load_team(path, Some(rt.clone())).await {
             Ok(t) => t,
-            Err(e) => {
-                report(&e);
-                return exit::BAD_SPEC;
-            }
-        };
-        let team = match conclave::team::job::PreparedTeam::prepare(
-            team,
-            rt.clone(),
-            &default_plugin_dir(),
-        )
-        .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                report(&e);
-                return exit::BAD_SPEC;
-            }
+            Err(code) => return code,
         };
         let name = team.spec().team.name.clone();
         let bar = if std::io::stderr().is_terminal() && !json {

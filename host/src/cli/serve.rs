@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use super::team::open_journal;
-use super::{default_plugin_dir, exit, report, runtime, ServeArgs};
+use super::team::{load_team, open_journal};
+use super::{exit, report, ServeArgs};
 
 /// `conclave serve`.
 pub async fn serve(args: ServeArgs) -> u8 {
@@ -26,31 +26,10 @@ pub async fn serve(args: ServeArgs) -> u8 {
         },
         None => None,
     };
-    let team = match conclave::spec::team::TeamSpec::load(&spec) {
-        Ok(t) => t,
-        Err(e) => {
-            report(&e);
-            return exit::BAD_SPEC;
-        }
+    let team = match load_team(&spec, None).await {
+        Ok(t) => Arc::new(t),
+        Err(code) => return code,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            report(&e);
-            return exit::FAILURE;
-        }
-    };
-    let team =
-        match conclave::team::job::PreparedTeam::prepare(team, rt, &default_plugin_dir()).await {
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                report(&e);
-                return match e {
-                    conclave::team::job::JobError::Spec(_) => exit::BAD_SPEC,
-                    conclave::team::job::JobError::Plugin { .. } => exit::BAD_PLUGIN,
-                };
-            }
-        };
     let journal = match open_journal(data_dir.as_deref()) {
         Ok(j) => j,
         Err(code) => return code,

@@ -39,31 +39,10 @@ pub async fn ask(args: RunArgs) -> u8 {
         eprintln!("error: the question is empty");
         return exit::USAGE;
     }
-    let team = match conclave::spec::team::TeamSpec::load(&spec) {
+    let team = match load_team(&spec, None).await {
         Ok(t) => t,
-        Err(e) => {
-            report(&e);
-            return exit::BAD_SPEC;
-        }
+        Err(code) => return code,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            report(&e);
-            return exit::FAILURE;
-        }
-    };
-    let team =
-        match conclave::team::job::PreparedTeam::prepare(team, rt, &default_plugin_dir()).await {
-            Ok(t) => t,
-            Err(e) => {
-                report(&e);
-                return match e {
-                    conclave::team::job::JobError::Spec(_) => exit::BAD_SPEC,
-                    conclave::team::job::JobError::Plugin { .. } => exit::BAD_PLUGIN,
-                };
-            }
-        };
     let journal = match open_journal(data_dir.as_deref()) {
         Ok(j) => j,
         Err(code) => return code,
@@ -84,6 +63,36 @@ pub async fn ask(args: RunArgs) -> u8 {
         b.finish_and_clear();
     }
     finish(&done, json)
+}
+
+/// Loads and prepares the team spec at `path` with the built-in plugins,
+/// on `rt` (a new runtime when `None`); on failure, reports it and gives
+/// the exit code (3 bad spec, 5 bad plugin, 1 otherwise).
+pub(super) async fn load_team(
+    path: &std::path::Path,
+    rt: Option<std::sync::Arc<conclave::PluginRuntime>>,
+) -> Result<conclave::team::job::PreparedTeam, u8> {
+    use conclave::team::job::{JobError, PreparedTeam};
+    let spec = conclave::spec::team::TeamSpec::load(path).map_err(|e| {
+        report(&e);
+        exit::BAD_SPEC
+    })?;
+    let rt = match rt {
+        Some(rt) => rt,
+        None => runtime().map_err(|e| {
+            report(&e);
+            exit::FAILURE
+        })?,
+    };
+    PreparedTeam::prepare(spec, rt, &default_plugin_dir())
+        .await
+        .map_err(|e| {
+            report(&e);
+            match e {
+                JobError::Spec(_) => exit::BAD_SPEC,
+                JobError::Plugin { .. } => exit::BAD_PLUGIN,
+            }
+        })
 }
 
 /// Opens the journal in `dir` (default: the user's data directory).
