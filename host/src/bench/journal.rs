@@ -234,7 +234,4 @@ impl Journal for Discard {
     fn truncate(&self, _run: &str, _keep: u64) -> Result<(), crate::journal::JournalError> {
         Ok(())
     }
-    fn location(&self) -> String {
-        "(discarded)".into()
-    }
 }

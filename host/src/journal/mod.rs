@@ -151,9 +151,6 @@ pub trait Journal: Send + Sync {
 
     /// Cuts a run back to its first `keep` records (after damage).
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError>;
-
-    /// Where it lives, for messages.
-    fn location(&self) -> String;
 }
 
 /// Feeds a journal from a run's events.

@@ -137,21 +137,10 @@ pub async fn replay(
             } => {
                 let mut b: Ballot = ballot.into();
                 if let Some(v) = &verifier {
-                    let (kind, prompt) = tasks
-                        .get(task)
-                        .cloned()
-                        .unwrap_or((AnswerKind::Text, question.to_string()));
                     let t = Task {
-                        id: task.clone(),
-                        run_id: run.clone(),
-                        prompt,
-                        answer_kind: kind,
-                        round: *round,
                         replica: b.candidate.replica,
                         replicas: 1,
-                        feedback: Vec::new(),
-                        config: v.config.clone(),
-                        checker: None,
+                        ..as_recorded(&tasks, question, &run, task, *round, v)
                     };
                     let inv = Invocation {
                         grants: v.grants,
@@ -193,21 +182,9 @@ pub async fn replay(
                     .cloned()
                     .unwrap_or_default();
                 let counted: Vec<Ballot> = all.into_iter().take(*n as usize).collect();
-                let (kind, prompt) = tasks
-                    .get(task)
-                    .cloned()
-                    .unwrap_or((AnswerKind::Text, question.to_string()));
                 let t = Task {
-                    id: task.clone(),
-                    run_id: run.clone(),
-                    prompt,
-                    answer_kind: kind,
-                    round: *round,
-                    replica: 0,
                     replicas: *n,
-                    feedback: Vec::new(),
-                    config: using.config.clone(),
-                    checker: None,
+                    ..as_recorded(&tasks, question, &run, task, *round, &using)
                 };
                 let inv = Invocation {
                     grants: using.grants,
@@ -244,6 +221,35 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+/// Task `task` of `run` as a plugin saw it in `round`, with `using`'s
+/// config: its kind and prompt from its recorded start (the question when
+/// none was recorded); replica 0 of 0 until the caller says otherwise.
+fn as_recorded(
+    tasks: &std::collections::HashMap<String, (AnswerKind, String)>,
+    question: &str,
+    run: &str,
+    task: &str,
+    round: u32,
+    using: &PluginUse,
+) -> Task {
+    let (answer_kind, prompt) = tasks
+        .get(task)
+        .cloned()
+        .unwrap_or((AnswerKind::Text, question.to_string()));
+    Task {
+        id: task.to_string(),
+        run_id: run.to_string(),
+        prompt,
+        answer_kind,
+        round,
+        replica: 0,
+        replicas: 0,
+        feedback: Vec::new(),
+        config: using.config.clone(),
+        checker: None,
+    }
 }
 
 /// A voter to re-judge with: a built-in's name (from `builtin_dir`) or a

@@ -393,10 +393,6 @@ impl Journal for SqliteJournal {
             .insert(run.to_string(), keep);
         Ok(())
     }
-
-    fn location(&self) -> String {
-        self.path.display().to_string()
-    }
 }
 
 /// The default data directory: `conclave` under the user's data directory.

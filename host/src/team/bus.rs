@@ -99,11 +99,6 @@ impl Bus {
         self.state().boxes.retain(|k, _| !k.starts_with(&prefix));
     }
 
-    /// Whether `address` has a mailbox.
-    pub fn has(&self, address: &str) -> bool {
-        self.state().boxes.contains_key(address)
-    }
-
     /// Messages sent so far.
     pub fn sent(&self) -> u64 {
         self.state().sent

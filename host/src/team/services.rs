@@ -62,8 +62,12 @@ impl HostServices for RoutedServices {
             *n += 1;
             *n - 1
         };
-        let key = (call.task_id.clone(), call.replica, n);
-        if let Some(r) = self.ctx.recorded.as_ref().and_then(|m| m.get(&key)) {
+        let recorded = self
+            .ctx
+            .recorded
+            .as_ref()
+            .and_then(|m| m.get(&(call.task_id.clone(), call.replica, n)));
+        if let Some(r) = recorded {
             // Resume: the reply is in the journal; no node is called.
             self.ctx
                 .meter
