@@ -26,9 +26,10 @@ fn sim(name: &str, extra: &str) -> NodeHandle {
 async fn uses(rt: &PluginRuntime, name: &str, config: &str, grants: Grants) -> PluginUse {
     PluginUse {
         name: name.to_string(),
-        plugin: rt.load_file(&plugin(name)).await.unwrap(),
+        plugin: rt.load_file(&plugin(name)).await.unwrap().into(),
         config: config.into(),
         grants,
+        limits: None,
     }
 }
 

@@ -248,3 +248,290 @@ async fn the_host_keeps_serving_while_plugins_misbehave() {
         assert!(h.await.unwrap().is_err());
     }
 }
+
+/// Runs `f`, failing the test if it has not finished within `secs`: a
+/// bound on a hang, not a claim about speed.
+async fn bounded<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("the host did not stop the plugin")
+}
+
+#[tokio::test]
+async fn sleeping_in_wasi_counts_against_the_compute_deadline() {
+    let rt = runtime();
+    let p = hostile(&rt).await;
+    for what in ["sleep", "sleep-forever"] {
+        match bounded(30, run(&rt, &p, what)).await.unwrap_err() {
+            PluginError::Timeout { plugin, deadline } => {
+                assert_eq!(plugin, "hostile@0.1.0");
+                assert_eq!(deadline, Duration::from_millis(300));
+            }
+            other => panic!("{what}: expected Timeout, got {other:?}"),
+        }
+    }
+    assert_eq!(answer(run(&rt, &p, "clock").await.unwrap()), "clock: 0");
+}
+
+fn role_inv(services: Arc<conclave_tests::ScriptedServices>, limits: SandboxLimits) -> Invocation {
+    Invocation {
+        grants: conclave::Grants::of(&[conclave::Capability::Llm]),
+        limits: Some(limits),
+        services: Some(services),
+        info: conclave::plugin::CallInfo {
+            run_id: "run-test".into(),
+            task_id: "t".into(),
+            replica: 3,
+            ..Default::default()
+        },
+    }
+}
+
+async fn forge(
+    rt: &PluginRuntime,
+    what: &str,
+    services: Arc<conclave_tests::ScriptedServices>,
+    limits: SandboxLimits,
+) -> Result<conclave::plugin::Outcome, PluginError> {
+    let p = rt.load_file(&fixture("forger")).await.unwrap();
+    let inv = role_inv(services, limits);
+    rt.run_role(&p, &inv, &task(&format!("{{\"do\":\"{what}\"}}")))
+        .await
+}
+
+#[tokio::test]
+async fn a_sleeping_role_is_stopped_and_a_slow_model_is_bounded_by_the_wall_limit() {
+    let rt = runtime();
+    let quick = conclave_tests::ScriptedServices::new("Answer: 42");
+    let limits = SandboxLimits {
+        deadline: Duration::from_millis(300),
+        ..Default::default()
+    };
+    match bounded(30, forge(&rt, "sleep", quick, limits)).await {
+        Err(PluginError::Timeout { deadline, .. }) => {
+            assert_eq!(deadline, Duration::from_millis(300))
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // Waiting on a model is not compute, but it is wall time.
+    let slow = conclave_tests::ScriptedServices::with(
+        "Answer: 42",
+        Duration::from_secs(3600),
+        vec![],
+    );
+    let limits = SandboxLimits {
+        deadline: Duration::from_millis(300),
+        wall: Duration::from_millis(800),
+        ..Default::default()
+    };
+    match bounded(30, forge(&rt, "claim-node", slow, limits)).await {
+        Err(PluginError::WallTimeout { wall, .. }) => assert_eq!(wall, Duration::from_millis(800)),
+        other => panic!("expected WallTimeout, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_describe_that_sleeps_is_stopped_and_named_by_its_file() {
+    let rt = runtime();
+    let path = fixture("describe-sleep");
+    let e = bounded(30, rt.load_file(&path)).await.unwrap_err();
+    match &e {
+        PluginError::Timeout { plugin, .. } => {
+            assert!(plugin.contains("describe-sleep.wasm"), "{plugin}")
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(e.to_string().contains("describe-sleep.wasm"), "{e}");
+}
+
+#[tokio::test]
+async fn oversized_results_are_refused_with_their_size() {
+    let rt = runtime();
+    let p = hostile(&rt).await;
+    let inv = Invocation::default();
+    for (what, field) in [
+        ("huge-answer", "its decision"),
+        ("huge-runner-up", "its decision"),
+        ("huge-reason", "its decision"),
+        ("huge-error", "its error"),
+    ] {
+        let e = rt
+            .tally(&p, &inv, &task(&format!("{{\"do\":\"{what}\"}}")), &[ballot("1")])
+            .await
+            .unwrap_err();
+        match e {
+            PluginError::TooLarge {
+                what, bytes, limit, ..
+            } => {
+                assert_eq!(what, field);
+                assert!(bytes >= 50 << 20, "{bytes}");
+                assert_eq!(limit, 1 << 20);
+            }
+            other => panic!("{what}: expected TooLarge, got {other:?}"),
+        }
+    }
+    let e = rt.load_file(&fixture("describe-huge")).await.unwrap_err();
+    match e {
+        PluginError::TooLarge { what, bytes, .. } => {
+            assert!(what.contains("description"), "{what}");
+            assert_eq!(bytes, 40 << 20);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let services = conclave_tests::ScriptedServices::new("Answer: 42");
+    match forge(&rt, "huge-text", services.clone(), SandboxLimits::default()).await {
+        Err(PluginError::TooLarge { what, .. }) => assert_eq!(what, "its outcome"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    match forge(&rt, "huge-message", services.clone(), SandboxLimits::default()).await {
+        Err(PluginError::TooLarge { what, bytes, .. }) => {
+            assert!(what.contains("llm.chat"), "{what}");
+            assert!(bytes >= 50 << 20);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // The oversized message never reached the model.
+    assert_eq!(
+        services.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only huge-text's call"
+    );
+}
+
+#[tokio::test]
+async fn candidate_fields_are_the_hosts_to_vouch_for() {
+    let rt = runtime();
+    let services = conclave_tests::ScriptedServices::new("Answer: 42");
+    match forge(&rt, "claim-node", services.clone(), SandboxLimits::default()).await {
+        Ok(conclave::plugin::Outcome::Candidate(c)) => {
+            assert_eq!(c.node, "scripted", "the node the host routed to");
+            assert_eq!(c.replica, 3, "the replica the host called");
+        }
+        other => panic!("expected a candidate, got {other:?}"),
+    }
+    for what in ["nan", "inf", "huge-negative"] {
+        match forge(&rt, what, services.clone(), SandboxLimits::default()).await {
+            Err(PluginError::BadOutput { reason, .. }) => {
+                assert!(reason.contains("confidence"), "{what}: {reason}")
+            }
+            other => panic!("{what}: expected BadOutput, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn exit_and_traps_carry_what_the_plugin_printed() {
+    let rt = runtime();
+    let p = hostile(&rt).await;
+    // WASI 0.2's `exit` carries success or failure only: exit(3) is 1.
+    match run(&rt, &p, "exit").await.unwrap_err() {
+        e @ PluginError::Exit { code: 1, .. } => {
+            assert!(e.to_string().contains("called exit(1)"), "{e}")
+        }
+        other => panic!("expected Exit, got {other:?}"),
+    }
+    match run(&rt, &p, "stderr-then-abort").await.unwrap_err() {
+        PluginError::Trap { message, .. } => {
+            assert!(
+                message.contains("ValueError: the hostile plugin gave up"),
+                "{message}"
+            );
+            assert!(message.contains("Traceback"), "{message}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn randomness_is_the_same_for_the_same_call_and_differs_between_calls() {
+    let rt = runtime();
+    let p = hostile(&rt).await;
+    let draw = |run_id: &str| {
+        let (rt, p) = (rt.clone(), p.clone());
+        let mut t = task("{\"do\":\"random\"}");
+        t.run_id = run_id.into();
+        let inv = Invocation {
+            info: conclave::plugin::CallInfo {
+                run_id: run_id.into(),
+                task_id: "t".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move { answer(rt.tally(&p, &inv, &t, &[]).await.unwrap()) }
+    };
+    let a = draw("run-a").await;
+    assert!(a.starts_with("random: "), "{a}");
+    assert_eq!(a, draw("run-a").await);
+    assert_ne!(a, draw("run-b").await);
+}
+
+#[tokio::test]
+async fn a_component_that_imports_wasi_http_loads_and_every_request_is_denied() {
+    let rt = runtime();
+    let p = rt.load_file(&fixture("http-voter")).await.unwrap();
+    let said = answer(
+        rt.tally(&p, &Invocation::default(), &task(""), &[])
+            .await
+            .unwrap(),
+    );
+    assert!(said.starts_with("denied: "), "{said}");
+    assert!(said.contains("HttpRequestDenied"), "{said}");
+}
+
+#[tokio::test]
+async fn a_log_flood_keeps_only_the_calls_quota() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Count(Arc<AtomicUsize>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if e.metadata().target() == "conclave::plugin" {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    use tracing_subscriber::layer::SubscriberExt;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(Count(seen.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = runtime();
+    let p = hostile(&rt).await;
+    let inv = Invocation {
+        limits: Some(SandboxLimits {
+            deadline: Duration::from_secs(30),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let d = rt
+        .tally(&p, &inv, &task("{\"do\":\"log-flood\"}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(answer(d), "flooded");
+    let n = seen.load(Ordering::SeqCst);
+    // 16 KiB of 4 KiB lines is 4 lines, plus one note of what was dropped.
+    assert_eq!(n, 5, "log events kept");
+}
+
+#[tokio::test]
+async fn a_device_or_a_directory_is_refused_before_it_is_read() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("zero.wasm");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    match bounded(30, rt.load_file(&link)).await.unwrap_err() {
+        PluginError::NotAComponent { reason, .. } => {
+            assert!(reason.contains("not a regular file"), "{reason}")
+        }
+        other => panic!("expected NotAComponent, got {other:?}"),
+    }
+    std::fs::create_dir(dir.path().join("dir.wasm")).unwrap();
+    std::fs::copy(plugin("majority"), dir.path().join("majority.wasm")).unwrap();
+    let registry = bounded(30, conclave::Registry::open(rt.clone(), dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(registry.list().len(), 1);
+    let failures = registry.failures();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures.iter().any(|(_, why)| why.contains("a directory")));
+}

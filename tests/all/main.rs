@@ -16,3 +16,4 @@ mod router;
 mod scaffold;
 mod scheduler;
 mod server;
+mod spec_sandbox;

@@ -32,6 +32,10 @@ pub enum Behaviour {
     Trickle(Duration),
     /// A streamed reply (server-sent events), one event per word.
     Stream(String),
+    /// A normal completion whose text is this, held back until the test
+    /// lets it go (`notify_one` on the gate): a model call kept open for
+    /// exactly as long as a test needs.
+    Gate(Arc<tokio::sync::Notify>, String),
 }
 
 /// A running fake server. Dropping it stops accepting.
@@ -166,6 +170,10 @@ async fn serve(
         let b = script.get(n).cloned().unwrap_or_else(|| then.clone());
         match b {
             Behaviour::Reply(t) => respond(&mut sock, 200, "", &completion(&t, true)).await?,
+            Behaviour::Gate(gate, t) => {
+                gate.notified().await;
+                respond(&mut sock, 200, "", &completion(&t, true)).await?
+            }
             Behaviour::ReplyNoUsage(t) => {
                 respond(&mut sock, 200, "", &completion(&t, false)).await?
             }

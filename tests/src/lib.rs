@@ -180,6 +180,60 @@ impl conclave::HostServices for ScriptedServices {
 
 pub mod http;
 
+/// `component` with a custom section named `tag` appended: the same
+/// plugin, behaving the same, from a file with another SHA-256 (what a
+/// rebuild of an unchanged plugin looks like to the host).
+pub fn restamped(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut payload = Vec::new();
+    leb(tag.len(), &mut payload);
+    payload.extend_from_slice(tag.as_bytes());
+    payload.extend_from_slice(b"restamped by a test");
+    let mut out = component.to_vec();
+    out.push(0); // a custom section
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Writes `bytes` to `path` the way a deploy should: a temporary file in
+/// the same folder, then a rename, so a reader never sees half a file.
+pub fn replace_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `check` every 20 ms until it gives a value, for at most
+/// `within`; panics with `what` if it never does.
+pub async fn eventually<T>(
+    within: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let until = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "gave up after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Records every event of a run, for assertions on what happened when.
 #[derive(Clone, Default)]
 pub struct Recorder(Arc<std::sync::Mutex<Vec<conclave::team::events::Event>>>);

@@ -15,16 +15,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::WasiCtx;
 
 use crate::plugin::bindings::voter;
-use crate::plugin::imports::{ComputeClock, Limiter, StoreState};
+use crate::plugin::imports::{CallSetup, StoreState};
 use crate::plugin::output::CappedPipe;
 use crate::plugin::{
     AnswerKind, Ballot, CallInfo, Candidate, Grants, Invocation, PluginError, PluginRuntime,
-    RuntimeConfig, Task, Verdict,
+    RuntimeConfig, SandboxLimits, Task, Verdict,
 };
 
 /// Latency percentiles of one way of calling.
@@ -116,25 +116,19 @@ pub fn sample_task() -> Task {
 }
 
 fn naive_state() -> StoreState {
-    StoreState {
-        wasi: WasiCtx::builder().build(),
-        table: ResourceTable::new(),
-        limiter: Limiter {
-            memory_bytes: 64 << 20,
-            table_elements: 100_000,
-            instances: 16,
-        },
+    let setup = CallSetup {
+        limits: SandboxLimits::default(),
+        memory_cap: 64 << 20,
         grants: Grants::default(),
         services: None,
         info: CallInfo::default(),
-        clock: ComputeClock {
-            budget: Duration::from_secs(2),
-            started: Instant::now(),
-            waited: Duration::ZERO,
-        },
-        stdout: CappedPipe::new(1024),
-        stderr: CappedPipe::new(1024),
-    }
+    };
+    StoreState::new(
+        WasiCtx::builder().build(),
+        setup,
+        CappedPipe::new(1024),
+        CappedPipe::new(1024),
+    )
 }
 
 /// Measures one voter call on `ballots` ballots, fresh instance each time,

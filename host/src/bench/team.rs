@@ -49,9 +49,10 @@ async fn load(
         .map_err(|e| e.to_string())?;
     Ok(PluginUse {
         name: name.to_string(),
-        plugin,
+        plugin: plugin.into(),
         config: config.into(),
         grants,
+        limits: None,
     })
 }
 
@@ -326,6 +327,7 @@ pub async fn throughput(
         Meter::job(Limits::default()),
         scheduler::Options {
             max_parallel_tasks: concurrency.max(1),
+            ..Default::default()
         },
         tokio_util::sync::CancellationToken::new(),
         observer.as_ref(),

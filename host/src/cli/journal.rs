@@ -156,6 +156,9 @@ pub async fn replay(
                     c.task, c.round, c.ballots, c.recorded, c.now
                 );
             }
+            for s in &rep.swapped {
+                println!("  {}", swapped(s));
+            }
         }
         if reports.len() > 1 {
             let votes: usize = reports.iter().map(|r| r.votes).sum();
@@ -180,14 +183,38 @@ pub async fn replay(
                 "error: run {} diverges from its journal at task {} round {}: recorded {:?}, now {:?}",
                 r.run, c.task, c.round, c.recorded, c.now
             );
+            for s in &r.swapped {
+                eprintln!("  because {}", swapped(s));
+            }
         }
         return exit::FAILURE;
+    }
+    if voter.is_none() {
+        if let Some(r) = reports.iter().find(|r| !r.swapped.is_empty()) {
+            eprintln!(
+                "warning: run {}: {}; the decisions came out the same",
+                r.run,
+                swapped(&r.swapped[0])
+            );
+        }
     }
     if failed {
         exit::FAILURE
     } else {
         exit::OK
     }
+}
+
+/// A voter whose file changed since the run, in one line.
+fn swapped(s: &conclave::journal::replay::Swapped) -> String {
+    use conclave::journal::trace::short_hash;
+    format!(
+        "voter {} is not the component that counted {} of these votes: the journal names sha256 {}, the file loaded now is {} (the plugin changed since the run)",
+        s.voter,
+        s.votes,
+        short_hash(&s.recorded),
+        short_hash(&s.loaded)
+    )
 }
 
 /// `conclave runs`.
@@ -297,6 +324,21 @@ pub fn trace(run: &str, json: bool, html: Option<&Path>, data_dir: Option<&Path>
             "{:<16} {:>6} {:>9} {:>9} {:>10.1} {:>10.1} {:>8} {:>10.6}",
             n.node, n.calls, n.replayed, n.failures, n.p50_ms, n.p95_ms, n.tokens, n.cost
         );
+    }
+    if !t.plugins.is_empty() {
+        println!(
+            "{:<24} {:<14} {:>6} {:>9}",
+            "plugin", "sha256", "calls", "failures"
+        );
+        for p in &t.plugins {
+            println!(
+                "{:<24} {:<14} {:>6} {:>9}",
+                p.plugin,
+                conclave::journal::trace::short_hash(&p.hash),
+                p.calls,
+                p.failures
+            );
+        }
     }
     println!(
         "{:<24} {:>8} {:>9} {:>7} {:>14}  stop",

@@ -236,12 +236,20 @@ struct ServeArgs {
     /// Team runs at once; more requests wait for a slot.
     #[arg(long, default_value_t = 16)]
     max_concurrency: usize,
+    /// Requests that may wait for a slot; one more gets 503 with
+    /// Retry-After (default: 4 × --max-concurrency).
+    #[arg(long)]
+    max_queue: Option<usize>,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
     /// Longest a request may take, waiting for a slot included.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     deadline: std::time::Duration,
+    /// Do not watch the team's plugin files: a replaced file is not
+    /// swapped in until the server restarts.
+    #[arg(long)]
+    no_watch: bool,
     #[arg(long, env = "CONCLAVE_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -377,11 +385,18 @@ fn default_plugin_dir() -> PathBuf {
 }
 
 /// Prints an error as one sentence plus its cause chain.
+/// Prints an error and the causes its own message does not already say
+/// (many errors here embed their source's text), so nothing shows twice.
 fn report(e: &dyn std::error::Error) {
-    eprintln!("error: {e}");
+    let mut said = e.to_string();
+    eprintln!("error: {said}");
     let mut source = e.source();
     while let Some(s) = source {
-        eprintln!("  caused by: {s}");
+        let text = s.to_string();
+        if !said.contains(&text) {
+            eprintln!("  caused by: {text}");
+            said.push_str(&text);
+        }
         source = s.source();
     }
 }

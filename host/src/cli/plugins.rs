@@ -85,6 +85,15 @@ pub async fn run(cmd: PluginsCmd) -> u8 {
                             },
                             &p.hash()[..12]
                         );
+                        let wanted: Vec<&String> = caps.iter().filter(|c| *c != "log").collect();
+                        if !wanted.is_empty() {
+                            let list: Vec<&str> = wanted.iter().map(|c| c.as_str()).collect();
+                            println!(
+                                "   not granted by asking: a team spec grants {} with `grants = [\"{}\"]` in the plugin's [[plugin]] table",
+                                list.join(", "),
+                                list.join("\", \"")
+                            );
+                        }
                     }
                     Err(e) => {
                         report(&e);

@@ -12,8 +12,10 @@ pub async fn serve(args: ServeArgs) -> u8 {
         listen,
         token_env,
         max_concurrency,
+        max_queue,
         max_body,
         deadline,
+        no_watch,
         data_dir,
     } = args;
     let token = match &token_env {
@@ -37,6 +39,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
     let mut config = conclave::server::ServerConfig::new(listen);
     config.token = token;
     config.max_concurrency = max_concurrency;
+    config.max_queue = max_queue;
     config.max_body = max_body;
     config.deadline = deadline;
     let server = match conclave::server::Server::bind(team.clone(), journal, config).await {
@@ -44,6 +47,26 @@ pub async fn serve(args: ServeArgs) -> u8 {
         Err(e) => {
             report(&e);
             return exit::USAGE;
+        }
+    };
+    // Kept alive while serving: dropping it stops watching.
+    let _watch = if no_watch {
+        None
+    } else {
+        match team.watch(conclave::team::swap::DEFAULT_SETTLE) {
+            Ok(w) => {
+                eprintln!(
+                    "watching {} plugin files in {} folders: a replaced file is swapped in for new calls (--no-watch turns this off)",
+                    w.files(),
+                    w.dirs().len()
+                );
+                Some(w)
+            }
+            Err(e) => {
+                report(&e);
+                eprintln!("hint: serve without hot swap with --no-watch");
+                return exit::FAILURE;
+            }
         }
     };
     let name = team.spec().team.name.clone();

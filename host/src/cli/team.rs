@@ -90,7 +90,7 @@ pub(super) async fn load_team(
             report(&e);
             match e {
                 JobError::Spec(_) => exit::BAD_SPEC,
-                JobError::Plugin { .. } => exit::BAD_PLUGIN,
+                JobError::Plugin { .. } | JobError::Limits { .. } => exit::BAD_PLUGIN,
             }
         })
 }

@@ -7,6 +7,11 @@
 //! verdict replaces the recorded ones) before the votes are counted; a
 //! verifier that needs a model (`llm-judge`) cannot be replayed without
 //! model calls, and says so.
+//!
+//! Votes journaled with the SHA-256 of the voter component that counted
+//! them are checked against the component loaded now: a replay with the
+//! run's own voters names every voter whose file changed since the run
+//! ([`ReplayReport::swapped`]), whether or not its decisions changed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +50,23 @@ pub struct ReplayReport {
     /// The job's recorded answer, and its answer task's final decision now.
     pub answer_before: Option<String>,
     pub answer_now: Option<String>,
+    /// Voters that are not the component that counted the recorded votes
+    /// (replays with the run's own voters only; journals without hashes
+    /// say nothing here).
+    pub swapped: Vec<Swapped>,
+}
+
+/// A voter whose component differs from the one the journal names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Swapped {
+    /// The voter, as the team names it.
+    pub voter: String,
+    /// SHA-256 of the component that counted the recorded votes.
+    pub recorded: String,
+    /// SHA-256 of the component that counted them again now.
+    pub loaded: String,
+    /// How many recorded votes that component counted.
+    pub votes: u32,
 }
 
 /// Why a replay could not run.
@@ -118,6 +140,7 @@ pub async fn replay(
         changed: Vec::new(),
         answer_before: log.ended().and_then(|r| r.answer.clone()),
         answer_now: None,
+        swapped: Vec::new(),
     };
     for (_, e) in log.events() {
         match e {
@@ -134,6 +157,7 @@ pub async fn replay(
                 task,
                 round,
                 ballot,
+                ..
             } => {
                 let mut b: Ballot = ballot.into();
                 if let Some(v) = &verifier {
@@ -147,7 +171,7 @@ pub async fn replay(
                         ..Default::default()
                     };
                     let verdict = runtime
-                        .verify(&v.plugin, &inv, &t, &b.candidate)
+                        .verify(&v.current(), &inv, &t, &b.candidate)
                         .await
                         .map_err(|e| ReplayError::Verifier {
                             run: run.clone(),
@@ -165,6 +189,7 @@ pub async fn replay(
                 ballots: n,
                 voter: recorded_voter,
                 decision,
+                hash: recorded_hash,
             } => {
                 let using = match &voter {
                     Some(v) => v.clone(),
@@ -190,8 +215,14 @@ pub async fn replay(
                     grants: using.grants,
                     ..Default::default()
                 };
+                let plugin = using.current();
+                if let (None, Some(recorded)) = (&voter, recorded_hash) {
+                    if recorded != plugin.hash() {
+                        note_swap(&mut report.swapped, &using.name, recorded, plugin.hash());
+                    }
+                }
                 let now = runtime
-                    .tally(&using.plugin, &inv, &t, &counted)
+                    .tally(&plugin, &inv, &t, &counted)
                     .await
                     .map(|d| describe(&d))
                     .map_err(|e| ReplayError::Voter {
@@ -221,6 +252,23 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+/// Counts one more vote of `voter` recorded with `recorded` but counted
+/// again with `loaded`.
+fn note_swap(swapped: &mut Vec<Swapped>, voter: &str, recorded: &str, loaded: &str) {
+    match swapped
+        .iter_mut()
+        .find(|s| s.voter == voter && s.recorded == recorded && s.loaded == loaded)
+    {
+        Some(s) => s.votes += 1,
+        None => swapped.push(Swapped {
+            voter: voter.to_string(),
+            recorded: recorded.to_string(),
+            loaded: loaded.to_string(),
+            votes: 1,
+        }),
+    }
 }
 
 /// Task `task` of `run` as a plugin saw it in `round`, with `using`'s
@@ -314,8 +362,9 @@ async fn load_kind(
     }
     Ok(PluginUse {
         name: plugin.name().to_string(),
-        plugin,
+        plugin: plugin.into(),
         config: config.to_string(),
         grants: crate::plugin::Grants::of(&[crate::plugin::Capability::Log]),
+        limits: None,
     })
 }

@@ -1,6 +1,8 @@
 //! Traces: what a journaled run did, where its time and tokens went. A
-//! summary per node (calls, failures, p50/p95 latency, tokens, cost) and
-//! per task (samples, support, rounds, straggler gap), the bus messages,
+//! summary per node (calls, failures, p50/p95 latency, tokens, cost), per
+//! plugin version (the SHA-256 of the component that served its calls,
+//! so a hot swap mid-run shows as two rows) and per task (samples,
+//! support, rounds, straggler gap), the bus messages,
 //! the critical path as it happened, a readable timeline, and a
 //! self-contained HTML page with a Gantt chart of nodes × time.
 
@@ -10,7 +12,24 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Entry, RunLog};
-use crate::team::events::Event;
+use crate::team::events::{Event, Served};
+
+/// One version of one plugin's share of a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PluginRow {
+    /// The team's name for the plugin.
+    pub plugin: String,
+    /// SHA-256 of the component that served these calls.
+    pub hash: String,
+    /// Calls it served (failed ones included).
+    pub calls: u32,
+    pub failures: u32,
+}
+
+/// The first 12 hex digits of a hash: enough to tell versions apart.
+pub fn short_hash(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
 
 /// A node's share of a run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -65,6 +84,9 @@ pub struct Trace {
     pub started_ms: u64,
     pub wall_ms: u64,
     pub nodes: Vec<NodeRow>,
+    /// Per plugin and component hash, in the order first seen (empty for
+    /// journals written before hashes were recorded).
+    pub plugins: Vec<PluginRow>,
     pub tasks: Vec<TaskRow>,
     pub messages: u32,
     pub resumed: u32,
@@ -105,6 +127,25 @@ pub fn trace(log: &RunLog) -> Trace {
     let mut calls = Vec::new();
     let mut timeline = Vec::new();
     let (mut messages, mut resumed) = (0u32, 0u32);
+    let mut plugins: Vec<PluginRow> = Vec::new();
+    let mut served = |by: &Served, failed: bool| {
+        let i = match plugins
+            .iter()
+            .position(|p| p.plugin == by.plugin && p.hash == by.hash)
+        {
+            Some(i) => i,
+            None => {
+                plugins.push(PluginRow {
+                    plugin: by.plugin.clone(),
+                    hash: by.hash.clone(),
+                    ..Default::default()
+                });
+                plugins.len() - 1
+            }
+        };
+        plugins[i].calls += 1;
+        plugins[i].failures += failed as u32;
+    };
     let task_row = |tasks: &mut Vec<TaskRow>, id: &str| -> usize {
         match tasks.iter().position(|t| t.task == id) {
             Some(i) => i,
@@ -178,7 +219,13 @@ pub fn trace(log: &RunLog) -> Trace {
                     task,
                     round,
                     ballot,
-                } => format!(
+                    role,
+                    verifiers,
+                } => {
+                    for by in role.iter().chain(verifiers) {
+                        served(by, false);
+                    }
+                    format!(
                     "  {task}/{} round {round}: answer {:?}{}",
                     ballot.replica,
                     ballot.answer,
@@ -187,7 +234,8 @@ pub fn trace(log: &RunLog) -> Trace {
                     } else {
                         " (failed a verifier)"
                     }
-                ),
+                )
+                }
                 Event::Failure { task, what, node } => {
                     if let Some(n) = node {
                         let (row, _) = nodes.entry(n.clone()).or_default();
@@ -195,6 +243,14 @@ pub fn trace(log: &RunLog) -> Trace {
                         row.failures += 1;
                     }
                     format!("  {task}: failure: {what}")
+                }
+                Event::PluginFailure { task, what, by } => {
+                    served(by, true);
+                    format!(
+                        "  {task}: failure: {what} ({} {})",
+                        by.plugin,
+                        short_hash(&by.hash)
+                    )
                 }
                 Event::Retry { task, replica } => format!("  {task}/{replica}: drawn again"),
                 Event::Message { from, to, kind } => {
@@ -207,8 +263,31 @@ pub fn trace(log: &RunLog) -> Trace {
                     ballots,
                     voter,
                     decision,
-                } => format!("  {task} round {round}: {voter} on {ballots} ballots: {decision}"),
-                Event::Planned { task, subtasks } => {
+                    hash,
+                } => {
+                    let version = match hash {
+                        Some(h) => {
+                            served(
+                                &Served {
+                                    plugin: voter.clone(),
+                                    hash: h.clone(),
+                                },
+                                false,
+                            );
+                            format!(" {}", short_hash(h))
+                        }
+                        None => String::new(),
+                    };
+                    format!("  {task} round {round}: {voter}{version} on {ballots} ballots: {decision}")
+                }
+                Event::Planned {
+                    task,
+                    subtasks,
+                    role,
+                } => {
+                    if let Some(by) = role {
+                        served(by, false);
+                    }
                     format!("  {task} planned {}", subtasks.join(", "))
                 }
                 Event::TaskEnded { task, result } => {
@@ -280,6 +359,7 @@ pub fn trace(log: &RunLog) -> Trace {
         started_ms: started,
         wall_ms: ended.saturating_sub(started),
         nodes,
+        plugins,
         tasks,
         messages,
         resumed,
@@ -357,6 +437,17 @@ pub fn html(t: &Trace) -> String {
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.6}</td></tr>",
             esc(&n.node), n.calls, n.failures, n.p50_ms, n.p95_ms, n.tokens, n.cost
+        );
+    }
+    let _ = write!(page, "</table><h2>Plugins</h2><table><tr><th>plugin</th><th>sha256</th><th>calls</th><th>failures</th></tr>");
+    for p in &t.plugins {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            esc(&p.plugin),
+            esc(&p.hash),
+            p.calls,
+            p.failures
         );
     }
     let _ = write!(page, "</table><h2>Tasks and votes</h2><table><tr><th>task</th><th>stop</th><th>answer</th><th>support</th><th>samples</th><th>rounds</th><th>straggler gap ms</th></tr>");

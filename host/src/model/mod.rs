@@ -128,6 +128,11 @@ pub enum ModelError {
     /// The node answered something that is not a completion.
     #[error("node {node} broke the protocol: {reason}")]
     Protocol { node: String, reason: String },
+    /// The call is larger than any node that could serve it can ever take
+    /// (its prompt plus `max_tokens` pass the node's `tokens_per_minute`
+    /// window): refused at once rather than waited on forever. Not retried.
+    #[error("no node can ever take this call ({node}): {reason}")]
+    TooLarge { node: String, reason: String },
 }
 
 impl ModelError {
@@ -137,13 +142,14 @@ impl ModelError {
             ModelError::Unavailable { node, .. }
             | ModelError::RateLimited { node, .. }
             | ModelError::Timeout { node, .. }
-            | ModelError::Protocol { node, .. } => node,
+            | ModelError::Protocol { node, .. }
+            | ModelError::TooLarge { node, .. } => node,
         }
     }
 
     /// Whether another attempt (here or on another node) may succeed.
     pub fn is_retryable(&self) -> bool {
-        true
+        !matches!(self, ModelError::TooLarge { .. })
     }
 }
 

@@ -7,7 +7,10 @@
 //! `max_concurrency` and token rate. It retries failures with exponential
 //! backoff and jitter on another node where one exists, honours
 //! `Retry-After`, enforces a per-call deadline, optionally hedges a slow call
-//! with a second request (the loser is cancelled), and keeps the accounts.
+//! with a second request (the loser is cancelled, and the prompt it was sent
+//! is charged), and keeps the accounts. A call larger than the token-rate
+//! window of every node that could serve it is refused at once
+//! ([`ModelError::TooLarge`]): it could never be admitted.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -146,6 +149,14 @@ pub struct Routed {
     pub hedged: bool,
     /// Time from the call to the answer.
     pub latency: Duration,
+    /// Prompt tokens of a hedge that lost, on another attempt's node: the
+    /// node read the prompt before it was cancelled, so it is charged
+    /// (estimated from the text, as backends do not report a cancelled
+    /// call's usage; what it generated before the cancel is not counted).
+    /// Already in the accounts; the caller charges its own budget.
+    pub lost_tokens: u32,
+    /// What [`Routed::lost_tokens`] cost at that node's prices.
+    pub lost_cost: f64,
 }
 
 type TokenLimiter = governor::DefaultDirectRateLimiter;
@@ -196,6 +207,9 @@ enum Pick {
     Wait,
     /// No node can serve; why, node by node.
     None(String),
+    /// Every matching node's token-rate window is smaller than the call:
+    /// none will ever take it.
+    TooLarge(String),
 }
 
 impl Router {
@@ -287,6 +301,30 @@ impl Router {
                 }
             ));
         }
+        // A call larger than a node's tokens per minute never fits its
+        // bucket: that node is out, and if every node is, so is the call.
+        let window = |i: usize| self.slots[i].node.tokens_per_minute;
+        let (matching, small): (Vec<usize>, Vec<usize>) = matching
+            .into_iter()
+            .partition(|&i| window(i).is_none_or(|w| tokens <= w));
+        if matching.is_empty() {
+            let nodes: Vec<String> = small
+                .iter()
+                .map(|&i| {
+                    format!(
+                        "{} takes {} tokens per minute",
+                        self.slots[i].node.backend.name(),
+                        window(i).unwrap_or(0)
+                    )
+                })
+                .collect();
+            return Pick::TooLarge(format!(
+                "the call needs about {tokens} tokens (its prompt plus max_tokens), more than any \
+                 node that could serve it ever admits ({}); lower max_tokens or raise the node's \
+                 tokens_per_minute",
+                nodes.join(", ")
+            ));
+        }
         let mut why = Vec::new();
         let mut busy = false;
         let mut ready: Vec<usize> = Vec::with_capacity(matching.len());
@@ -371,7 +409,8 @@ impl Router {
                 (Some(l), Some(n)) => match l.check_n(n) {
                     Ok(Ok(())) => true,
                     Ok(Err(_)) => false,
-                    // Larger than a minute's budget: let it through alone.
+                    // Larger than the bucket: cannot happen, such nodes
+                    // left the pool above.
                     Err(_) => true,
                 },
                 _ => true,
@@ -408,6 +447,12 @@ impl Router {
                 Pick::Node(i) => return Ok(i),
                 Pick::None(reason) => {
                     return Err(ModelError::Unavailable {
+                        node: route.node.clone().unwrap_or_else(|| "*".into()),
+                        reason,
+                    })
+                }
+                Pick::TooLarge(reason) => {
+                    return Err(ModelError::TooLarge {
                         node: route.node.clone().unwrap_or_else(|| "*".into()),
                         reason,
                     })
@@ -502,7 +547,8 @@ impl Router {
     }
 
     /// One attempt, hedged by a second request if it runs past the node's
-    /// hedging quantile. The first success wins; the other is cancelled.
+    /// hedging quantile. The first success wins; the other is cancelled,
+    /// and its node is returned last (the loser, whose prompt was spent).
     async fn hedged(
         &self,
         i: usize,
@@ -510,39 +556,46 @@ impl Router {
         request: &ChatRequest,
         tried: &[usize],
         deadline: Instant,
-    ) -> (usize, Result<ChatResponse, ModelError>, Duration, bool) {
+    ) -> (
+        usize,
+        Result<ChatResponse, ModelError>,
+        Duration,
+        bool,
+        Option<usize>,
+    ) {
         let first = Box::pin(self.attempt(i, request, deadline));
         let Some(delay) = self.hedge_delay(i) else {
             let (i, r, l) = first.await;
-            return (i, r, l, false);
+            return (i, r, l, false, None);
         };
         let started = Instant::now();
         let timer = Box::pin(tokio::time::sleep(delay));
         let first = match select(first, timer).await {
-            Either::Left(((i, r, l), _)) => return (i, r, l, false),
+            Either::Left(((i, r, l), _)) => return (i, r, l, false, None),
             Either::Right((_, first)) => first,
         };
         let second_node = match self.pick(route, tried, 0) {
             Pick::Node(j) => j,
             _ => {
                 let (i, r, l) = first.await;
-                return (i, r, l, false);
+                return (i, r, l, false, None);
             }
         };
         self.hedges.fetch_add(1, Ordering::Relaxed);
         let second = Box::pin(self.attempt(second_node, request, deadline));
-        let (done, other) = match select(first, second).await {
-            Either::Left((d, other)) => (d, Either::Right(other)),
-            Either::Right((d, other)) => (d, Either::Left(other)),
+        let (done, other, loser) = match select(first, second).await {
+            Either::Left((d, other)) => (d, Either::Right(other), second_node),
+            Either::Right((d, other)) => (d, Either::Left(other), i),
         };
         if done.1.is_ok() {
-            return (done.0, done.1, started.elapsed() + delay, true);
+            // Dropping `other` cancels the losing request.
+            return (done.0, done.1, started.elapsed() + delay, true, Some(loser));
         }
         let (j, r, _) = match other {
             Either::Left(f) => f.await,
             Either::Right(s) => s.await,
         };
-        (j, r, started.elapsed() + delay, true)
+        (j, r, started.elapsed() + delay, true, None)
     }
 
     /// Routes one call: pick, attempt (hedged if configured), retry on
@@ -556,12 +609,17 @@ impl Router {
         let start = Instant::now();
         let deadline = start + route.deadline.unwrap_or(self.config.deadline);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let tokens: u32 = request
+        let prompt: u32 = request
             .messages
             .iter()
             .map(|m| super::estimate_tokens(&m.content))
-            .sum::<u32>()
-            + request.max_tokens.unwrap_or(256) * request.samples();
+            .fold(0, u32::saturating_add);
+        let tokens = prompt.saturating_add(
+            request
+                .max_tokens
+                .unwrap_or(256)
+                .saturating_mul(request.samples()),
+        );
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(self.config.backoff)
             .with_max_delay(self.config.max_backoff)
@@ -582,16 +640,22 @@ impl Router {
                 }
             };
             tried.push(i);
-            let (served, result, _, hedged) =
+            let (served, result, _, hedged, loser) =
                 self.hedged(i, route, request, &tried, deadline).await;
             let node = self.slots[served].node.backend.name().to_string();
             match result {
                 Ok(response) => {
+                    let (lost_tokens, lost_cost) = match loser {
+                        Some(j) => (prompt, self.account_lost(j, tag, prompt)),
+                        None => (0, 0.0),
+                    };
                     let routed = Routed {
                         attempts: attempt + 1,
                         hedged,
                         latency: start.elapsed(),
                         response,
+                        lost_tokens,
+                        lost_cost,
                     };
                     self.account(&node, tag, Some(&routed), attempt, hedged);
                     return Ok(routed);
@@ -617,6 +681,28 @@ impl Router {
                 after,
             },
         })
+    }
+
+    /// Charges the prompt a cancelled hedge was sent (`tokens`, estimated)
+    /// to its node `i`, the role and the run; what it cost.
+    fn account_lost(&self, i: usize, tag: &CallTag, tokens: u32) -> f64 {
+        let node = &self.slots[i].node;
+        let cost = f64::from(tokens) * node.price_in / 1e6;
+        let mut a = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let Accounts {
+            by_node,
+            by_role,
+            by_run,
+        } = &mut *a;
+        for s in [
+            stats(by_node, node.backend.name()),
+            stats(by_role, &tag.role),
+            stats(by_run, &tag.run),
+        ] {
+            s.counts.tokens_in += u64::from(tokens);
+            s.counts.cost += cost;
+        }
+        cost
     }
 
     fn account(&self, node: &str, tag: &CallTag, ok: Option<&Routed>, retries: u32, hedged: bool) {

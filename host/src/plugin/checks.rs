@@ -28,11 +28,33 @@ pub(crate) fn check_header(bytes: &[u8], origin: &Path) -> Result<(), PluginErro
     }
 }
 
+/// Fixed caps on a description: (field, bytes).
+const DESCRIPTOR_CAPS: [(&str, usize); 3] = [("name", 64), ("version", 64), ("description", 1024)];
+
 pub(crate) fn check_descriptor(d: &Descriptor, origin: &Path) -> Result<(), PluginError> {
     let bad = |reason: String| PluginError::BadOutput {
-        plugin: origin.display().to_string(),
+        plugin: format!("from {}", origin.display()),
         reason,
     };
+    for ((field, limit), value) in DESCRIPTOR_CAPS
+        .iter()
+        .zip([&d.name, &d.version, &d.description])
+    {
+        if value.len() > *limit {
+            return Err(PluginError::TooLarge {
+                plugin: format!("from {}", origin.display()),
+                what: format!("the {field} its describe() gave"),
+                bytes: value.len(),
+                limit: *limit,
+            });
+        }
+    }
+    if d.capabilities.len() > 8 {
+        return Err(bad(format!(
+            "describe() asked for {} capabilities; there are four",
+            d.capabilities.len()
+        )));
+    }
     if d.name.is_empty()
         || !d
             .name
@@ -75,42 +97,107 @@ pub(crate) fn check_decision(
     }
 }
 
-/// A plan must be a DAG of uniquely named subtasks whose dependencies exist.
+/// The most subtasks one plan may have whatever a team allows: the ceiling
+/// of `[team] max_plan_subtasks` (default 64). It is what keeps
+/// [`check_plan`] cheap enough to run on the async threads as a plan comes
+/// out of the sandbox, before the team's own (lower) cap is applied: the
+/// check is linear, and 10,000 subtasks take well under a millisecond.
+pub const PLAN_SUBTASKS_CEILING: usize = 10_000;
+
+/// A plan must be a non-empty DAG of at most [`PLAN_SUBTASKS_CEILING`]
+/// uniquely named subtasks whose dependencies exist. The team applies its
+/// own limits (size, nesting, ids, prompts, roles) on top of this.
 pub fn check_plan(plan: &super::Plan) -> Result<(), String> {
-    use std::collections::{BTreeMap, BTreeSet};
-    if plan.subtasks.is_empty() {
+    let n = plan.subtasks.len();
+    if n > PLAN_SUBTASKS_CEILING {
+        return Err(format!(
+            "the plan has {n} subtasks; no team takes more than {PLAN_SUBTASKS_CEILING} in one \
+             plan ([team] max_plan_subtasks, default 64, can be raised up to that)"
+        ));
+    }
+    plan_order(&plan.subtasks).map(|_| ())
+}
+
+/// The subtasks' positions in an order where each comes after its
+/// dependencies, or why there is none (no subtasks, an empty or repeated
+/// id, an unknown or repeated dependency, a cycle). Kahn's algorithm in one
+/// pass, with in-degree counts and a queue: linear in the subtasks plus
+/// their dependencies, however deep the chain.
+pub fn plan_order(subtasks: &[super::Subtask]) -> Result<Vec<usize>, String> {
+    use std::collections::HashMap;
+    let n = subtasks.len();
+    if n == 0 {
         return Err("the plan has no subtasks".into());
     }
-    let mut ids = BTreeSet::new();
-    for s in &plan.subtasks {
-        if s.id.is_empty() || !ids.insert(s.id.as_str()) {
-            return Err(format!("subtask id {:?} is empty or repeated", s.id));
+    let clip = |s: &str| -> String {
+        let mut end = s.len().min(64);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end < s.len() {
+            format!("{}...", &s[..end])
+        } else {
+            s.to_string()
+        }
+    };
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(n);
+    for (i, s) in subtasks.iter().enumerate() {
+        if s.id.is_empty() || index.insert(s.id.as_str(), i).is_some() {
+            return Err(format!("subtask id {:?} is empty or repeated", clip(&s.id)));
         }
     }
-    let deps: BTreeMap<&str, &Vec<String>> = plan
-        .subtasks
-        .iter()
-        .map(|s| (s.id.as_str(), &s.depends_on))
-        .collect();
-    for (id, ds) in &deps {
-        if let Some(d) = ds.iter().find(|d| !ids.contains(d.as_str())) {
-            return Err(format!("subtask {id:?} depends on unknown subtask {d:?}"));
+    // Who waits on whom, and how many dependencies each still waits for.
+    let mut waiting: Vec<u32> = vec![0; n];
+    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+    // The last subtask that listed each one as a dependency: a repeat.
+    let mut listed_by: Vec<usize> = vec![usize::MAX; n];
+    for (i, s) in subtasks.iter().enumerate() {
+        for d in &s.depends_on {
+            let Some(&j) = index.get(d.as_str()) else {
+                return Err(format!(
+                    "subtask {:?} depends on unknown subtask {:?}",
+                    clip(&s.id),
+                    clip(d)
+                ));
+            };
+            if listed_by[j] == i {
+                return Err(format!(
+                    "subtask {:?} lists dependency {:?} twice",
+                    clip(&s.id),
+                    clip(d)
+                ));
+            }
+            listed_by[j] = i;
+            dependents[j].push(i as u32);
+            waiting[i] += 1;
         }
     }
-    // Kahn's algorithm: every subtask must become ready.
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    while done.len() < deps.len() {
-        let ready: Vec<&str> = deps
-            .iter()
-            .filter(|(id, ds)| !done.contains(*id) && ds.iter().all(|d| done.contains(d.as_str())))
-            .map(|(id, _)| *id)
+    let mut order: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let j = order[next];
+        next += 1;
+        for &i in &dependents[j] {
+            let i = i as usize;
+            waiting[i] -= 1;
+            if waiting[i] == 0 {
+                order.push(i);
+            }
+        }
+    }
+    if order.len() < n {
+        let stuck: Vec<String> = (0..n)
+            .filter(|&i| waiting[i] > 0)
+            .take(5)
+            .map(|i| clip(&subtasks[i].id))
             .collect();
-        if ready.is_empty() {
-            return Err("the plan's dependencies form a cycle".into());
-        }
-        done.extend(ready);
+        return Err(format!(
+            "the plan's dependencies form a cycle (through {} of {} subtasks, among them {stuck:?})",
+            n - order.len(),
+            n
+        ));
     }
-    Ok(())
+    Ok(order)
 }
 
 /// The panic message a Rust guest printed to stderr (`panicked at FILE:L:C:
@@ -179,6 +266,63 @@ mod tests {
         })
         .is_err());
         assert!(check_plan(&Plan { subtasks: vec![] }).is_err());
+    }
+
+    #[test]
+    fn repeated_dependencies_and_self_loops_are_refused() {
+        let e = check_plan(&Plan {
+            subtasks: vec![st("a", &[]), st("b", &["a", "a"])],
+        })
+        .unwrap_err();
+        assert!(e.contains("lists dependency \"a\" twice"), "{e}");
+        let e = check_plan(&Plan {
+            subtasks: vec![st("a", &["a"])],
+        })
+        .unwrap_err();
+        assert!(e.contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn plans_past_the_ceiling_are_refused_before_they_are_walked() {
+        let subtasks = (0..=PLAN_SUBTASKS_CEILING)
+            .map(|i| st(&format!("s{i}"), &[]))
+            .collect();
+        let e = check_plan(&Plan { subtasks }).unwrap_err();
+        assert!(e.contains("no team takes more than 10000"), "{e}");
+    }
+
+    #[test]
+    fn a_100k_chain_is_ordered_in_one_linear_pass() {
+        // Listed backwards, so that every subtask waits for the next one in
+        // the list: a per-level rescan would walk it 100,000 times.
+        let n = 100_000;
+        let subtasks: Vec<Subtask> = (0..n)
+            .rev()
+            .map(|i| {
+                let id = format!("s{i}");
+                if i == 0 {
+                    st(&id, &[])
+                } else {
+                    st(&id, &[&format!("s{}", i - 1)])
+                }
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let order = plan_order(&subtasks).unwrap();
+        let took = start.elapsed();
+        assert_eq!(order.len(), n);
+        let ids: Vec<&str> = order.iter().map(|&i| subtasks[i].id.as_str()).collect();
+        assert_eq!(&ids[..3], ["s0", "s1", "s2"]);
+        assert_eq!(ids[n - 1], format!("s{}", n - 1));
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "ordering a 100k chain took {took:?}"
+        );
+        // A cycle closing the chain is found just as fast.
+        let mut cyclic = subtasks;
+        cyclic.last_mut().unwrap().depends_on = vec![format!("s{}", n - 1)];
+        let e = plan_order(&cyclic).unwrap_err();
+        assert!(e.contains(&format!("through {n} of {n} subtasks")), "{e}");
     }
 
     #[test]

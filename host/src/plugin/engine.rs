@@ -37,7 +37,7 @@ pub fn build(config: &RuntimeConfig) -> Result<(Engine, bool), PluginError> {
             .max_memories_per_component(limits.instances)
             .max_tables_per_component(limits.instances)
             .max_core_instances_per_component(limits.instances)
-            .max_memory_size(limits.memory_bytes as usize)
+            .max_memory_size(config.max_memory_bytes.max(limits.memory_bytes) as usize)
             // Keep a little of each memory resident between uses: resetting
             // it with memset is cheaper than faulting fresh pages back in.
             .linear_memory_keep_resident(128 << 10)

@@ -46,6 +46,41 @@ pub enum PluginError {
     #[error("plugin {plugin} ran past its compute deadline of {deadline:?} and was stopped")]
     Timeout { plugin: String, deadline: Duration },
 
+    /// The call ran past its wall-clock limit, waits on model calls
+    /// included.
+    #[error(
+        "plugin {plugin} ran past its wall-clock limit of {wall:?} (waiting on model calls \
+         included) and was stopped; raise `wall` in the plugin's limits if its calls are slow"
+    )]
+    WallTimeout { plugin: String, wall: Duration },
+
+    /// The plugin called `exit` (WASI `exit`, `std::process::exit`,
+    /// `sys.exit`) instead of returning.
+    #[error("plugin {plugin} called exit({code}) instead of returning a result{}", tail(stderr))]
+    Exit {
+        plugin: String,
+        code: i32,
+        stderr: String,
+    },
+
+    /// The plugin handed the host more than a limit allows: a result larger
+    /// than `result_bytes`, an import argument larger than `import_bytes`,
+    /// a description over its fixed caps.
+    #[error("plugin {plugin}: {what} is {bytes} bytes, over the limit of {limit}")]
+    TooLarge {
+        plugin: String,
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
+
+    /// Every instance slot of the runtime stayed busy for the whole wait.
+    #[error(
+        "plugin {plugin} could not start: every instance slot stayed busy for {waited:?}; \
+         raise the runtime's max_concurrent_calls or run fewer calls at once"
+    )]
+    Busy { plugin: String, waited: Duration },
+
     /// The plugin tried to grow its memory past the cap.
     #[error(
         "plugin {plugin} tried to use more than {limit_bytes} bytes of memory and was stopped \
@@ -129,6 +164,14 @@ pub enum PluginError {
     Engine(String),
 }
 
+fn tail(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; it printed: {stderr}")
+    }
+}
+
 fn describe_guest(e: &GuestError) -> String {
     match e {
         GuestError::InvalidInput(s) => format!("invalid input: {s}"),
@@ -145,6 +188,8 @@ impl PluginError {
         matches!(
             self,
             PluginError::Timeout { .. }
+                | PluginError::WallTimeout { .. }
+                | PluginError::Busy { .. }
                 | PluginError::Guest {
                     error: GuestError::Model(_),
                     ..

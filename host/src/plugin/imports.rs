@@ -7,6 +7,7 @@
 //! Time spent awaiting a model call is recorded so that the compute deadline
 //! only counts the plugin's own running time.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{blackboard, bus, llm, log, types};
 use super::output::CappedPipe;
-use super::{CallInfo, Capability, Grants, HostServices};
+use super::{CallInfo, Capability, Grants, HostServices, SandboxLimits};
 
 /// The error an import raises to stop a call that used an ungranted import.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -33,23 +34,52 @@ pub struct MemoryCapReached(pub u64);
 #[error("compute deadline reached")]
 pub struct DeadlineReached;
 
-/// Enforces the memory, table and instance caps of one call.
+/// The error an import raises when a plugin hands it more bytes than
+/// [`SandboxLimits::import_bytes`](super::SandboxLimits::import_bytes).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{import}` was given {bytes} bytes, over the limit of {limit}")]
+pub struct ImportTooLarge {
+    pub import: &'static str,
+    pub bytes: usize,
+    pub limit: usize,
+}
+
+/// Enforces the memory, table and instance caps of one call. The memory
+/// cap is on the sum over every memory the component creates, not on each
+/// memory alone.
 pub struct Limiter {
     pub memory_bytes: u64,
     pub table_elements: u64,
     pub instances: usize,
+    /// Bytes of linear memory the call holds now, over all its memories.
+    pub memory_used: u64,
+}
+
+impl Limiter {
+    /// A limiter with nothing allocated yet.
+    pub fn new(memory_bytes: u64, table_elements: u64, instances: usize) -> Self {
+        Limiter {
+            memory_bytes,
+            table_elements,
+            instances,
+            memory_used: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_bytes {
+        let grow = (desired as u64).saturating_sub(current as u64);
+        let total = self.memory_used.saturating_add(grow);
+        if total > self.memory_bytes {
             return Err(MemoryCapReached(self.memory_bytes).into());
         }
+        self.memory_used = total;
         Ok(true)
     }
 
@@ -76,18 +106,71 @@ impl ResourceLimiter for Limiter {
 }
 
 /// Compute time accounting for one call: wall time since the start minus
-/// time spent waiting on host imports.
+/// time spent waiting on the host's own imports. Shared with the call's
+/// watchdog, which reads it while the guest is blocked (in a WASI `poll`,
+/// say) and cannot reach an epoch check.
 pub struct ComputeClock {
     pub budget: Duration,
+    pub wall: Duration,
     pub started: Instant,
-    pub waited: Duration,
+    /// Nanoseconds waited on host imports that have returned.
+    waited: AtomicU64,
+    /// Nanoseconds since `started` at which the import now waited on began,
+    /// plus one; 0 when none is.
+    waiting_since: AtomicU64,
 }
 
 impl ComputeClock {
+    /// A clock started now.
+    pub fn start(budget: Duration, wall: Duration) -> Arc<Self> {
+        Arc::new(ComputeClock {
+            budget,
+            wall,
+            started: Instant::now(),
+            waited: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(0),
+        })
+    }
+
+    fn nanos(&self) -> u64 {
+        self.started.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
+
     /// Compute time used so far.
     pub fn used(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.waited)
+        let now = self.nanos();
+        let mut waited = self.waited.load(Ordering::Acquire);
+        let since = self.waiting_since.load(Ordering::Acquire);
+        if since > 0 {
+            waited += now.saturating_sub(since - 1);
+        }
+        Duration::from_nanos(now.saturating_sub(waited))
     }
+
+    /// Whether the call is waiting on a host import right now.
+    pub fn waiting(&self) -> bool {
+        self.waiting_since.load(Ordering::Acquire) > 0
+    }
+
+    /// Runs `f`, an await on a host import, without charging its time.
+    pub async fn waiting_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        let start = self.nanos();
+        self.waiting_since.store(start + 1, Ordering::Release);
+        let out = f.await;
+        let end = self.nanos();
+        self.waited
+            .fetch_add(end.saturating_sub(start), Ordering::AcqRel);
+        self.waiting_since.store(0, Ordering::Release);
+        out
+    }
+}
+
+/// What `log.write` has let through on one call.
+#[derive(Default)]
+pub struct LogQuota {
+    pub lines: u32,
+    pub bytes: usize,
+    pub dropped: u32,
 }
 
 /// The data of one call's store.
@@ -98,9 +181,67 @@ pub struct StoreState {
     pub grants: Grants,
     pub services: Option<Arc<dyn HostServices>>,
     pub info: CallInfo,
-    pub clock: ComputeClock,
+    pub clock: Arc<ComputeClock>,
+    pub limits: SandboxLimits,
+    pub log: LogQuota,
     pub stdout: CappedPipe,
     pub stderr: CappedPipe,
+    /// The node of the last completion this call received: the host's own
+    /// record of where a role's candidate came from.
+    pub last_node: Option<String>,
+    pub http: super::wasi::DenyHttp,
+    pub http_hooks: super::wasi::DenyHooks,
+}
+
+/// Who and what a call's store is for, besides its WASI context.
+pub struct CallSetup {
+    pub limits: SandboxLimits,
+    /// The memory cap actually enforced (the limits', bounded by the
+    /// runtime's ceiling).
+    pub memory_cap: u64,
+    pub grants: Grants,
+    pub services: Option<Arc<dyn HostServices>>,
+    pub info: CallInfo,
+}
+
+impl StoreState {
+    /// The state of a call that starts now; stdout and stderr are the pipes
+    /// given to `wasi`.
+    pub fn new(wasi: WasiCtx, setup: CallSetup, stdout: CappedPipe, stderr: CappedPipe) -> Self {
+        let CallSetup {
+            limits,
+            memory_cap,
+            grants,
+            services,
+            info,
+        } = setup;
+        StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(memory_cap, limits.table_elements, limits.instances as usize),
+            grants,
+            services,
+            info,
+            clock: ComputeClock::start(limits.deadline, limits.wall),
+            limits,
+            log: LogQuota::default(),
+            stdout,
+            stderr,
+            last_node: None,
+            http: super::wasi::DenyHttp::default(),
+            http_hooks: super::wasi::DenyHooks,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for StoreState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
 }
 
 impl WasiView for StoreState {
@@ -120,6 +261,34 @@ impl StoreState {
             Err(CapabilityDenied(cap).into())
         }
     }
+
+    /// Stops the call when an import is handed more than `import_bytes`.
+    fn fits(&self, import: &'static str, bytes: usize) -> wasmtime::Result<()> {
+        let limit = self.limits.import_bytes;
+        if bytes > limit {
+            return Err(ImportTooLarge {
+                import,
+                bytes,
+                limit,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+fn request_bytes(r: &llm::ChatRequest) -> usize {
+    r.messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .chain(r.stop.iter().map(String::len))
+        .chain(r.route.tags.iter().map(String::len))
+        .sum::<usize>()
+        + r.route.node.len()
+}
+
+fn envelope_bytes(m: &bus::Envelope) -> usize {
+    m.recipient.len() + m.kind.len() + m.body.len() + m.correlation_id.len()
 }
 
 impl types::Host for StoreState {}
@@ -127,8 +296,21 @@ impl types::Host for StoreState {}
 impl log::Host for StoreState {
     fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         self.check(Capability::Log)?;
+        // A chatty plugin loses lines, not its call: past the quota lines
+        // are counted, and the count is logged once when the call ends.
+        let room = self.limits.log_bytes.saturating_sub(self.log.bytes);
+        if self.log.lines >= self.limits.log_lines || room == 0 {
+            self.log.dropped = self.log.dropped.saturating_add(1);
+            return Ok(());
+        }
+        let mut end = message.len().min(room).min(4096);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let message = &message[..end];
+        self.log.lines += 1;
+        self.log.bytes += message.len().max(1);
         let plugin = &self.info.plugin;
-        let message: String = message.chars().take(4096).collect();
         match level {
             log::Level::Debug => tracing::debug!(target: "conclave::plugin", %plugin, "{message}"),
             log::Level::Info => tracing::info!(target: "conclave::plugin", %plugin, "{message}"),
@@ -145,14 +327,19 @@ impl llm::Host for StoreState {
         request: llm::ChatRequest,
     ) -> wasmtime::Result<Result<llm::ChatResponse, llm::LlmError>> {
         self.check(Capability::Llm)?;
+        self.fits("llm.chat", request_bytes(&request))?;
         let Some(services) = self.services.clone() else {
             return Ok(Err(llm::LlmError::Unavailable(
                 "no model nodes are attached to this call".into(),
             )));
         };
-        let start = Instant::now();
-        let result = services.chat(&self.info, request).await;
-        self.clock.waited += start.elapsed();
+        let clock = self.clock.clone();
+        let result = clock
+            .waiting_on(services.chat(&self.info, request))
+            .await;
+        if let Ok(r) = &result {
+            self.last_node = Some(r.node.clone());
+        }
         Ok(result)
     }
 }
@@ -160,6 +347,7 @@ impl llm::Host for StoreState {
 impl bus::Host for StoreState {
     fn send(&mut self, mut message: bus::Envelope) -> wasmtime::Result<Result<(), bus::BusError>> {
         self.check(Capability::Bus)?;
+        self.fits("bus.send", envelope_bytes(&message))?;
         message.sender = format!("{}/{}", self.info.task_id, self.info.replica);
         Ok(match &self.services {
             Some(s) => s.send(&self.info, message),
@@ -182,6 +370,7 @@ impl bus::Host for StoreState {
 impl blackboard::Host for StoreState {
     fn read(&mut self, id: String) -> wasmtime::Result<Option<String>> {
         self.check(Capability::Blackboard)?;
+        self.fits("blackboard.read", id.len())?;
         Ok(self.services.as_ref().and_then(|s| s.read(&self.info, &id)))
     }
 

@@ -18,10 +18,13 @@ pub mod cache;
 pub mod checks;
 pub mod engine;
 pub mod error;
+pub mod guard;
 pub mod imports;
 pub mod output;
 pub mod registry;
 pub mod sandbox;
+pub mod sizes;
+pub mod wasi;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -135,16 +138,38 @@ impl Grants {
     }
 }
 
+/// The grants a built-in plugin gets when a team uses it without a
+/// `[[plugin]]` table of its own (or with one that gives no `grants`):
+/// roles may call models, the synthesizer may also read its dependencies'
+/// answers, `llm-judge` may call models; voters and the other verifiers get
+/// nothing but `log`. Any other plugin gets only what the spec grants.
+pub fn builtin_grants(name: &str) -> Option<&'static [Capability]> {
+    Some(match name {
+        "solver" | "critic" | "coordinator" | "llm-judge" => &[Capability::Llm],
+        "synthesizer" => &[Capability::Llm, Capability::Blackboard],
+        "answer-format" | "numeric-check" | "majority" | "weighted" | "quorum" | "borda" => &[],
+        _ => return None,
+    })
+}
+
 /// Per-call limits of a plugin sandbox. One home for these numbers: the
-/// defaults below, overridable per plugin in the team spec.
+/// defaults below, overridable per plugin in the team spec
+/// (`[[plugin]] limits = { deadline = "500ms", memory_bytes = 33554432 }`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxLimits {
-    /// Compute time a call may use, not counting time spent waiting on host
-    /// imports such as model calls. Default 2 s.
+    /// Compute time a call may use, not counting time spent waiting on the
+    /// host's own imports (model calls, the bus). Time a plugin spends
+    /// blocked in WASI (`sleep`, `poll`) counts. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
-    /// Linear memory cap per instance. Default 64 MiB.
+    /// Wall-clock time a call may take, waits on model calls included: the
+    /// bound on a call whatever it waits for. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub wall: Duration,
+    /// Linear memory cap per call, summed over every memory of the
+    /// component. Default 64 MiB; at most the runtime's
+    /// [`RuntimeConfig::max_memory_bytes`].
     pub memory_bytes: u64,
     /// Table elements cap per table. Default 100,000.
     pub table_elements: u64,
@@ -153,16 +178,33 @@ pub struct SandboxLimits {
     /// Bytes of a plugin's stdout and stderr kept per call for the host's
     /// log; the rest is dropped. Default 16 KiB.
     pub output_bytes: usize,
+    /// Bytes of text a call may return in all (answer, reasoning, reasons,
+    /// plan, errors): a larger result is refused with
+    /// [`PluginError::TooLarge`]. Default 1 MiB.
+    pub result_bytes: usize,
+    /// Bytes a plugin may pass to one host import (a model request, a bus
+    /// message, a blackboard key, a log line). Default 1 MiB.
+    pub import_bytes: usize,
+    /// `log.write` lines kept per call; the rest are counted and dropped.
+    /// Default 100.
+    pub log_lines: u32,
+    /// `log.write` bytes kept per call; the rest are dropped. Default 16 KiB.
+    pub log_bytes: usize,
 }
 
 impl Default for SandboxLimits {
     fn default() -> Self {
         SandboxLimits {
             deadline: Duration::from_secs(2),
+            wall: Duration::from_secs(300),
             memory_bytes: 64 << 20,
             table_elements: 100_000,
             instances: 16,
             output_bytes: 16 << 10,
+            result_bytes: 1 << 20,
+            import_bytes: 1 << 20,
+            log_lines: 100,
+            log_bytes: 16 << 10,
         }
     }
 }
@@ -184,6 +226,15 @@ pub struct RuntimeConfig {
     pub yield_interval: Duration,
     /// Default limits of every call (overridable per call).
     pub limits: SandboxLimits,
+    /// The most linear memory any one call may be given (a plugin's
+    /// `memory_bytes` above it is refused at load): what the pooling
+    /// allocator reserves per slot. Default 256 MiB.
+    pub max_memory_bytes: u64,
+    /// Largest component file the host reads. Default 256 MiB.
+    pub max_file_bytes: u64,
+    /// How long a call waits for a free instance slot of the pooling
+    /// allocator before it fails. Default 30 s.
+    pub slot_wait: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -195,6 +246,9 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(1),
             yield_interval: Duration::from_millis(10),
             limits: SandboxLimits::default(),
+            max_memory_bytes: 256 << 20,
+            max_file_bytes: 256 << 20,
+            slot_wait: Duration::from_secs(30),
         }
     }
 }
@@ -208,6 +262,10 @@ pub struct CallInfo {
     pub replica: u32,
     /// `name@version` of the plugin making the call.
     pub plugin: String,
+    /// Which call this is among the plugin's calls for this task and
+    /// replica (the n-th vote, say): with the fields above, the seed of the
+    /// call's `wasi:random` stream.
+    pub call: u32,
 }
 
 /// What the host imports reach: model nodes, the bus, the blackboard. The

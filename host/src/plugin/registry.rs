@@ -193,21 +193,15 @@ impl Registry {
     /// that file keeps serving and the error is recorded and returned.
     pub async fn reload(&self, path: &Path) -> Result<Reload, PluginError> {
         let path = path.to_path_buf();
-        let bytes = match tokio::fs::read(&path).await {
+        let bytes = match self.runtime.read_component(&path).await {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(PluginError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 self.remove(&path);
                 return Ok(Reload::Removed);
             }
-            Err(source) => {
-                return Err(self.fail(
-                    &path,
-                    PluginError::Io {
-                        path: path.clone(),
-                        source,
-                    },
-                ))
-            }
+            Err(e) => return Err(self.fail(&path, e)),
         };
         {
             let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());

@@ -12,42 +12,45 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx};
+use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{role, verifier, voter};
 use super::checks::{check_decision, check_descriptor, check_header, check_plan, panic_message};
 use super::engine::{self, Ticker};
+use super::guard::{guard, WallReached};
 use super::imports::{
-    CapabilityDenied, ComputeClock, DeadlineReached, Limiter, MemoryCapReached, StoreState,
+    CallSetup, CapabilityDenied, DeadlineReached, ImportTooLarge, MemoryCapReached, StoreState,
 };
 use super::output::CappedPipe;
+use super::sizes;
+use super::wasi::{FrozenClock, SeededRandom};
 use super::{
     cache, Ballot, Candidate, Decision, Descriptor, Invocation, Outcome, PluginError, PluginKind,
-    RuntimeConfig, Task, TrapKind, Verdict, WIT_VERSION,
+    RuntimeConfig, SandboxLimits, Task, TrapKind, Verdict, WIT_VERSION,
 };
 
-/// A clock that always says the same time: plugins get no wall clock, and
-/// the same inputs give the same outputs (which replay relies on).
-struct FrozenClock;
-
-impl HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-impl HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
-    }
+/// Instantiates a pre-instantiated component, waiting (bounded by the
+/// runtime's `slot_wait`) while the pooling allocator has no free slot for
+/// it instead of failing the call.
+macro_rules! instantiate {
+    ($rt:expr, $pre:expr, $store:expr) => {{
+        let give_up = Instant::now() + $rt.config.slot_wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match $pre.instantiate_async(&mut *$store).await {
+                Err(e)
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some()
+                        && Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        }
+    }};
 }
 
 enum Pre {
@@ -91,6 +94,15 @@ impl Plugin {
     /// `name@version`.
     pub fn id(&self) -> String {
         format!("{}@{}", self.name(), self.version())
+    }
+    /// How errors name it: `name@version`, or its file while it is being
+    /// loaded and has not described itself yet.
+    pub fn label(&self) -> String {
+        if self.name().is_empty() {
+            format!("from {}", self.0.path.display())
+        } else {
+            self.id()
+        }
     }
     /// Which world it implements.
     pub fn kind(&self) -> PluginKind {
@@ -136,6 +148,9 @@ impl PluginRuntime {
             let mut linker = Linker::new(&engine);
             let e = |e: wasmtime::Error| PluginError::Engine(format!("linking {which}: {e:#}"));
             wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(e)?;
+            // Deny-all `wasi:http`, for toolchains that import it whether or
+            // not the plugin uses it.
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(e)?;
             type Me = wasmtime::component::HasSelf<StoreState>;
             match which {
                 "role" => role::Role::add_to_linker::<StoreState, Me>(&mut linker, |s| s),
@@ -178,13 +193,52 @@ impl PluginRuntime {
     /// Reads, compiles (through the cache), checks and describes the
     /// component at `path`.
     pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| PluginError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let bytes = self.read_component(path).await?;
         self.load_bytes(bytes, path).await
+    }
+
+    /// Reads a component file: only a regular file (symlinks followed) of
+    /// at most `max_file_bytes`, checked before reading and enforced while
+    /// reading, so a device, a pipe or a file that keeps growing cannot make
+    /// the host read without end.
+    pub async fn read_component(&self, path: &Path) -> Result<Vec<u8>, PluginError> {
+        use tokio::io::AsyncReadExt;
+        let io = |source| PluginError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let not = |reason: String| PluginError::NotAComponent {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let limit = self.config.max_file_bytes;
+        let meta = tokio::fs::metadata(path).await.map_err(io)?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file (a device, pipe or socket)"
+            };
+            return Err(not(format!("it is {what}; a plugin is a `.wasm` file")));
+        }
+        if meta.len() > limit {
+            return Err(not(format!(
+                "it is {} bytes, over the limit of {limit} bytes for a component",
+                meta.len()
+            )));
+        }
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(limit + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(io)?;
+        if bytes.len() as u64 > limit {
+            return Err(not(format!(
+                "it grew past the limit of {limit} bytes for a component while being read"
+            )));
+        }
+        Ok(bytes)
     }
 
     /// Compiles and checks a component given as bytes; `origin` names it in
@@ -320,10 +374,31 @@ impl PluginRuntime {
         })
     }
 
+    /// The limits of a call: the invocation's, else the runtime's defaults.
+    fn limits_of<'a>(&'a self, inv: &'a Invocation) -> &'a SandboxLimits {
+        inv.limits.as_ref().unwrap_or(&self.config.limits)
+    }
+
+    /// Waits for a call slot, at most `slot_wait`.
+    async fn slot(&self, plugin: &Plugin) -> Result<tokio::sync::SemaphorePermit<'_>, PluginError> {
+        match tokio::time::timeout(self.config.slot_wait, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(PluginError::Busy {
+                plugin: plugin.label(),
+                waited: self.config.slot_wait,
+            }),
+        }
+    }
+
     fn new_store(&self, inv: &Invocation, plugin: &Plugin) -> Store<StoreState> {
-        let limits = inv.limits.as_ref().unwrap_or(&self.config.limits);
+        let limits = self.limits_of(inv).clone();
         let stdout = CappedPipe::new(limits.output_bytes);
         let stderr = CappedPipe::new(limits.output_bytes);
+        let mut info = inv.info.clone();
+        if info.plugin.is_empty() {
+            info.plugin = plugin.id();
+        }
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -331,41 +406,39 @@ impl PluginRuntime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock);
-        let mut info = inv.info.clone();
-        if info.plugin.is_empty() {
-            info.plugin = plugin.id();
-        }
-        let state = StoreState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes: limits.memory_bytes,
-                table_elements: limits.table_elements,
-                instances: limits.instances as usize,
-            },
+            .monotonic_clock(FrozenClock)
+            .secure_random(SeededRandom::new(&info, "secure"))
+            .insecure_random(SeededRandom::new(&info, "insecure"))
+            .insecure_random_seed(u128::from_le_bytes(
+                super::wasi::seed(&info, "insecure-seed")[..16]
+                    .try_into()
+                    .expect("16 bytes"),
+            ))
+            .max_random_size(limits.import_bytes as u64);
+        let memory_cap = limits.memory_bytes.min(self.config.max_memory_bytes);
+        let setup = CallSetup {
+            limits,
+            memory_cap,
             grants: inv.grants,
             services: inv.services.clone(),
             info,
-            clock: ComputeClock {
-                budget: limits.deadline,
-                started: Instant::now(),
-                waited: Duration::ZERO,
-            },
-            stdout,
-            stderr,
         };
+        let state = StoreState::new(wasi.build(), setup, stdout, stderr);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let tick = self.config.epoch_tick.max(Duration::from_micros(100));
         let ticks = move |d: Duration| (d.as_nanos() / tick.as_nanos()).max(1) as u64;
         let yield_ticks = ticks(self.config.yield_interval);
-        store.set_epoch_deadline(ticks(limits.deadline).min(yield_ticks));
+        let budget = store.data().clock.budget;
+        store.set_epoch_deadline(ticks(budget).min(yield_ticks));
         store.epoch_deadline_callback(move |ctx| {
             let clock = &ctx.data().clock;
             let used = clock.used();
             if used >= clock.budget {
                 return Err(DeadlineReached.into());
+            }
+            if clock.started.elapsed() >= clock.wall {
+                return Err(WallReached.into());
             }
             Ok(UpdateDeadline::Yield(
                 ticks(clock.budget - used).min(yield_ticks),
@@ -382,17 +455,27 @@ impl PluginRuntime {
         result: wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let state = store.data();
+        let name = plugin.label();
         if !state.stdout.is_empty() {
-            tracing::debug!(target: "conclave::plugin", plugin = %state.info.plugin, "stdout: {}", state.stdout.text());
+            tracing::debug!(target: "conclave::plugin", plugin = %name, "stdout: {}", state.stdout.text());
         }
         if !state.stderr.is_empty() {
-            tracing::debug!(target: "conclave::plugin", plugin = %state.info.plugin, "stderr: {}", state.stderr.text());
+            tracing::debug!(target: "conclave::plugin", plugin = %name, "stderr: {}", state.stderr.text());
+        }
+        if state.log.dropped > 0 {
+            tracing::warn!(
+                target: "conclave::plugin",
+                plugin = %name,
+                "{} log lines over the call's quota ({} lines, {} bytes) were dropped",
+                state.log.dropped,
+                state.limits.log_lines,
+                state.limits.log_bytes
+            );
         }
         let e = match result {
             Ok(r) => return Ok(r),
             Err(e) => e,
         };
-        let name = plugin.id();
         if let Some(c) = e.downcast_ref::<CapabilityDenied>() {
             return Err(PluginError::CapabilityDenied {
                 plugin: name,
@@ -405,19 +488,45 @@ impl PluginRuntime {
                 limit_bytes: m.0,
             });
         }
-        if e.downcast_ref::<DeadlineReached>().is_some() {
+        if e.downcast_ref::<DeadlineReached>().is_some()
+            || matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+        {
             return Err(PluginError::Timeout {
                 plugin: name,
                 deadline: state.clock.budget,
             });
         }
+        if e.downcast_ref::<WallReached>().is_some() {
+            return Err(PluginError::WallTimeout {
+                plugin: name,
+                wall: state.clock.wall,
+            });
+        }
+        if let Some(t) = e.downcast_ref::<ImportTooLarge>() {
+            return Err(PluginError::TooLarge {
+                plugin: name,
+                what: format!("what it passed to `{}`", t.import),
+                bytes: t.bytes,
+                limit: t.limit,
+            });
+        }
+        if let Some(x) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Err(PluginError::Exit {
+                plugin: name,
+                code: x.0,
+                stderr: panic_message(&state.stderr.text()),
+            });
+        }
+        if e
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            return Err(PluginError::Busy {
+                plugin: name,
+                waited: self.config.slot_wait,
+            });
+        }
         let trap = match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => {
-                return Err(PluginError::Timeout {
-                    plugin: name,
-                    deadline: state.clock.budget,
-                })
-            }
             Some(Trap::StackOverflow) => TrapKind::StackOverflow,
             Some(Trap::UnreachableCodeReached) => TrapKind::Unreachable,
             Some(Trap::MemoryOutOfBounds) => TrapKind::MemoryOutOfBounds,
@@ -432,27 +541,79 @@ impl PluginRuntime {
         })
     }
 
+    /// A guest's own error, refused when it is larger than the call's
+    /// `result_bytes`.
+    fn guest_error(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        error: super::GuestError,
+    ) -> PluginError {
+        let limit = self.limits_of(inv).result_bytes;
+        let bytes = sizes::guest_error(&error);
+        if bytes > limit {
+            return PluginError::TooLarge {
+                plugin: plugin.id(),
+                what: "its error".into(),
+                bytes,
+                limit,
+            };
+        }
+        PluginError::Guest {
+            plugin: plugin.id(),
+            error,
+        }
+    }
+
+    /// Refuses a result larger than the call's `result_bytes`.
+    fn fits(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        what: &str,
+        bytes: usize,
+    ) -> Result<(), PluginError> {
+        let limit = self.limits_of(inv).result_bytes;
+        if bytes > limit {
+            return Err(PluginError::TooLarge {
+                plugin: plugin.id(),
+                what: what.into(),
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     async fn describe(&self, plugin: &Plugin) -> Result<Descriptor, PluginError> {
         let inv = Invocation {
             grants: super::Grants::none(),
             ..Default::default()
         };
-        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let _slot = self.slot(plugin).await?;
         let mut store = self.new_store(&inv, plugin);
-        let result = match &plugin.0.pre {
-            Pre::Role(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(i) => i.call_describe(&mut store).await,
-                Err(e) => Err(e),
-            },
-            Pre::Verifier(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(i) => i.call_describe(&mut store).await,
-                Err(e) => Err(e),
-            },
-            Pre::Voter(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(i) => i.call_describe(&mut store).await,
-                Err(e) => Err(e),
-            },
-        };
+        let clock = store.data().clock.clone();
+        let store_ref = &mut store;
+        let result = guard(&clock, async move {
+            match &plugin.0.pre {
+                Pre::Role(pre) => {
+                    instantiate!(self, pre, store_ref)?
+                        .call_describe(&mut *store_ref)
+                        .await
+                }
+                Pre::Verifier(pre) => {
+                    instantiate!(self, pre, store_ref)?
+                        .call_describe(&mut *store_ref)
+                        .await
+                }
+                Pre::Voter(pre) => {
+                    instantiate!(self, pre, store_ref)?
+                        .call_describe(&mut *store_ref)
+                        .await
+                }
+            }
+        })
+        .await;
         self.finish(plugin, &store, result)
     }
 
@@ -467,18 +628,20 @@ impl PluginRuntime {
         let Pre::Voter(pre) = &plugin.0.pre else {
             return Err(wrong_kind(plugin, PluginKind::Voter));
         };
-        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let _slot = self.slot(plugin).await?;
         let mut store = self.new_store(inv, plugin);
-        let result = match pre.instantiate_async(&mut store).await {
-            Ok(i) => i.call_tally(&mut store, task, ballots).await,
-            Err(e) => Err(e),
-        };
-        let decision =
-            self.finish(plugin, &store, result)?
-                .map_err(|error| PluginError::Guest {
-                    plugin: plugin.id(),
-                    error,
-                })?;
+        let clock = store.data().clock.clone();
+        let store_ref = &mut store;
+        let result = guard(&clock, async move {
+            instantiate!(self, pre, store_ref)?
+                .call_tally(&mut *store_ref, task, ballots)
+                .await
+        })
+        .await;
+        let decision = self
+            .finish(plugin, &store, result)?
+            .map_err(|error| self.guest_error(plugin, inv, error))?;
+        self.fits(plugin, inv, "its decision", sizes::decision(&decision))?;
         check_decision(plugin, &decision, ballots.len())?;
         Ok(decision)
     }
@@ -507,10 +670,7 @@ impl PluginRuntime {
         };
         let t3 = Instant::now();
         self.finish(plugin, &store, result)?
-            .map_err(|error| PluginError::Guest {
-                plugin: plugin.id(),
-                error,
-            })?;
+            .map_err(|error| self.guest_error(plugin, inv, error))?;
         drop(store);
         let t4 = Instant::now();
         Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
@@ -527,18 +687,20 @@ impl PluginRuntime {
         let Pre::Verifier(pre) = &plugin.0.pre else {
             return Err(wrong_kind(plugin, PluginKind::Verifier));
         };
-        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let _slot = self.slot(plugin).await?;
         let mut store = self.new_store(inv, plugin);
-        let result = match pre.instantiate_async(&mut store).await {
-            Ok(i) => i.call_verify(&mut store, task, candidate).await,
-            Err(e) => Err(e),
-        };
+        let clock = store.data().clock.clone();
+        let store_ref = &mut store;
+        let result = guard(&clock, async move {
+            instantiate!(self, pre, store_ref)?
+                .call_verify(&mut *store_ref, task, candidate)
+                .await
+        })
+        .await;
         let verdict = self
             .finish(plugin, &store, result)?
-            .map_err(|error| PluginError::Guest {
-                plugin: plugin.id(),
-                error,
-            })?;
+            .map_err(|error| self.guest_error(plugin, inv, error))?;
+        self.fits(plugin, inv, "its verdict", sizes::verdict(&verdict))?;
         if !(verdict.score.is_finite() && (0.0..=1.0).contains(&verdict.score)) {
             return Err(PluginError::BadOutput {
                 plugin: plugin.id(),
@@ -548,7 +710,10 @@ impl PluginRuntime {
         Ok(verdict)
     }
 
-    /// Runs a role on `task`.
+    /// Runs a role on `task`. The candidate's `node` and `replica` are the
+    /// host's to vouch for: `node` is set from the host's own record of the
+    /// completions this call received (empty when it made none), `replica`
+    /// from the call; its confidence must lie in 0..1.
     pub async fn run_role(
         &self,
         plugin: &Plugin,
@@ -558,26 +723,48 @@ impl PluginRuntime {
         let Pre::Role(pre) = &plugin.0.pre else {
             return Err(wrong_kind(plugin, PluginKind::Role));
         };
-        let _slot = self.slots.acquire().await.map_err(|_| closed())?;
+        let _slot = self.slot(plugin).await?;
         let mut store = self.new_store(inv, plugin);
-        let result = match pre.instantiate_async(&mut store).await {
-            Ok(i) => i.call_run(&mut store, task).await,
-            Err(e) => Err(e),
-        };
-        let outcome = self
+        let clock = store.data().clock.clone();
+        let store_ref = &mut store;
+        let result = guard(&clock, async move {
+            instantiate!(self, pre, store_ref)?
+                .call_run(&mut *store_ref, task)
+                .await
+        })
+        .await;
+        let mut outcome = self
             .finish(plugin, &store, result)?
-            .map_err(|error| PluginError::Guest {
-                plugin: plugin.id(),
-                error,
-            })?;
-        if let Outcome::Plan(plan) = &outcome {
-            check_plan(plan).map_err(|reason| PluginError::BadOutput {
-                plugin: plugin.id(),
-                reason,
-            })?;
+            .map_err(|error| self.guest_error(plugin, inv, error))?;
+        self.fits(plugin, inv, "its outcome", sizes::outcome(&outcome))?;
+        match &mut outcome {
+            Outcome::Candidate(c) => {
+                check_candidate(plugin, c)?;
+                c.node = store.data().last_node.clone().unwrap_or_default();
+                c.replica = inv.info.replica;
+            }
+            Outcome::Plan(plan) => {
+                check_plan(plan).map_err(|reason| PluginError::BadOutput {
+                    plugin: plugin.id(),
+                    reason,
+                })?;
+            }
         }
         Ok(outcome)
     }
+}
+
+/// The numbers of a candidate must lie in the WIT's stated ranges.
+fn check_candidate(plugin: &Plugin, c: &Candidate) -> Result<(), PluginError> {
+    if let Some(x) = c.confidence {
+        if !(x.is_finite() && (0.0..=1.0).contains(&x)) {
+            return Err(PluginError::BadOutput {
+                plugin: plugin.id(),
+                reason: format!("candidate confidence {x} is outside 0..1"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn closed() -> PluginError {

@@ -32,6 +32,17 @@ impl Metrics {
         self.counts().in_flight += delta;
     }
 
+    /// The mean wall time of the runs finished so far (0 before any).
+    pub fn mean_run_seconds(&self) -> f64 {
+        let c = self.counts();
+        let runs: u64 = c.runs.values().sum();
+        if runs == 0 {
+            0.0
+        } else {
+            c.seconds / runs as f64
+        }
+    }
+
     pub fn finished(&self, r: &JobResult) {
         let mut c = self.counts();
         let stop = serde_json::to_value(&r.stop)
@@ -44,7 +55,8 @@ impl Metrics {
         c.seconds += r.wall.as_secs_f64();
     }
 
-    pub fn render(&self) -> String {
+    /// The text at `/metrics`; `waiting`: requests waiting for a slot now.
+    pub fn render(&self, waiting: usize) -> String {
         let c = self.counts();
         let mut s = String::new();
         s.push_str("# HELP conclave_requests_total Chat completion requests by HTTP status.\n# TYPE conclave_requests_total counter\n");
@@ -53,6 +65,8 @@ impl Metrics {
         }
         s.push_str("# HELP conclave_runs_in_flight Team runs going on.\n# TYPE conclave_runs_in_flight gauge\n");
         s.push_str(&format!("conclave_runs_in_flight {}\n", c.in_flight));
+        s.push_str("# HELP conclave_requests_waiting Requests waiting for a slot.\n# TYPE conclave_requests_waiting gauge\n");
+        s.push_str(&format!("conclave_requests_waiting {waiting}\n"));
         s.push_str("# HELP conclave_runs_total Finished runs by stop reason.\n# TYPE conclave_runs_total counter\n");
         for (k, v) in &c.runs {
             s.push_str(&format!("conclave_runs_total{{stop=\"{k}\"}} {v}\n"));

@@ -1,19 +1,32 @@
 //! A team served as an OpenAI-compatible model: `POST /v1/chat/completions`
-//! (plain and streaming), `GET /v1/models`, `/healthz` and `/metrics`
-//! (Prometheus text). Any OpenAI client can ask a team as if it were one
-//! model; each reply carries the usual fields plus a `conclave` object with
-//! the support, the runner-up, the stop reason and the run id.
+//! (plain and streaming), `GET /v1/models`, `GET /v1/plugins` (the plugin
+//! versions serving), `/healthz` and `/metrics` (Prometheus text). Any
+//! OpenAI client can ask a team as if it were one model; each reply carries
+//! the usual fields plus a `conclave` object with the support, the
+//! runner-up, the stop reason and the run id.
+//!
+//! What a run's stop reason becomes: `decided` is a 200 with the answer;
+//! `no consensus` is a 200 whose message has no content and a `refusal`
+//! saying why (the team worked and disagreed: an outcome, not a server
+//! fault; the answers it had are in `conclave.candidates`); `failed` is a
+//! 500, an exhausted budget a 503, the request's deadline a 504, each an
+//! OpenAI-shaped error naming the stop reason and the run id (in a stream:
+//! an error event before `[DONE]`).
 //!
 //! Every request is a journaled run. A client that goes away cancels its
 //! run (the model calls in flight are dropped) and the run is journaled as
-//! cancelled. Bearer-token auth, a body limit (413), a limit on runs at
-//! once (requests queue for a slot up to their deadline), a per-request
-//! deadline, and a graceful shutdown that lets requests in flight finish.
+//! cancelled; one that goes away while waiting for a slot is dropped
+//! without a run. Bearer-token auth on everything but `/healthz`, a body
+//! limit (413), a limit on runs at once with a bounded queue of requests
+//! waiting for a slot (503 with `Retry-After` when full), a deadline per
+//! request from its arrival (504), and a graceful shutdown that lets
+//! requests in flight finish.
 
 mod metrics;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -24,6 +37,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
@@ -41,7 +58,11 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// Runs at once; more requests wait for a slot. Default 16.
     pub max_concurrency: usize,
-    /// Longest a request may take, waiting included. Default 10 minutes.
+    /// Requests that may wait for a slot at once; one more is answered 503
+    /// with `Retry-After`. `None`: four times `max_concurrency`.
+    pub max_queue: Option<usize>,
+    /// Longest a request may take from its arrival, waiting for a slot
+    /// included. Default 10 minutes.
     pub deadline: Duration,
 }
 
@@ -53,8 +74,20 @@ impl ServerConfig {
             token: None,
             max_body: 1 << 20,
             max_concurrency: 16,
+            max_queue: None,
             deadline: Duration::from_secs(600),
         }
+    }
+
+    /// Runs at once (at least one).
+    pub fn slots(&self) -> usize {
+        self.max_concurrency.max(1)
+    }
+
+    /// Requests that may wait for a slot: `max_queue`, else four times
+    /// the slots.
+    pub fn queue(&self) -> usize {
+        self.max_queue.unwrap_or(4 * self.slots())
     }
 }
 
@@ -77,7 +110,12 @@ struct App {
     team: Arc<PreparedTeam>,
     journal: Arc<dyn Journal>,
     config: ServerConfig,
-    slots: tokio::sync::Semaphore,
+    /// SHA-256 of the token: what a given token's digest is compared with,
+    /// so that the comparison takes the same time whatever its length.
+    token_digest: Option<[u8; 32]>,
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot.
+    waiting: AtomicUsize,
     metrics: metrics::Metrics,
 }
 
@@ -108,7 +146,9 @@ impl Server {
             app: Arc::new(App {
                 team,
                 journal,
-                slots: tokio::sync::Semaphore::new(config.max_concurrency.max(1)),
+                token_digest: config.token.as_ref().map(|t| Sha256::digest(t).into()),
+                slots: Arc::new(Semaphore::new(config.slots())),
+                waiting: AtomicUsize::new(0),
                 config,
                 metrics: Default::default(),
             }),
@@ -127,6 +167,7 @@ impl Server {
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
+            .route("/v1/plugins", get(plugins))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(max_body))
@@ -143,29 +184,98 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
     (
         status,
         axum::Json(
-            json!({"error": {"message": message.into(), "type": kind, "code": status.as_u16()}}),
+            json!({"error": {"message": message.into(), "type": kind, "param": null, "code": status.as_u16()}}),
         ),
     )
         .into_response()
 }
 
+/// Whether `headers` carry the server's bearer token (always, without
+/// one). Digests of both are compared in constant time, so the time taken
+/// tells nothing about the token, its length included.
 fn authorised(app: &App, headers: &HeaderMap) -> bool {
-    let Some(token) = &app.config.token else {
+    let Some(want) = &app.token_digest else {
         return true;
     };
-    headers
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| {
-            // Same time whatever the first wrong byte.
-            given.len() == token.len()
-                && given
-                    .bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
+        .unwrap_or("");
+    let got: [u8; 32] = Sha256::digest(given).into();
+    bool::from(got.ct_eq(want))
+}
+
+fn unauthorised() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "missing or wrong bearer token",
+    )
+}
+
+/// Why a request got no answer from the team, as an OpenAI-style error:
+/// the status, a `code` a client can match, and what happened.
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refused {
+    /// The error object (`{"error": {...}}`), with the run's id and stop
+    /// reason when there was a run.
+    fn body(&self, run: Option<&JobResult>) -> serde_json::Value {
+        let mut e = json!({
+            "message": self.message,
+            "type": if self.status.is_server_error() { "server_error" } else { "invalid_request_error" },
+            "param": null,
+            "code": self.code,
+        });
+        if let Some(r) = run {
+            e["run_id"] = json!(r.run_id);
+            e["stop"] = json!(r.stop);
+        }
+        json!({ "error": e })
+    }
+}
+
+/// What a finished run answers: `None` for a reply (decided, or no
+/// consensus), else the error. `deadline_passed`: the run was cancelled
+/// because the request's deadline passed.
+fn refusal(r: &JobResult, deadline: Duration, deadline_passed: bool) -> Option<Refused> {
+    let (status, code, message) = match &r.stop {
+        StopReason::Decided | StopReason::NoConsensus(_) => return None,
+        StopReason::Failed(w) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "run_failed",
+            format!("run {} failed: {w}", r.run_id),
+        ),
+        StopReason::BudgetExhausted(w) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "budget_exhausted",
+            format!("run {} ran out of budget before a decision: {w}", r.run_id),
+        ),
+        StopReason::Cancelled(_) if deadline_passed => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            format!(
+                "run {} was cancelled: the request's deadline of {} passed (waiting for a slot included)",
+                r.run_id,
+                humantime::format_duration(deadline)
+            ),
+        ),
+        StopReason::Cancelled(w) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cancelled",
+            format!("run {} was cancelled: {w}", r.run_id),
+        ),
+    };
+    Some(Refused {
+        status,
+        code,
+        message,
+    })
 }
 
 #[derive(Deserialize)]
@@ -207,7 +317,7 @@ fn usage(r: &JobResult) -> serde_json::Value {
     })
 }
 
-fn conclave(r: &JobResult) -> serde_json::Value {
+fn conclave(r: &JobResult, candidates: &[(String, u32)]) -> serde_json::Value {
     json!({
         "run_id": r.run_id,
         "support": r.support,
@@ -217,7 +327,64 @@ fn conclave(r: &JobResult) -> serde_json::Value {
         "stop": r.stop,
         "cost": r.cost,
         "simulated": r.simulated,
+        "candidates": candidates
+            .iter()
+            .map(|(answer, ballots)| json!({"answer": answer, "ballots": ballots}))
+            .collect::<Vec<_>>(),
     })
+}
+
+/// The message of a reply: the answer, or for no consensus no content and
+/// a refusal saying why.
+fn message(r: &JobResult) -> serde_json::Value {
+    match &r.stop {
+        StopReason::NoConsensus(why) => {
+            json!({"role": "assistant", "content": null, "refusal": format!("no consensus: {why}")})
+        }
+        _ => json!({"role": "assistant", "content": r.answer.clone().unwrap_or_default()}),
+    }
+}
+
+/// The answer task's ballots in its last round, by answer, most first:
+/// what a client sees of a vote, whatever it decided.
+#[derive(Default)]
+struct Ballots(Mutex<Vec<(String, u32, String)>>);
+
+impl Ballots {
+    fn hear(&self, e: &Event) {
+        if let Event::Ballot {
+            task,
+            round,
+            ballot,
+            ..
+        } = e
+        {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((task.clone(), *round, ballot.answer.clone()));
+        }
+    }
+
+    fn candidates(&self, answer_task: Option<&str>) -> Vec<(String, u32)> {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(task) = answer_task else {
+            return Vec::new();
+        };
+        let ours = all.iter().filter(|(t, _, _)| t == task);
+        let Some(last) = ours.clone().map(|(_, r, _)| *r).max() else {
+            return Vec::new();
+        };
+        let mut counts: Vec<(String, u32)> = Vec::new();
+        for (_, _, answer) in ours.filter(|(_, r, _)| *r == last) {
+            match counts.iter_mut().find(|(a, _)| a == answer) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((answer.clone(), 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts
+    }
 }
 
 fn created() -> u64 {
@@ -226,11 +393,7 @@ fn created() -> u64 {
 
 async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !authorised(&app, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "missing or wrong bearer token",
-        );
+        return unauthorised();
     }
     axum::Json(json!({
         "object": "list",
@@ -239,12 +402,68 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorised(&app, &headers) {
+        return unauthorised();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        app.metrics.render(app.waiting.load(Ordering::SeqCst)),
     )
         .into_response()
+}
+
+/// The plugins the team uses and the version of each serving new calls
+/// (it changes when a watched file is swapped in).
+async fn plugins(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !authorised(&app, &headers) {
+        return unauthorised();
+    }
+    axum::Json(json!({"object": "list", "data": app.team.plugin_status()})).into_response()
+}
+
+/// A place in the queue of requests waiting for a slot, given back when
+/// dropped (the request got a slot, ran out of time, or its client left).
+struct QueuePlace(Arc<App>);
+
+impl QueuePlace {
+    /// A place, unless the queue is full.
+    fn take(app: &Arc<App>) -> Option<Self> {
+        let most = app.config.queue();
+        app.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| QueuePlace(app.clone()))
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a request got (or did not get) to run.
+enum Admission {
+    /// A slot was free.
+    Slot(OwnedSemaphorePermit),
+    /// It waits for one.
+    Queued(QueuePlace),
+}
+
+/// What became of a request's job.
+enum Outcome {
+    /// It ran; `deadline_passed` if it was cut short by the deadline.
+    Ran {
+        result: JobResult,
+        deadline_passed: bool,
+    },
+    /// The deadline passed while it waited for a slot.
+    NoSlot,
+    /// Its client left while it waited for a slot: it never ran.
+    Left,
 }
 
 /// Cancels its run when dropped: a client that goes away stops the run.
@@ -257,13 +476,11 @@ impl Drop for CancelOnDrop {
 }
 
 async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    // The deadline counts from the request's arrival, waiting included.
+    let until = Instant::now() + app.config.deadline;
     if !authorised(&app, &headers) {
         app.metrics.request("401");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "missing or wrong bearer token",
-        );
+        return unauthorised();
     }
     let body: ChatBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -292,10 +509,24 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     {
         tracing::debug!(requested = m, served = %team_name, "model name ignored: one team is served");
     }
+    // A free slot, else a place in the queue, else 503 at once.
+    let admission = match app.slots.clone().try_acquire_owned() {
+        Ok(slot) => Admission::Slot(slot),
+        Err(_) => match QueuePlace::take(&app) {
+            Some(place) => Admission::Queued(place),
+            None => {
+                app.metrics.request("503");
+                return queue_full(&app);
+            }
+        },
+    };
     let run_id = crate::team::job::new_run_id();
     let cancel = CancellationToken::new();
     let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let ballots = Arc::new(Ballots::default());
+    let heard = ballots.clone();
     let observer: Arc<dyn Observer> = Arc::new(move |_: &str, e: &Event| {
+        heard.hear(e);
         if let Event::TaskEnded { task, result } = e {
             let _ = progress_tx.send(format!("task {task}: {}", result.stop));
         }
@@ -307,15 +538,25 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         let cancel = cancel.clone();
         let run_id = run_id.clone();
         tokio::spawn(async move {
-            let deadline = app.config.deadline;
-            let _slot = match tokio::time::timeout(deadline, app.slots.acquire()).await {
-                Ok(Ok(p)) => p,
-                _ => return None,
+            let _slot = match admission {
+                Admission::Slot(slot) => slot,
+                Admission::Queued(place) => {
+                    let slot = tokio::select! {
+                        slot = app.slots.clone().acquire_owned() => slot.ok(),
+                        _ = cancel.cancelled() => return Outcome::Left,
+                        _ = tokio::time::sleep_until(until) => None,
+                    };
+                    drop(place);
+                    match slot {
+                        Some(slot) => slot,
+                        None => return Outcome::NoSlot,
+                    }
+                }
             };
             app.metrics.in_flight(1);
             let timer = cancel.clone();
             let expiry = tokio::spawn(async move {
-                tokio::time::sleep(deadline).await;
+                tokio::time::sleep_until(until).await;
                 timer.cancel();
             });
             let done = crate::journal::resume::run(
@@ -331,65 +572,124 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             expiry.abort();
             app.metrics.in_flight(-1);
             app.metrics.finished(&done.result);
-            Some(done.result)
+            Outcome::Ran {
+                deadline_passed: Instant::now() >= until,
+                result: done.result,
+            }
         })
     };
     let guard = CancelOnDrop(cancel);
-    let model = team_name;
+    let reply = Reply {
+        app: app.clone(),
+        model: team_name,
+        ballots,
+    };
     if body.stream {
         app.metrics.request("200");
-        return stream(job, guard, progress_rx, model, run_id);
+        return stream(job, guard, progress_rx, reply, run_id);
     }
-    let result = job.await.ok().flatten();
+    let outcome = job.await.unwrap_or(Outcome::NoSlot);
     drop(guard);
-    match result {
-        Some(r) => {
-            app.metrics.request("200");
-            axum::Json(json!({
-                "id": format!("chatcmpl-{}", r.run_id),
-                "object": "chat.completion",
-                "created": created(),
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": r.answer.clone().unwrap_or_default()},
-                    "finish_reason": finish_reason(&r.stop),
-                }],
-                "usage": usage(&r),
-                "conclave": conclave(&r),
-            }))
-            .into_response()
+    let (r, deadline_passed) = match outcome {
+        Outcome::Ran {
+            result,
+            deadline_passed,
+        } => (result, deadline_passed),
+        Outcome::NoSlot | Outcome::Left => {
+            app.metrics.request("504");
+            return no_slot(&app).into_response();
         }
-        None => {
-            app.metrics.request("503");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "no slot to run the team before the request's deadline; try again later",
-            )
-        }
+    };
+    if let Some(e) = refusal(&r, app.config.deadline, deadline_passed) {
+        app.metrics.request(e.status.as_str());
+        return (e.status, axum::Json(e.body(Some(&r)))).into_response();
+    }
+    app.metrics.request("200");
+    axum::Json(json!({
+        "id": format!("chatcmpl-{}", r.run_id),
+        "object": "chat.completion",
+        "created": created(),
+        "model": reply.model,
+        "choices": [{
+            "index": 0,
+            "message": message(&r),
+            "finish_reason": "stop",
+        }],
+        "usage": usage(&r),
+        "conclave": conclave(&r, &reply.candidates()),
+    }))
+    .into_response()
+}
+
+/// What a reply needs besides the run's result.
+struct Reply {
+    app: Arc<App>,
+    model: String,
+    ballots: Arc<Ballots>,
+}
+
+impl Reply {
+    fn candidates(&self) -> Vec<(String, u32)> {
+        let spec = self.app.team.spec();
+        let answer_task = spec
+            .team
+            .answer
+            .as_deref()
+            .or_else(|| spec.tasks.last().map(|t| t.id.as_str()));
+        self.ballots.candidates(answer_task)
     }
 }
 
-fn finish_reason(stop: &StopReason) -> &'static str {
-    match stop {
-        StopReason::Decided => "stop",
-        StopReason::BudgetExhausted(_) => "length",
-        _ => "stop",
+/// The deadline passed before a slot was free: no run.
+fn no_slot(app: &App) -> Refused {
+    Refused {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        code: "deadline_exceeded",
+        message: format!(
+            "no slot to run the team before the request's deadline of {}; try again later",
+            humantime::format_duration(app.config.deadline)
+        ),
     }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let body = self.body(None);
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// 503 with `Retry-After`: every slot is taken and the queue is full.
+/// Retry after the mean run time so far (at least a second).
+fn queue_full(app: &App) -> Response {
+    let after = app.metrics.mean_run_seconds().ceil().max(1.0) as u64;
+    let e = Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "queue_full",
+        message: format!(
+            "all {} slots are taken and {} requests are waiting already; try again in {after} s",
+            app.config.slots(),
+            app.config.queue()
+        ),
+    };
+    let mut r = e.into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(after));
+    r
 }
 
 /// Server-sent events: the role first, progress as comments while the team
 /// works, then the answer, the final chunk with the `conclave` object, and
 /// `[DONE]`. Dropping the stream (the client left) cancels the run.
 fn stream(
-    job: tokio::task::JoinHandle<Option<JobResult>>,
+    job: tokio::task::JoinHandle<Outcome>,
     guard: CancelOnDrop,
     mut progress: tokio::sync::mpsc::UnboundedReceiver<String>,
-    model: String,
+    reply: Reply,
     run_id: String,
 ) -> Response {
     let id = format!("chatcmpl-{run_id}");
+    let model = reply.model.clone();
     let chunk =
         move |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
             let mut c = json!({
@@ -419,9 +719,9 @@ fn stream(
             return;
         }
         let mut job = job;
-        let result = loop {
+        let outcome = loop {
             tokio::select! {
-                r = &mut job => break r.ok().flatten(),
+                r = &mut job => break r.unwrap_or(Outcome::NoSlot),
                 Some(p) = progress.recv() => {
                     if tx.send(Bytes::from(format!(": {p}\n\n"))).await.is_err() {
                         return;
@@ -429,25 +729,35 @@ fn stream(
                 }
             }
         };
-        let Some(r) = result else {
-            let _ = tx
-                .send(Bytes::from(
-                    "data: {\"error\": {\"message\": \"no slot to run the team before the request's deadline\", \"type\": \"server_error\"}}\n\n",
-                ))
-                .await;
-            return;
+        let app = &reply.app;
+        // An error event in OpenAI's shape, then [DONE].
+        let fail =
+            |e: Refused, r: Option<&JobResult>| Bytes::from(format!("data: {}\n\n", e.body(r)));
+        let r = match outcome {
+            Outcome::Ran {
+                result,
+                deadline_passed,
+            } => match refusal(&result, app.config.deadline, deadline_passed) {
+                None => result,
+                Some(e) => {
+                    let _ = tx.send(fail(e, Some(&result))).await;
+                    let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
+                    return;
+                }
+            },
+            Outcome::NoSlot | Outcome::Left => {
+                let _ = tx.send(fail(no_slot(app), None)).await;
+                let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
+                return;
+            }
         };
-        let extra = json!({"usage": usage(&r), "conclave": conclave(&r)});
-        let _ = tx
-            .send(chunk(
-                json!({"content": r.answer.clone().unwrap_or_default()}),
-                None,
-                None,
-            ))
-            .await;
-        let _ = tx
-            .send(chunk(json!({}), Some(finish_reason(&r.stop)), Some(extra)))
-            .await;
+        let extra = json!({"usage": usage(&r), "conclave": conclave(&r, &reply.candidates())});
+        let mut delta = message(&r);
+        if let Some(m) = delta.as_object_mut() {
+            m.remove("role");
+        }
+        let _ = tx.send(chunk(delta, None, None)).await;
+        let _ = tx.send(chunk(json!({}), Some("stop"), Some(extra))).await;
         let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
     });
     Response::builder()

@@ -68,6 +68,59 @@ pub struct TeamSection {
     /// Job budget: wall time, e.g. `"30s"`, `"2m"`.
     #[serde(default, with = "humantime_serde")]
     pub max_wall: Option<Duration>,
+    /// Job budget: model calls over all tasks (default: unlimited; each
+    /// task has its own cap, `max_task_calls`).
+    #[serde(default)]
+    pub max_calls: Option<u64>,
+    // Caps on what plugins can make the host do; the defaults and what
+    // each bounds are documented in `crate::team::caps`.
+    /// Subtasks in one plan (default 64, at most 10,000).
+    #[serde(default)]
+    pub max_plan_subtasks: Option<usize>,
+    /// How deep plans nest (default 3; 0: no task may plan).
+    #[serde(default)]
+    pub max_plan_depth: Option<u32>,
+    /// Tasks in one job, plans' subtasks included (default 1,000).
+    #[serde(default)]
+    pub max_job_tasks: Option<usize>,
+    /// Bytes of a planned subtask's prompt (default 16 KiB).
+    #[serde(default)]
+    pub max_plan_prompt_bytes: Option<usize>,
+    /// Bytes of one bus message (default 64 KiB).
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+    /// Bytes a mailbox holds (default 1 MiB).
+    #[serde(default)]
+    pub max_mailbox_bytes: Option<usize>,
+    /// Bytes a run's bus carries in all (default 16 MiB).
+    #[serde(default)]
+    pub max_bus_bytes: Option<u64>,
+    /// Messages a run's bus carries in all (default 10,000).
+    #[serde(default)]
+    pub max_bus_messages: Option<u64>,
+    /// Messages one plugin call may send (default 256).
+    #[serde(default)]
+    pub max_messages_per_call: Option<u32>,
+    /// Bus messages journaled per run (default 1,000; 0: none).
+    #[serde(default)]
+    pub max_journaled_messages: Option<u64>,
+    /// Model calls one plugin call may make (default 16).
+    #[serde(default)]
+    pub max_calls_per_plugin_call: Option<u32>,
+    /// Model calls per task unless its `max_calls` says otherwise (default
+    /// 256).
+    #[serde(default)]
+    pub max_task_calls: Option<u64>,
+    /// Bytes of one model request's messages and stop sequences (default
+    /// 1 MiB).
+    #[serde(default)]
+    pub max_request_bytes: Option<usize>,
+    /// Messages in one model request (default 256).
+    #[serde(default)]
+    pub max_request_messages: Option<usize>,
+    /// Stop sequences in one model request (default 16).
+    #[serde(default)]
+    pub max_request_stops: Option<usize>,
 }
 
 /// `[dag]`: tasks read from a task-list JSON file
@@ -172,6 +225,10 @@ pub struct TaskSection {
     /// Task budget: wall time, e.g. `"20s"`.
     #[serde(default, with = "humantime_serde")]
     pub max_wall: Option<Duration>,
+    /// Task budget: model calls over all replicas, rounds and verifiers
+    /// (default: `[team] max_task_calls`, 256).
+    #[serde(default)]
+    pub max_calls: Option<u64>,
     /// How to run the subtasks if the role answers with a plan.
     #[serde(default)]
     pub subtasks: Option<SubtaskSection>,
@@ -236,7 +293,8 @@ const DAG_KEYS: [&str; 7] = [
 
 const TOP_KEYS: [&str; 6] = ["team", "node", "plugin", "task", "dag", "router"];
 const PLUGIN_KEYS: [&str; 6] = ["name", "path", "builtin", "config", "grants", "limits"];
-const TASK_KEYS: [&str; 16] = [
+const TASK_KEYS: [&str; 17] = [
+    "max_calls",
     "debate_rounds",
     "retries",
     "max_tokens",
@@ -396,7 +454,9 @@ impl TeamSpec {
                     ));
                 }
             }
-            if let Some(e) = zero_budget(t.max_tokens, t.max_cost, t.max_wall) {
+            if let Some(e) = zero_budget(t.max_tokens, t.max_cost, t.max_wall)
+                .or((t.max_calls == Some(0)).then_some("max_calls"))
+            {
                 return Err(err(
                     e,
                     format!("`{e}` must be above zero (a budget of zero can do nothing)"),
@@ -483,6 +543,7 @@ impl TeamSpec {
                     max_tokens: None,
                     max_cost: None,
                     max_wall: None,
+                    max_calls: None,
                     subtasks: None,
                 });
             }
@@ -501,6 +562,10 @@ impl TeamSpec {
                 c,
                 format!("[team]: `{e}` must be above zero (a budget of zero can do nothing)"),
             ));
+        }
+        if let Some((key, why)) = bad_cap(&team) {
+            let (l, c) = find_key(text, key);
+            return Err(syntax(l, c, format!("[team]: `{key}` {why}")));
         }
         if let Some(a) = &team.answer {
             if !tasks.iter().any(|t| &t.id == a) {
@@ -661,7 +726,7 @@ impl TeamSpec {
 }
 
 mod checks;
-use checks::{find_key, unroutable, zero_budget};
+use checks::{bad_cap, find_key, unroutable, zero_budget};
 
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,10 @@
 //! tasks running in parallel. Every model call is admitted first: once a
 //! meter has seen a call, it refuses one that, at the average cost of a call
 //! so far, would take the calls in flight past a limit. So only the first
-//! calls, made before any cost is known, can overshoot. Samples and rounds
-//! are counted by the consensus loop itself (`TaskSpec`).
+//! calls, made before any cost is known, can overshoot. A call budget
+//! counts calls as they are admitted, whether they then succeed or not, so
+//! it holds exactly. Samples and rounds are counted by the consensus loop
+//! itself (`TaskSpec`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +25,10 @@ pub struct Limits {
     pub max_cost: Option<f64>,
     /// Wall-clock time from the start.
     pub max_wall: Option<Duration>,
+    /// Model calls admitted (a refused or failed call counts: it cost the
+    /// host a trip to the router).
+    #[serde(default)]
+    pub max_calls: Option<u64>,
 }
 
 #[derive(Default)]
@@ -31,6 +37,8 @@ struct Spent {
     cost: f64,
     calls: u64,
     in_flight: u64,
+    /// Calls let through by [`Meter::admit`], whatever became of them.
+    admitted: u64,
 }
 
 /// A model call let through by [`Meter::admit`]; dropping it (after
@@ -97,7 +105,10 @@ impl Meter {
         }
         let mut m: Option<&Meter> = Some(self);
         while let Some(x) = m {
-            x.spent().in_flight += 1;
+            let mut s = x.spent();
+            s.in_flight += 1;
+            s.admitted += 1;
+            drop(s);
             m = x.parent.as_deref();
         }
         Ok(Admission {
@@ -135,11 +146,11 @@ impl Meter {
     /// so far, here and in the parents; `None` when nothing limits them
     /// (no token or cost limit, or no call seen yet).
     pub fn room(&self) -> Option<u64> {
-        let (tokens, cost, calls, flying) = {
+        let (tokens, cost, calls, flying, admitted) = {
             let s = self.spent();
-            (s.tokens, s.cost, s.calls, s.in_flight)
+            (s.tokens, s.cost, s.calls, s.in_flight, s.admitted)
         };
-        let mut room: Option<u64> = None;
+        let mut room: Option<u64> = self.limits.max_calls.map(|m| m.saturating_sub(admitted));
         if calls > 0 {
             let fits = |left: f64, per_call: f64| {
                 if per_call <= 0.0 {
@@ -165,10 +176,16 @@ impl Meter {
 
     /// Which budget `more` calls beyond those in flight would pass.
     fn over(&self, more: u64) -> Option<String> {
-        let (tokens, cost, calls, flying) = {
+        let (tokens, cost, calls, flying, admitted) = {
             let s = self.spent();
-            (s.tokens, s.cost, s.calls, s.in_flight)
+            (s.tokens, s.cost, s.calls, s.in_flight, s.admitted)
         };
+        if let Some(m) = self.limits.max_calls.filter(|m| admitted + more > *m) {
+            return Some(format!(
+                "{}: call budget of {m} spent ({admitted} model calls)",
+                self.scope
+            ));
+        }
         // What the calls in flight and `more` will cost, at the average so
         // far (nothing is known before the first call).
         let ahead = (flying + more) as f64 / calls.max(1) as f64 * (calls > 0) as u64 as f64;
@@ -283,6 +300,37 @@ mod tests {
         drop(one);
         assert_eq!(job.room(), Some(1));
         assert!(job.admit().is_ok(), "a place frees when a call ends");
+    }
+
+    #[test]
+    fn a_call_budget_counts_admissions_here_and_in_the_job() {
+        let job = Meter::job(Limits {
+            max_calls: Some(5),
+            ..Default::default()
+        });
+        let t = job.task(
+            "t",
+            Limits {
+                max_calls: Some(3),
+                ..Default::default()
+            },
+        );
+        assert_eq!(t.room(), Some(3));
+        // Admitted and dropped without a charge (a failed call): counted.
+        for _ in 0..3 {
+            drop(t.admit().unwrap());
+        }
+        assert_eq!(
+            t.admit().err().as_deref(),
+            Some("task t: call budget of 3 spent (3 model calls)")
+        );
+        assert_eq!(t.exhausted(), t.admit().err());
+        let u = job.task("u", Limits::default());
+        let _two = (u.admit().unwrap(), u.admit().unwrap());
+        assert_eq!(
+            u.admit().err().as_deref(),
+            Some("job: call budget of 5 spent (5 model calls)")
+        );
     }
 
     #[test]

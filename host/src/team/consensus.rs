@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use super::budget::{Limits, Meter};
 use super::bus::{Bus, Envelope};
-use super::events::{Event, Observer, Quiet};
+use super::events::{Event, Observer, Quiet, Served};
 use super::services::RoutedServices;
 use crate::model::router::CallTag;
 use crate::model::Router;
 use crate::plugin::{
-    AnswerKind, Ballot, CallInfo, Candidate, Decided, Decision, Grants, HostServices, Invocation,
+    AnswerKind, Ballot, CallInfo, Candidate, Decided, Decision, Grants, Invocation,
     Outcome, Plugin, PluginRuntime, Task,
 };
 
@@ -30,10 +30,14 @@ use crate::plugin::{
 pub struct PluginUse {
     /// The team's name for it (a built-in's, or a `[[plugin]]`'s).
     pub name: String,
-    pub plugin: Plugin,
+    /// The component, swappable while the team serves (see
+    /// [`super::swap`]): each call takes the current version at its start.
+    pub plugin: super::swap::PluginSlot,
     /// JSON given to the plugin as `task.config`.
     pub config: String,
     pub grants: Grants,
+    /// The spec's `limits` for it; the runtime's defaults when `None`.
+    pub limits: Option<crate::plugin::SandboxLimits>,
 }
 
 /// What one task asks for.
@@ -176,6 +180,11 @@ pub struct TaskContext {
     /// Model replies already in the journal (resume): answered from here
     /// instead of calling a node again.
     pub recorded: Option<Arc<Recorded>>,
+    /// What the task's plugins may make the host do: plans, model calls,
+    /// messages ([`super::caps`]).
+    pub caps: Arc<super::caps::Caps>,
+    /// The roles a plan may name: the team's role plugins (empty: any).
+    pub roles: Arc<[String]>,
 }
 
 /// Model replies by (task, replica, the replica's n-th call).
@@ -199,6 +208,8 @@ impl TaskContext {
             meter: Meter::job(Limits::default()),
             observer: Arc::new(Quiet),
             recorded: None,
+            caps: Arc::default(),
+            roles: Arc::new([]),
         }
     }
 }
@@ -227,32 +238,6 @@ fn wit_task(
     }
 }
 
-/// A plan as the scheduler takes it, refused when its subtasks do not form
-/// a DAG.
-fn check_plan(plan: &crate::plugin::Plan) -> Result<Vec<PlannedSubtask>, String> {
-    super::dag::Dag::new(
-        plan.subtasks
-            .iter()
-            .map(|s| super::dag::DagTask {
-                id: s.id.clone(),
-                title: String::new(),
-                description: String::new(),
-                dependencies: s.depends_on.clone(),
-            })
-            .collect(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(plan
-        .subtasks
-        .iter()
-        .map(|s| PlannedSubtask {
-            id: s.id.clone(),
-            prompt: s.prompt.clone(),
-            role: s.role.clone(),
-            depends_on: s.depends_on.clone(),
-        })
-        .collect())
-}
 
 /// What a task has gathered so far.
 #[derive(Default)]
@@ -261,6 +246,8 @@ struct Gathered {
     /// The slot (position in its round) of each ballot's replica.
     slots: Vec<u32>,
     plans: Vec<Vec<PlannedSubtask>>,
+    /// The role version behind the first plan.
+    plan_by: Option<Served>,
     failures: Vec<String>,
     samples: u32,
 }
@@ -275,12 +262,12 @@ impl Team {
     /// Runs one task to a stop reason within its job's `ctx`. Dropping the
     /// future cancels the model calls in flight.
     pub async fn run_task_in(&self, run: &str, spec: &TaskSpec, ctx: &TaskContext) -> TaskResult {
-        let used = Arc::new(Mutex::new(Vec::new()));
-        let services: Arc<dyn HostServices> = Arc::new(RoutedServices {
+        let used = Arc::new(Mutex::new(Default::default()));
+        let services = Arc::new(RoutedServices {
             router: self.router.clone(),
             tag: CallTag {
                 run: run.to_string(),
-                role: self.role.plugin.name().to_string(),
+                role: self.role.current().name().to_string(),
             },
             run: run.to_string(),
             gold: spec.gold.clone(),
@@ -288,6 +275,7 @@ impl Team {
             board: spec.inputs.clone(),
             ctx: ctx.clone(),
             calls: Mutex::default(),
+            capped: Mutex::default(),
         });
         let mut g = Gathered::default();
         let mut feedback: Vec<String> = Vec::new();
@@ -343,13 +331,14 @@ impl Team {
                     &Event::Planned {
                         task: spec.id.clone(),
                         subtasks: plan.iter().map(|s| s.id.clone()).collect(),
+                        role: g.plan_by.clone(),
                     },
                 );
                 return finish(StopReason::Decided, Some(&d), round, g);
             }
             let left = spec.max_samples.saturating_sub(g.samples);
             if g.ballots.is_empty() && (left == 0 || ctx.meter.exhausted().is_some()) {
-                let stop = match ctx.meter.exhausted() {
+                let stop = match ctx.meter.exhausted().or_else(|| services.capped()) {
                     Some(why) => StopReason::BudgetExhausted(why),
                     None => StopReason::Failed(format!(
                         "all {} replicas failed; last: {}",
@@ -379,17 +368,28 @@ impl Team {
             );
             let inv = Invocation {
                 grants: self.voter.grants,
-                ..Default::default()
+                limits: self.voter.limits.clone(),
+                services: None,
+                info: CallInfo {
+                    run_id: run.into(),
+                    task_id: spec.id.clone(),
+                    call: g.ballots.len() as u32,
+                    ..Default::default()
+                },
             };
-            let decision = match self
-                .runtime
-                .tally(&self.voter.plugin, &inv, &vt, &g.ballots)
-                .await
-            {
+            let voter = self.voter.current();
+            let decision = match self.runtime.tally(&voter, &inv, &vt, &g.ballots).await {
                 Ok(d) => d,
                 Err(e) => {
-                    let why = StopReason::Failed(format!("voter: {e}"));
-                    return finish(why, None, round, g);
+                    let what = format!("voter: {e}");
+                    let by = served(&self.voter, &voter);
+                    let failure = Event::PluginFailure {
+                        task: spec.id.clone(),
+                        what: what.clone(),
+                        by,
+                    };
+                    ctx.observer.event(run, &failure);
+                    return finish(StopReason::Failed(what), None, round, g);
                 }
             };
             ctx.observer.event(
@@ -400,6 +400,7 @@ impl Team {
                     ballots: g.ballots.len() as u32,
                     voter: self.voter.name.clone(),
                     decision: describe(&decision),
+                    hash: Some(voter.hash().to_string()),
                 },
             );
             let spent = ctx.meter.exhausted();
@@ -454,7 +455,7 @@ impl Team {
         run: &str,
         spec: &TaskSpec,
         ctx: &TaskContext,
-        services: &Arc<dyn HostServices>,
+        services: &Arc<RoutedServices>,
         round: u32,
         want: u32,
         feedback: &[String],
@@ -490,28 +491,31 @@ impl Team {
                 );
                 let inv = Invocation {
                     grants: self.role.grants,
-                    limits: None,
-                    services: Some(services.clone()),
+                    limits: self.role.limits.clone(),
+                    services: Some(services.for_call()),
                     info: CallInfo {
                         run_id: run.into(),
                         task_id: spec.id.clone(),
                         replica,
-                        plugin: String::new(),
+                        ..Default::default()
                     },
                 };
                 async move {
-                    let out = self.runtime.run_role(&self.role.plugin, &inv, &task).await;
-                    (slot, replica, out)
+                    // This call's version, to its end, whatever is swapped in meanwhile.
+                    let role = self.role.current();
+                    let out = self.runtime.run_role(&role, &inv, &task).await;
+                    (slot, replica, served(&self.role, &role), out)
                 }
             });
             let outcomes = futures::future::join_all(calls).await;
             g.samples += pending.len() as u32;
             let mut failed = Vec::new();
-            for (slot, replica, outcome) in outcomes {
+            for (slot, replica, by, outcome) in outcomes {
                 let fail = |why: String| format!("replica {replica}: {why}");
                 match outcome {
                     Ok(Outcome::Candidate(c)) => {
-                        let verdicts = self.judge(run, spec, ctx, round, &c, services, g).await;
+                        let (verdicts, judges) =
+                            self.judge(run, spec, ctx, round, &c, services, g).await;
                         let ballot = Ballot {
                             candidate: c,
                             verdicts,
@@ -522,20 +526,26 @@ impl Team {
                                 task: spec.id.clone(),
                                 round,
                                 ballot: (&ballot).into(),
+                                role: Some(by),
+                                verifiers: judges,
                             },
                         );
                         g.ballots.push(ballot);
                         g.slots.push(slot);
                     }
-                    Ok(Outcome::Plan(p)) => match check_plan(&p) {
-                        Ok(plan) => g.plans.push(plan),
+                    Ok(Outcome::Plan(p)) => match ctx.caps.plan.check(&p, &ctx.roles) {
+                        Ok(plan) => {
+                            g.plan_by.get_or_insert(by);
+                            g.plans.push(plan)
+                        }
                         Err(e) => {
-                            self.failed(run, spec, ctx, g, fail(format!("invalid plan: {e}")));
+                            let what = fail(format!("invalid plan: {e}"));
+                            self.failed(run, spec, ctx, g, by, what);
                             failed.push(slot);
                         }
                     },
                     Err(e) => {
-                        self.failed(run, spec, ctx, g, fail(e.to_string()));
+                        self.failed(run, spec, ctx, g, by, fail(e.to_string()));
                         failed.push(slot);
                     }
                 }
@@ -549,20 +559,22 @@ impl Team {
         }
     }
 
+    /// A plugin call `by` failed with `what`; the task goes on.
     fn failed(
         &self,
         run: &str,
         spec: &TaskSpec,
         ctx: &TaskContext,
         g: &mut Gathered,
+        by: Served,
         what: String,
     ) {
         ctx.observer.event(
             run,
-            &Event::Failure {
+            &Event::PluginFailure {
                 task: spec.id.clone(),
                 what: what.clone(),
-                node: None,
+                by,
             },
         );
         g.failures.push(what);
@@ -595,14 +607,10 @@ impl Team {
                     continue;
                 }
                 let from = format!("{}/{}", spec.id, b.candidate.replica);
-                let m = Envelope::new(&from, &to, "answer", &said(b));
-                let event = Event::Message {
-                    from,
-                    to: to.clone(),
-                    kind: "answer".into(),
-                };
-                if ctx.bus.send(m).is_ok() {
-                    ctx.observer.event(run, &event);
+                let m = Envelope::new(&from, &to, "answer", &said(b))
+                    .fit(ctx.bus.limits().message_bytes);
+                if let Ok(n) = ctx.bus.send(m) {
+                    super::services::journal_message(ctx, run, n, &from, &to, "answer");
                 }
             }
         }
@@ -617,23 +625,44 @@ impl Team {
         ctx: &TaskContext,
         round: u32,
         c: &Candidate,
-        services: &Arc<dyn HostServices>,
+        services: &Arc<RoutedServices>,
         g: &mut Gathered,
-    ) -> Vec<crate::plugin::Verdict> {
-        let mut verdicts = Vec::new();
+    ) -> (Vec<crate::plugin::Verdict>, Vec<Served>) {
+        let (mut verdicts, mut judges) = (Vec::new(), Vec::new());
         for v in &self.verifiers {
             let task = wit_task(run, spec, &v.config, round, c.replica, spec.replicas, &[]);
-            let inv = Invocation::new(v.grants, Some(services.clone()));
-            match self.runtime.verify(&v.plugin, &inv, &task, c).await {
-                Ok(verdict) => verdicts.push(verdict),
+            let inv = Invocation {
+                grants: v.grants,
+                limits: v.limits.clone(),
+                services: Some(services.for_call()),
+                info: CallInfo {
+                    run_id: run.into(),
+                    task_id: spec.id.clone(),
+                    replica: c.replica,
+                    ..Default::default()
+                },
+            };
+            let plugin = v.current();
+            match self.runtime.verify(&plugin, &inv, &task, c).await {
+                Ok(verdict) => {
+                    verdicts.push(verdict);
+                    judges.push(served(v, &plugin));
+                }
                 Err(e) => {
-                    let what =
-                        format!("verifier {} on replica {}: {e}", v.plugin.name(), c.replica);
-                    self.failed(run, spec, ctx, g, what);
+                    let what = format!("verifier {} on replica {}: {e}", plugin.name(), c.replica);
+                    self.failed(run, spec, ctx, g, served(v, &plugin), what);
                 }
             }
         }
-        verdicts
+        (verdicts, judges)
+    }
+}
+
+/// Which component served a call of `u`: `plugin`, the version it took.
+fn served(u: &PluginUse, plugin: &Plugin) -> Served {
+    Served {
+        plugin: u.name.clone(),
+        hash: plugin.hash().to_string(),
     }
 }
 

@@ -47,8 +47,16 @@ pub enum Event {
         task: String,
         round: u32,
         ballot: BallotRecord,
+        /// The role version that produced the candidate (unset in journals
+        /// written before hashes were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Served>,
+        /// The verifier version behind each verdict, in the verdicts' order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        verifiers: Vec<Served>,
     },
-    /// A replica, verifier or model call failed; the task goes on.
+    /// A model call failed (or, in journals written before
+    /// [`Event::PluginFailure`], a replica or verifier); the task goes on.
     Failure {
         task: String,
         what: String,
@@ -56,6 +64,9 @@ pub enum Event {
         #[serde(default)]
         node: Option<String>,
     },
+    /// A plugin call failed (a role's replica, a verifier, a voter): what
+    /// happened, and which version of the plugin it was.
+    PluginFailure { task: String, what: String, by: Served },
     /// A failed replica is drawn again.
     Retry { task: String, replica: u32 },
     /// A message went over the bus.
@@ -72,9 +83,19 @@ pub enum Event {
         /// The voter, as the team names it.
         voter: String,
         decision: String,
+        /// SHA-256 of the voter component that counted (unset in journals
+        /// written before hashes were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<String>,
     },
     /// A coordinator's plan added subtasks to the job.
-    Planned { task: String, subtasks: Vec<String> },
+    Planned {
+        task: String,
+        subtasks: Vec<String>,
+        /// The role version that made the plan.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Served>,
+    },
     /// A task stopped.
     TaskEnded { task: String, result: TaskResult },
 }
@@ -94,8 +115,64 @@ mod tests {
         let e = Event::Planned {
             task: "t".into(),
             subtasks: vec![],
+            role: None,
         };
         assert_eq!(serde_json::to_value(&e).unwrap()["event"], e.name());
+        let e = Event::PluginFailure {
+            task: "t".into(),
+            what: "trapped".into(),
+            by: Served {
+                plugin: "solver".into(),
+                hash: "ab".into(),
+            },
+        };
+        assert_eq!(serde_json::to_value(&e).unwrap()["event"], e.name());
+    }
+
+    #[test]
+    fn events_journaled_before_hashes_were_recorded_still_read() {
+        let vote = r#"{"event":"vote","task":"t","round":0,"ballots":3,"voter":"majority","decision":"decided 4 (3 of 3)"}"#;
+        match serde_json::from_str::<Event>(vote).unwrap() {
+            Event::Vote { hash, ballots, .. } => assert_eq!((hash, ballots), (None, 3)),
+            other => panic!("read as {other:?}"),
+        }
+        let ballot = r#"{"event":"ballot","task":"t","round":0,"ballot":{"replica":1,"node":"sim","answer":"4","text":"Answer: 4","confidence":null,"ranking":[],"verdicts":[]}}"#;
+        match serde_json::from_str::<Event>(ballot).unwrap() {
+            Event::Ballot {
+                role,
+                verifiers,
+                ballot,
+                ..
+            } => assert_eq!((role, verifiers.len(), ballot.answer.as_str()), (None, 0, "4")),
+            other => panic!("read as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ballot_names_the_versions_that_made_and_judged_it() {
+        let by = |p: &str, h: &str| Served {
+            plugin: p.into(),
+            hash: h.into(),
+        };
+        let e = Event::Ballot {
+            task: "t".into(),
+            round: 0,
+            ballot: BallotRecord {
+                replica: 0,
+                node: "sim".into(),
+                answer: "4".into(),
+                text: String::new(),
+                confidence: None,
+                ranking: vec![],
+                verdicts: vec![("answer-format".into(), true, 1.0, String::new())],
+            },
+            role: Some(by("solver", "aa")),
+            verifiers: vec![by("answer-format", "bb")],
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["role"]["hash"], "aa");
+        assert_eq!(v["verifiers"][0]["plugin"], "answer-format");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
     }
 }
 
@@ -107,6 +184,7 @@ impl Event {
             Event::ModelCall { .. } => "model-call",
             Event::Ballot { .. } => "ballot",
             Event::Failure { .. } => "failure",
+            Event::PluginFailure { .. } => "plugin-failure",
             Event::Retry { .. } => "retry",
             Event::Message { .. } => "message",
             Event::Vote { .. } => "vote",
@@ -114,6 +192,15 @@ impl Event {
             Event::TaskEnded { .. } => "task-ended",
         }
     }
+}
+
+/// Which component served a plugin call: the team's name for the plugin,
+/// and the SHA-256 of the component file that answered (what a replay or
+/// an audit compares against the file on disk).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub plugin: String,
+    pub hash: String,
 }
 
 /// A ballot as journaled.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::{Limits, Meter};
 use super::bus::Bus;
+use super::caps::Caps;
 use super::consensus::{PluginUse, Recorded, StopReason, TaskContext, TaskResult, TaskSpec, Team};
 use super::events::Observer;
 use super::scheduler::{self, Executor, JobTask, SubtaskDefaults};
@@ -34,6 +35,9 @@ pub enum JobError {
         #[source]
         source: PluginError,
     },
+    /// The spec gives a plugin limits the runtime cannot honour.
+    #[error("plugin `{name}`: {reason}")]
+    Limits { name: String, reason: String },
 }
 
 /// What a job came to.
@@ -104,6 +108,16 @@ impl PreparedTeam {
         &self.spec
     }
 
+    /// The plugins the team uses, by the team's names for them.
+    pub fn plugins(&self) -> &[(String, PluginUse)] {
+        &self.plugins
+    }
+
+    /// The runtime its plugins run (and are reloaded) on.
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
+    }
+
     /// Runs `question` through the team's task DAG (see
     /// [`super::scheduler`]). `gold` is passed to `sim` nodes only.
     /// `observer` hears every event; cancelling `cancel` stops the job and
@@ -137,14 +151,23 @@ impl PreparedTeam {
             max_tokens: t.max_tokens,
             max_cost: t.max_cost,
             max_wall: t.max_wall,
+            max_calls: t.max_calls,
         });
+        let caps = Arc::new(Caps::of(t));
         let tasks: Vec<JobTask> = self
             .spec
             .tasks
             .iter()
-            .map(|t| job_task(t, question))
+            .map(|t| job_task(t, question, &caps))
             .collect();
-        let bus = Arc::new(Bus::new(t.bus_capacity.unwrap_or(64)));
+        let bus = Arc::new(Bus::with_limits(caps.bus));
+        // What a plan may name as a subtask's role.
+        let roles: Arc<[String]> = self
+            .plugins
+            .iter()
+            .filter(|(_, u)| u.current().kind() == crate::plugin::PluginKind::Role)
+            .map(|(n, _)| n.clone())
+            .collect();
         let executor = Arc::new(TeamExecutor {
             runtime: self.runtime.clone(),
             router: self.router.clone(),
@@ -154,9 +177,16 @@ impl PreparedTeam {
             bus: bus.clone(),
             observer: observer.clone(),
             recorded,
+            caps: caps.clone(),
+            roles,
         });
         let options = scheduler::Options {
             max_parallel_tasks: t.max_parallel_tasks.unwrap_or(16),
+            plans: caps.plan,
+            subtask_limits: Limits {
+                max_calls: Some(caps.model.calls_per_task),
+                ..Limits::default()
+            },
         };
         let done = scheduler::run(
             run_id,
@@ -204,14 +234,20 @@ impl PreparedTeam {
 
 /// Loads every plugin a spec's tasks use and every declared plugin (a
 /// plan may name any role), by the team's names for them. Built-ins come
-/// from `[team] plugin_dir` or else `builtin_dir`; an undeclared built-in
-/// is granted the capabilities it asks for, a declared plugin exactly its
-/// `grants` (plus `log`).
+/// from `[team] plugin_dir` or else `builtin_dir`.
+///
+/// Grants are the spec's alone: a declared plugin gets exactly its
+/// `grants` (plus `log`); an undeclared built-in loaded from `builtin_dir`
+/// gets its documented default ([`crate::plugin::builtin_grants`]); any
+/// other plugin gets `log` only, whatever its `describe()` asks for. What
+/// was asked and not granted is logged. A plugin used as the wrong kind (a
+/// voter as a role) is refused here, before any call.
 pub async fn load_plugins(
     spec: &TeamSpec,
     runtime: &Arc<PluginRuntime>,
     builtin_dir: &Path,
 ) -> Result<Vec<(String, PluginUse)>, JobError> {
+    use crate::plugin::{builtin_grants, Capability, PluginKind};
     let base = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let dir: PathBuf = spec
         .team
@@ -219,19 +255,26 @@ pub async fn load_plugins(
         .as_ref()
         .map(|d| base.join(d))
         .unwrap_or_else(|| builtin_dir.to_path_buf());
+    let from_builtins = spec.team.plugin_dir.is_none();
     // Every declared plugin (a plan may name any role) and every
-    // built-in a task or its subtasks name.
-    let mut names: Vec<&str> = spec.plugins.iter().map(|p| p.name.as_str()).collect();
+    // built-in a task or its subtasks name, with the kind each use needs.
+    let mut uses: Vec<(&str, Option<(PluginKind, &str)>)> = spec
+        .plugins
+        .iter()
+        .map(|p| (p.name.as_str(), None))
+        .collect();
     for t in &spec.tasks {
-        names.push(&t.role);
-        names.push(&t.voter);
-        names.extend(t.verifiers.iter().map(String::as_str));
+        let of = |k| Some((k, t.id.as_str()));
+        uses.push((&t.role, of(PluginKind::Role)));
+        uses.push((&t.voter, of(PluginKind::Voter)));
+        uses.extend(t.verifiers.iter().map(|v| (v.as_str(), of(PluginKind::Verifier))));
         if let Some(s) = &t.subtasks {
-            names.push(&s.role);
-            names.push(&s.voter);
-            names.extend(s.verifiers.iter().map(String::as_str));
+            uses.push((&s.role, of(PluginKind::Role)));
+            uses.push((&s.voter, of(PluginKind::Voter)));
+            uses.extend(s.verifiers.iter().map(|v| (v.as_str(), of(PluginKind::Verifier))));
         }
     }
+    let mut names: Vec<&str> = uses.iter().map(|(n, _)| *n).collect();
     names.sort_unstable();
     names.dedup();
     let mut plugins = Vec::new();
@@ -246,33 +289,77 @@ pub async fn load_plugins(
             None => dir.join(format!("{name}.wasm")),
         };
         let plugin: Plugin = runtime.load_file(&file).await.map_err(load_error(name))?;
-        let (grants, config) = match declared {
+        for (_, need) in uses.iter().filter(|(n, _)| *n == name) {
+            if let Some((kind, task)) = need.filter(|(k, _)| *k != plugin.kind()) {
+                let world = crate::plugin::sandbox::kind_name(kind);
+                return Err(load_error(name)(PluginError::WorldMismatch {
+                    path: file.clone(),
+                    world: world.into(),
+                    reason: format!(
+                        "it is a {}, and task `{task}` uses it as a {world}",
+                        crate::plugin::sandbox::kind_name(plugin.kind())
+                    ),
+                }));
+            }
+        }
+        let (caps, config, limits) = match declared {
             Some(d) => {
-                let mut caps = d.grants.clone();
-                caps.push(crate::plugin::Capability::Log);
                 let config = d
                     .config
                     .as_ref()
                     .map(|c| serde_json::to_string(c).expect("TOML is JSON-able"));
-                (Grants::of(&caps), config.unwrap_or_else(|| "{}".into()))
+                (
+                    d.grants.clone(),
+                    config.unwrap_or_else(|| "{}".into()),
+                    d.limits.clone(),
+                )
             }
-            None => {
-                let caps: Vec<_> = plugin
-                    .descriptor()
-                    .capabilities
-                    .iter()
-                    .map(|c| (*c).into())
-                    .collect();
-                (Grants::of(&caps), "{}".into())
-            }
+            None if from_builtins => (
+                builtin_grants(name).unwrap_or(&[]).to_vec(),
+                "{}".into(),
+                None,
+            ),
+            None => (Vec::new(), "{}".into(), None),
         };
+        let mut caps = caps;
+        caps.push(Capability::Log);
+        let grants = Grants::of(&caps);
+        let refused: Vec<String> = plugin
+            .descriptor()
+            .capabilities
+            .iter()
+            .map(|c| Capability::from(*c))
+            .filter(|c| !grants.allows(*c))
+            .map(|c| c.to_string())
+            .collect();
+        if !refused.is_empty() {
+            tracing::warn!(
+                "plugin `{name}` ({}) asks for {} but the team spec does not grant it; \
+                 add `grants = [...]` to its [[plugin]] table if it should have it",
+                plugin.id(),
+                refused.join(", ")
+            );
+        }
+        if let Some(l) = &limits {
+            let ceiling = runtime.config().max_memory_bytes;
+            if l.memory_bytes > ceiling {
+                return Err(JobError::Limits {
+                    name: name.to_string(),
+                    reason: format!(
+                        "limits.memory_bytes = {} is above the runtime's ceiling of {ceiling} bytes",
+                        l.memory_bytes
+                    ),
+                });
+            }
+        }
         plugins.push((
             name.to_string(),
             PluginUse {
                 name: name.to_string(),
-                plugin,
+                plugin: plugin.into(),
                 config,
                 grants,
+                limits,
             },
         ));
     }
@@ -280,7 +367,7 @@ pub async fn load_plugins(
 }
 
 /// A spec task as the scheduler runs it, for `question`.
-fn job_task(t: &TaskSection, question: &str) -> JobTask {
+fn job_task(t: &TaskSection, question: &str, caps: &Caps) -> JobTask {
     JobTask {
         id: t.id.clone(),
         role: t.role.clone(),
@@ -301,6 +388,7 @@ fn job_task(t: &TaskSection, question: &str) -> JobTask {
             max_tokens: t.max_tokens,
             max_cost: t.max_cost,
             max_wall: t.max_wall,
+            max_calls: Some(t.max_calls.unwrap_or(caps.model.calls_per_task)),
         },
         depends_on: t.depends_on.clone(),
         subtasks: t.subtasks.as_ref().map(|s| SubtaskDefaults {
@@ -323,6 +411,8 @@ struct TeamExecutor {
     bus: Arc<Bus>,
     observer: Arc<dyn Observer>,
     recorded: Option<Arc<Recorded>>,
+    caps: Arc<Caps>,
+    roles: Arc<[String]>,
 }
 
 impl TeamExecutor {
@@ -381,6 +471,8 @@ impl Executor for TeamExecutor {
                 meter: meter.clone(),
                 observer: self.observer.clone(),
                 recorded: self.recorded.clone(),
+                caps: self.caps.clone(),
+                roles: self.roles.clone(),
             };
             let run = team.run_task_in(&self.run_id, &spec, &ctx);
             let result = match meter.deadline() {

@@ -2,14 +2,20 @@
 //! brought to a decision by [`consensus`] (replicas, verifiers, a voter)
 //! within its [`budget`], replicas talking over the run's [`bus`], every
 //! step reported as an [`events::Event`]. [`dag`] reads the paper's task
-//! lists; [`simulate`] runs scheduling policies on them in virtual time.
+//! lists; [`simulate`] runs scheduling policies on them in virtual time;
+//! [`swap`] swaps a replaced plugin file in while a team serves. [`caps`]
+//! bounds what plugins can make the host do; [`plan`] checks the plans
+//! roles return.
 
 pub mod budget;
 pub mod bus;
+pub mod caps;
 pub mod consensus;
 pub mod dag;
 pub mod events;
 pub mod job;
+pub mod plan;
 pub mod scheduler;
 mod services;
 pub mod simulate;
+pub mod swap;

@@ -4,7 +4,11 @@
 //! first (critical path). A task that does not decide stops its dependents
 //! with its reason, never its independent siblings. A plan returned by a
 //! coordinator adds its subtasks to the DAG, and whoever depended on the
-//! coordinator then waits for them too. A job wall-time budget or a
+//! coordinator then waits for them too, unless the plan passes the job's
+//! plan limits (nesting, tasks per job, size: [`PlanLimits`]), in which
+//! case the task that made it fails with the limit it passed. Adding a
+//! plan costs time linear in the plan, not in the job. A job wall-time
+//! budget or a
 //! cancellation stops every task in flight (their model calls are dropped)
 //! and gives each unfinished task that reason.
 //!
@@ -21,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::budget::{Limits, Meter};
 use super::consensus::{PlannedSubtask, StopReason, TaskResult};
 use super::events::{Event, Observer};
+use super::plan::{PlanError, PlanLimits};
 use crate::plugin::AnswerKind;
 
 /// How to run the subtasks of a plan.
@@ -71,12 +76,22 @@ pub trait Executor: Send + Sync + 'static {
 pub struct Options {
     /// Tasks running at once. Default 16.
     pub max_parallel_tasks: usize,
+    /// How large and deep plans may be, and how many tasks a job may have.
+    pub plans: PlanLimits,
+    /// Budgets of each subtask a plan adds. Default: the default cap on a
+    /// task's model calls ([`super::caps::ModelLimits::calls_per_task`]).
+    pub subtask_limits: Limits,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_parallel_tasks: 16,
+            plans: PlanLimits::default(),
+            subtask_limits: Limits {
+                max_calls: Some(super::caps::ModelLimits::default().calls_per_task),
+                ..Limits::default()
+            },
         }
     }
 }
@@ -102,6 +117,9 @@ struct Graph {
     unmet: Vec<usize>,
     /// Waiting tasks with every dependency done, best first.
     ready: std::collections::BinaryHeap<(usize, std::cmp::Reverse<usize>)>,
+    /// How deep in plans each task is: 0 for the spec's, 1 for a subtask
+    /// of their plans, and so on.
+    depth: Vec<u32>,
 }
 
 impl Graph {
@@ -115,17 +133,19 @@ impl Graph {
             unmet: Vec::new(),
             ready: Default::default(),
             tasks: Vec::new(),
+            depth: Vec::new(),
         };
         for t in tasks {
-            g.add(t);
+            g.add(t, 0);
         }
         g.rebuild();
         g
     }
 
-    fn add(&mut self, t: JobTask) {
+    fn add(&mut self, t: JobTask, depth: u32) {
         self.index.insert(t.id.clone(), self.tasks.len());
         self.tasks.push(t);
+        self.depth.push(depth);
         if self.status.len() < self.tasks.len() {
             self.status.push(Status::Waiting);
             self.results.push(None);
@@ -139,10 +159,10 @@ impl Graph {
             .filter_map(|d| self.index.get(d).copied())
     }
 
-    /// Recomputes dependents, unmet dependencies, priorities (the longest
+    /// Computes dependents, unmet dependencies, priorities (the longest
     /// chain to a sink; tasks are acyclic: specs are checked at load and
-    /// plans when returned) and the ready queue. At the start and when a
-    /// plan adds tasks; otherwise the bookkeeping is incremental.
+    /// plans when returned) and the ready queue, at the start; from then on
+    /// the bookkeeping is incremental, plans included.
     fn rebuild(&mut self) {
         let n = self.tasks.len();
         let mut dependents = vec![Vec::new(); n];
@@ -218,10 +238,37 @@ impl Graph {
             .collect()
     }
 
-    /// Adds the subtasks of `parent`'s plan; the parent's dependents wait
-    /// for all of them.
-    fn expand(&mut self, parent: usize, plan: &[PlannedSubtask]) {
+    /// Adds the subtasks of `parent`'s plan, if it fits `limits` (nesting,
+    /// tasks per job, size) and its subtasks' task ids are new; the
+    /// parent's dependents wait for all of them. Time linear in the plan
+    /// and the parent's dependents: nothing else changes, priorities
+    /// included (the subtasks sit between the parent, which is running, and
+    /// its dependents, whose own chains stay what they were).
+    fn expand(
+        &mut self,
+        parent: usize,
+        plan: &[PlannedSubtask],
+        options: &Options,
+    ) -> Result<(), PlanError> {
+        options
+            .plans
+            .admit(self.depth[parent], self.tasks.len(), plan.len())?;
         let p = self.tasks[parent].clone();
+        let name = |id: &str| format!("{}.{id}", p.id);
+        let ids: Vec<String> = plan.iter().map(|s| name(&s.id)).collect();
+        let local: HashMap<&str, usize> = plan
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.id.as_str(), k))
+            .collect();
+        if let Some(k) = (0..plan.len())
+            .find(|&k| self.index.contains_key(&ids[k]) || local[plan[k].id.as_str()] != k)
+        {
+            return Err(PlanError::Taken {
+                id: plan[k].id.clone(),
+                task: ids[k].clone(),
+            });
+        }
         let defaults = p.subtasks.clone().unwrap_or(SubtaskDefaults {
             role: p.role.clone(),
             verifiers: p.verifiers.clone(),
@@ -229,45 +276,106 @@ impl Graph {
             replicas: p.replicas,
             answer_kind: AnswerKind::Text,
         });
-        let name = |id: &str| format!("{}.{id}", p.id);
-        let ids: Vec<String> = plan.iter().map(|s| name(&s.id)).collect();
         let first = self.tasks.len();
+        let depth = self.depth[parent] + 1;
         for s in plan {
             // The plan itself (decided: it does not hold the subtask back)
             // and the coordinator's own inputs come first.
             let mut depends_on = vec![p.id.clone()];
             depends_on.extend(p.depends_on.iter().cloned());
             depends_on.extend(s.depends_on.iter().map(|d| name(d)));
-            self.add(JobTask {
-                id: name(&s.id),
-                role: if s.role.is_empty() {
-                    defaults.role.clone()
-                } else {
-                    s.role.clone()
+            self.add(
+                JobTask {
+                    id: name(&s.id),
+                    role: if s.role.is_empty() {
+                        defaults.role.clone()
+                    } else {
+                        s.role.clone()
+                    },
+                    verifiers: defaults.verifiers.clone(),
+                    voter: defaults.voter.clone(),
+                    prompt: s.prompt.clone(),
+                    answer_kind: defaults.answer_kind,
+                    replicas: defaults.replicas,
+                    max_samples: defaults.replicas,
+                    max_rounds: 1,
+                    debate_rounds: 0,
+                    retries: p.retries,
+                    limits: options.subtask_limits,
+                    depends_on,
+                    subtasks: None,
                 },
-                verifiers: defaults.verifiers.clone(),
-                voter: defaults.voter.clone(),
-                prompt: s.prompt.clone(),
-                answer_kind: defaults.answer_kind,
-                replicas: defaults.replicas,
-                max_samples: defaults.replicas,
-                max_rounds: 1,
-                debate_rounds: 0,
-                retries: p.retries,
-                limits: Limits::default(),
-                depends_on,
-                subtasks: None,
-            });
+                depth,
+            );
         }
-        // Only the tasks that were there before the plan: the subtasks
-        // depend on the plan themselves.
-        for t in &mut self.tasks[..first] {
-            if t.depends_on.contains(&p.id) {
-                t.depends_on.extend(ids.iter().cloned());
+        let n = self.tasks.len();
+        self.dependents.resize(n, Vec::new());
+        self.unmet.resize(n, 0);
+        self.remaining.resize(n, 1);
+        // Only the tasks that were there before the plan wait for it: the
+        // subtasks depend on the plan themselves.
+        let before = std::mem::take(&mut self.dependents[parent]);
+        for &j in &before {
+            self.tasks[j].depends_on.extend(ids.iter().cloned());
+            self.unmet[j] += plan.len();
+        }
+        for i in first..n {
+            let deps: Vec<usize> = self.deps(i).collect();
+            self.unmet[i] = deps
+                .iter()
+                .filter(|&&d| self.status[d] != Status::Done)
+                .count();
+            for d in deps {
+                self.dependents[d].push(i);
+            }
+            self.dependents[i].extend(before.iter().copied());
+        }
+        self.dependents[parent].splice(0..0, before.iter().copied());
+        // Priorities of the subtasks: the longest chain through the plan
+        // (Kahn's order, walked backwards), then on to the parent's
+        // dependents.
+        let tail = before.iter().map(|&j| self.remaining[j]).max().unwrap_or(0);
+        let mut waiting: Vec<usize> = plan.iter().map(|s| s.depends_on.len()).collect();
+        let mut within: Vec<Vec<usize>> = vec![Vec::new(); plan.len()];
+        for (k, s) in plan.iter().enumerate() {
+            for d in &s.depends_on {
+                if let Some(&j) = local.get(d.as_str()) {
+                    within[j].push(k);
+                }
             }
         }
-        self.rebuild();
+        let mut order: Vec<usize> = (0..plan.len()).filter(|&k| waiting[k] == 0).collect();
+        let mut next = 0;
+        while next < order.len() {
+            let j = order[next];
+            next += 1;
+            for &k in &within[j] {
+                waiting[k] = waiting[k].saturating_sub(1);
+                if waiting[k] == 0 {
+                    order.push(k);
+                }
+            }
+        }
+        for &k in order.iter().rev() {
+            let after = within[k]
+                .iter()
+                .map(|&d| self.remaining[first + d])
+                .max()
+                .unwrap_or(0);
+            self.remaining[first + k] = 1 + after.max(tail);
+        }
+        Ok(())
     }
+}
+
+/// `result` with its plan refused for `why`: the task fails, naming the
+/// limit, and adds nothing to the job.
+fn refused(mut result: TaskResult, why: PlanError) -> TaskResult {
+    result.stop = StopReason::Failed(format!("plan refused: {why}"));
+    result.plan = None;
+    result.answer = None;
+    result.support = 0;
+    result
 }
 
 /// Runs `tasks` (acyclic, dependencies by id) to a result each, in the
@@ -352,10 +460,16 @@ pub async fn run(
                         (i, TaskResult::not_run(StopReason::Failed(why)))
                     }
                 };
-                if let (StopReason::Decided, Some(plan)) = (&result.stop, &result.plan) {
-                    let plan = plan.clone();
-                    g.expand(i, &plan);
-                }
+                let result = match (&result.stop, &result.plan) {
+                    (StopReason::Decided, Some(plan)) => {
+                        let plan = plan.clone();
+                        match g.expand(i, &plan, &options) {
+                            Ok(()) => result,
+                            Err(why) => refused(result, why),
+                        }
+                    }
+                    _ => result,
+                };
                 end(&mut g, i, result);
             }
             _ = &mut expiry => {
@@ -464,6 +578,163 @@ mod tests {
         assert_eq!(done[5].1.answer.as_deref(), Some("t5<1"));
     }
 
+    /// Answers every task with the plan `plan` gives it (if any), recording
+    /// the order tasks start in.
+    struct Planner {
+        plan: fn(&JobTask) -> Option<Vec<PlannedSubtask>>,
+        started: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Executor for Planner {
+        fn execute(
+            self: Arc<Self>,
+            task: Arc<JobTask>,
+            _inputs: Vec<(String, String)>,
+            _meter: Arc<Meter>,
+        ) -> BoxFuture<'static, TaskResult> {
+            self.started.lock().unwrap().push(task.id.clone());
+            let plan = (self.plan)(&task);
+            Box::pin(async move {
+                let mut r = TaskResult::not_run(StopReason::Decided);
+                r.answer = Some(task.id.clone());
+                r.plan = plan;
+                r
+            })
+        }
+    }
+
+    fn sub(id: &str, deps: &[&str]) -> PlannedSubtask {
+        PlannedSubtask {
+            id: id.into(),
+            prompt: String::new(),
+            role: String::new(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    async fn run_planner(
+        plan: fn(&JobTask) -> Option<Vec<PlannedSubtask>>,
+        options: Options,
+    ) -> (Vec<(String, TaskResult)>, Vec<String>) {
+        let exec = Arc::new(Planner {
+            plan,
+            started: Default::default(),
+        });
+        let tasks = vec![task("root", &[]), task("after", &["root".into()])];
+        let done = run(
+            "r",
+            tasks,
+            exec.clone(),
+            Meter::job(Limits::default()),
+            options,
+            CancellationToken::new(),
+            &Quiet,
+        )
+        .await;
+        let started = exec.started.lock().unwrap().clone();
+        (done, started)
+    }
+
+    #[tokio::test]
+    async fn a_task_that_always_plans_is_stopped_at_the_depth_cap() {
+        let (done, _) = run_planner(
+            |t| (t.id != "after").then(|| vec![sub("s", &[])]),
+            Options::default(),
+        )
+        .await;
+        let ids: Vec<&str> = done.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["root", "after", "root.s", "root.s.s", "root.s.s.s"]);
+        let deepest = &done[4].1;
+        assert!(
+            matches!(&deepest.stop, StopReason::Failed(w)
+                if w.starts_with("plan refused: the plan would nest 4 deep, past the 3")
+                    && w.contains("max_plan_depth")),
+            "{:?}",
+            deepest.stop
+        );
+        assert_eq!(deepest.plan, None);
+        assert!(
+            matches!(&done[1].1.stop, StopReason::Failed(w)
+                if w.starts_with("dependency root.s.s.s did not decide: plan refused")),
+            "{:?}",
+            done[1].1.stop
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_stops_growing_at_its_task_cap() {
+        let options = Options {
+            plans: PlanLimits {
+                max_job_tasks: 50,
+                ..PlanLimits::default()
+            },
+            ..Options::default()
+        };
+        let (done, _) = run_planner(
+            |t| {
+                (t.id != "after").then(|| (0..10).map(|i| sub(&format!("s{i}"), &[])).collect())
+            },
+            options,
+        )
+        .await;
+        // 2 + 10 + 3 * 10: the fourth second-level plan would pass 50.
+        assert_eq!(done.len(), 42);
+        let refused = done
+            .iter()
+            .filter(|(_, r)| {
+                matches!(&r.stop, StopReason::Failed(w)
+                    if w.starts_with("plan refused") && w.contains("max_job_tasks"))
+            })
+            .count();
+        assert!(refused >= 7, "{refused} refused");
+        assert!(done.iter().all(|(id, _)| id.split('.').count() <= 3));
+    }
+
+    #[tokio::test]
+    async fn a_plans_long_chain_starts_first_and_its_parents_dependents_wait() {
+        let options = Options {
+            max_parallel_tasks: 1,
+            ..Options::default()
+        };
+        let (done, started) = run_planner(
+            |t| {
+                (t.id == "root").then(|| {
+                    vec![
+                        sub("x", &[]),
+                        sub("b", &["a"]),
+                        sub("c", &["b"]),
+                        sub("a", &[]),
+                    ]
+                })
+            },
+            options,
+        )
+        .await;
+        // Priorities: a 4, b 3, then c and x tie at 2 (x was planned first);
+        // the root's dependent waits for all of them.
+        assert_eq!(
+            started,
+            ["root", "root.a", "root.b", "root.x", "root.c", "after"]
+        );
+        assert!(done.iter().all(|(_, r)| r.stop == StopReason::Decided));
+    }
+
+    #[tokio::test]
+    async fn a_plan_that_reuses_a_task_id_is_refused() {
+        let (done, _) = run_planner(
+            |t| (t.id == "root").then(|| vec![sub("s", &[]), sub("s", &[])]),
+            Options::default(),
+        )
+        .await;
+        assert_eq!(done.len(), 2);
+        assert!(
+            matches!(&done[0].1.stop, StopReason::Failed(w)
+                if w.contains("would be task \"root.s\", which the job already has")),
+            "{:?}",
+            done[0].1.stop
+        );
+    }
+
     #[tokio::test]
     async fn the_longest_chain_starts_first() {
         // a -> b -> c is the long chain; x and y stand alone.
@@ -482,6 +753,7 @@ mod tests {
             Meter::job(Limits::default()),
             Options {
                 max_parallel_tasks: 1,
+                ..Options::default()
             },
             CancellationToken::new(),
             &Quiet,

@@ -2,7 +2,17 @@
 //! spread over nodes the task's other replicas are not using, admitted by
 //! and charged to the task's meter, reported as events; the run's bus; and
 //! the decided answers of the task's dependencies (the blackboard).
+//!
+//! Plugins are untrusted, so what they ask of these services is capped
+//! ([`super::caps`]): each plugin call gets a view of its own
+//! ([`RoutedServices::for_call`]) that counts its model calls and
+//! messages; a model request is refused when it is too large to cross into
+//! the host; a call that a cap or budget stops gets
+//! `llm-error::budget-exhausted`; and only the first messages of a run are
+//! journaled.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::bus::{BusError, Envelope};
@@ -13,6 +23,12 @@ use crate::model::{self, ModelError, Router};
 use crate::plugin::bindings::{bus as wit_bus, llm};
 use crate::plugin::{CallInfo, HostServices};
 
+/// Nodes that served a round of a task so far: a set, so it holds each
+/// node once however many calls the replicas make (at most the team's
+/// nodes), and routing a call costs the same on the 10,000th call as on
+/// the first.
+pub(super) type Used = BTreeSet<String>;
+
 /// The host services a replica sees: model calls through the router,
 /// spread over nodes the task's other replicas are not using and charged
 /// to the task's meter, the run's bus, and the task's inputs.
@@ -21,11 +37,177 @@ pub(super) struct RoutedServices {
     pub(super) tag: CallTag,
     pub(super) run: String,
     pub(super) gold: Option<String>,
-    pub(super) used: Arc<Mutex<Vec<String>>>,
+    pub(super) used: Arc<Mutex<Used>>,
     pub(super) board: Vec<(String, String)>,
     pub(super) ctx: TaskContext,
     /// Calls made so far by each replica: the key of a journaled reply.
     pub(super) calls: Mutex<std::collections::HashMap<u32, u32>>,
+    /// Why a per-plugin-call cap stopped a model call of this task, if one
+    /// did: the task's stop reason when its replicas then all fail.
+    pub(super) capped: Mutex<Option<String>>,
+}
+
+impl RoutedServices {
+    /// The services one plugin call gets: these, counting that call's
+    /// model calls and messages against its caps.
+    pub(super) fn for_call(self: &Arc<Self>) -> Arc<dyn HostServices> {
+        Arc::new(PluginCall {
+            task: self.clone(),
+            chats: AtomicU32::new(0),
+            sends: AtomicU32::new(0),
+        })
+    }
+
+    /// Why a per-plugin-call cap stopped one of this task's model calls,
+    /// if one did.
+    pub(super) fn capped(&self) -> Option<String> {
+        self.capped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// One plugin call's view of its task's services: what it has asked for
+/// so far, against the per-call caps.
+struct PluginCall {
+    task: Arc<RoutedServices>,
+    chats: AtomicU32,
+    sends: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl HostServices for PluginCall {
+    async fn chat(
+        &self,
+        call: &CallInfo,
+        request: llm::ChatRequest,
+    ) -> Result<llm::ChatResponse, llm::LlmError> {
+        let cap = self.task.ctx.caps.model.calls_per_plugin_call;
+        // Every call counts, refused ones too: each is a trip into the host
+        // that the plugin's compute deadline does not see.
+        let n = self.chats.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if n > cap {
+            let why = format!(
+                "{}: a plugin call may make {cap} model calls (`max_calls_per_plugin_call` in \
+                 [team])",
+                call.task_id
+            );
+            *self.task.capped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+            return Err(llm::LlmError::BudgetExhausted(why));
+        }
+        self.task.chat(call, request).await
+    }
+
+    fn send(&self, call: &CallInfo, m: wit_bus::Envelope) -> Result<(), wit_bus::BusError> {
+        let cap = self.task.ctx.caps.bus.messages_per_call;
+        if self.sends.fetch_add(1, Ordering::Relaxed) >= cap {
+            return Err(wit_bus::BusError::Full(
+                BusError::CallQuota(cap).to_string(),
+            ));
+        }
+        self.task.send(call, m)
+    }
+
+    fn inbox(&self, call: &CallInfo) -> Vec<wit_bus::Envelope> {
+        self.task.inbox(call)
+    }
+
+    fn read(&self, call: &CallInfo, id: &str) -> Option<String> {
+        self.task.read(call, id)
+    }
+
+    fn keys(&self, call: &CallInfo) -> Vec<String> {
+        self.task.keys(call)
+    }
+}
+
+/// Refuses a model request too large to take into the host: too many
+/// messages or stop sequences, or too many bytes in all (roles, contents
+/// and stop sequences). `protocol`, as the request breaks what the host
+/// accepts, not a budget: the same request will never pass.
+fn check_request(
+    limits: &super::caps::ModelLimits,
+    r: &llm::ChatRequest,
+) -> Result<(), llm::LlmError> {
+    let too_large = |what: String| llm::LlmError::Protocol(format!("request too large: {what}"));
+    if r.messages.len() > limits.request_messages {
+        return Err(too_large(format!(
+            "{} messages, at most {} (`max_request_messages` in [team])",
+            r.messages.len(),
+            limits.request_messages
+        )));
+    }
+    if r.stop.len() > limits.request_stops {
+        return Err(too_large(format!(
+            "{} stop sequences, at most {} (`max_request_stops` in [team])",
+            r.stop.len(),
+            limits.request_stops
+        )));
+    }
+    let bytes: usize = r
+        .messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .chain(r.stop.iter().map(String::len))
+        .chain(r.route.tags.iter().map(String::len))
+        .fold(r.route.node.len(), usize::saturating_add);
+    if bytes > limits.request_bytes {
+        return Err(too_large(format!(
+            "{bytes} bytes of messages, stop sequences and route, at most {} \
+             (`max_request_bytes` in [team])",
+            limits.request_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Longest recipient or kind a journaled message record keeps, in bytes:
+/// the journal records who talked to whom, not what was said.
+const JOURNALED_LABEL_BYTES: usize = 128;
+
+fn label(s: &str) -> String {
+    let mut end = s.len().min(JOURNALED_LABEL_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{}...", &s[..end])
+    } else {
+        s.to_string()
+    }
+}
+
+/// Reports the run's `n`-th message (from 1) to the observer, that is to
+/// the journal: the first `max_journaled_messages` of a run each, then one
+/// record saying that the rest are not (the run's result counts them all).
+pub(super) fn journal_message(
+    ctx: &TaskContext,
+    run: &str,
+    n: u64,
+    from: &str,
+    to: &str,
+    kind: &str,
+) {
+    let cap = ctx.caps.bus.journaled_messages;
+    if n <= cap {
+        let event = Event::Message {
+            from: label(from),
+            to: label(to),
+            kind: label(kind),
+        };
+        ctx.observer.event(run, &event);
+    } else if n == cap + 1 {
+        let event = Event::Message {
+            from: "host".into(),
+            to: String::new(),
+            kind: format!(
+                "not journaled: the messages of this run after the first {cap} \
+                 (`max_journaled_messages` in [team]); the run's result counts them all"
+            ),
+        };
+        ctx.observer.event(run, &event);
+    }
 }
 
 fn replica_seed(call: &CallInfo) -> u64 {
@@ -42,6 +224,8 @@ fn to_llm_error(e: ModelError) -> llm::LlmError {
         ModelError::RateLimited { .. } => llm::LlmError::RateLimited(s),
         ModelError::Timeout { .. } => llm::LlmError::Timeout(s),
         ModelError::Protocol { .. } => llm::LlmError::Protocol(s),
+        // No node could ever serve it: as the WIT puts it, no node could.
+        ModelError::TooLarge { .. } => llm::LlmError::Unavailable(s),
     }
 }
 
@@ -56,6 +240,7 @@ impl HostServices for RoutedServices {
         call: &CallInfo,
         request: llm::ChatRequest,
     ) -> Result<llm::ChatResponse, llm::LlmError> {
+        check_request(&self.ctx.caps.model, &request)?;
         let n = {
             let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
             let n = calls.entry(call.replica).or_insert(0);
@@ -92,7 +277,7 @@ impl HostServices for RoutedServices {
             self.used
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(r.node.clone());
+                .insert(r.node.clone());
             return Ok(llm::ChatResponse {
                 completion_tokens: r.tokens_out,
                 prompt_tokens: r.tokens_in,
@@ -104,7 +289,7 @@ impl HostServices for RoutedServices {
             .ctx
             .meter
             .admit()
-            .map_err(|why| llm::LlmError::Unavailable(format!("budget exhausted: {why}")))?;
+            .map_err(llm::LlmError::BudgetExhausted)?;
         let req = model::ChatRequest {
             messages: request
                 .messages
@@ -125,7 +310,13 @@ impl HostServices for RoutedServices {
         let route = Route {
             tags: request.route.tags.clone(),
             node: (!request.route.node.is_empty()).then(|| request.route.node.clone()),
-            avoid: self.used.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            avoid: self
+                .used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
             deadline: None,
         };
         let routed = match self.router.chat(&route, &self.tag, &req).await {
@@ -145,9 +336,11 @@ impl HostServices for RoutedServices {
         let r = &routed.response;
         let (tin, tout) = (r.prompt_tokens, r.completion_tokens());
         let cost = self.router.cost_of(&r.node, tin.into(), tout.into());
-        self.ctx
-            .meter
-            .charge(u64::from(tin) + u64::from(tout), cost);
+        // A hedge that lost was sent the prompt too: its tokens are spent.
+        self.ctx.meter.charge(
+            u64::from(tin) + u64::from(tout) + u64::from(routed.lost_tokens),
+            cost + routed.lost_cost,
+        );
         let text = r
             .choices
             .first()
@@ -173,7 +366,7 @@ impl HostServices for RoutedServices {
         self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(r.node.clone());
+            .insert(r.node.clone());
         let r = routed.response;
         Ok(llm::ChatResponse {
             completion_tokens: tout,
@@ -192,18 +385,22 @@ impl HostServices for RoutedServices {
             correlation_id: m.correlation_id,
             deadline: None,
         };
-        let event = Event::Message {
-            from: envelope.from.clone(),
-            to: envelope.to.clone(),
-            kind: envelope.kind.clone(),
-        };
+        let (from, to, kind) = (
+            label(&envelope.from),
+            label(&envelope.to),
+            label(&envelope.kind),
+        );
         match self.ctx.bus.send(envelope) {
-            Ok(()) => {
-                self.ctx.observer.event(&self.run, &event);
+            Ok(n) => {
+                journal_message(&self.ctx, &self.run, n, &from, &to, &kind);
                 Ok(())
             }
-            Err(e @ BusError::Full(..)) => Err(wit_bus::BusError::Full(e.to_string())),
-            Err(e) => Err(wit_bus::BusError::UnknownRecipient(e.to_string())),
+            Err(e @ BusError::UnknownRecipient(_)) => {
+                Err(wit_bus::BusError::UnknownRecipient(e.to_string()))
+            }
+            // Every limit on size or count: the WIT's `full`, with the
+            // reason and the key that raises it.
+            Err(e) => Err(wit_bus::BusError::Full(e.to_string())),
         }
     }
 

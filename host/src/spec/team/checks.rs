@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::super::line_col;
-use super::PluginSection;
+use super::{PluginSection, TeamSection};
 use crate::model::node::{suggest, NodeSpec};
 
 /// The first budget of zero among a scope's limits.
@@ -22,6 +22,39 @@ pub(super) fn zero_budget(
     } else {
         None
     }
+}
+
+/// The first cap of `[team]` that cannot work, with why: zero where zero
+/// would stop everything, or past its ceiling.
+pub(super) fn bad_cap(t: &TeamSection) -> Option<(&'static str, String)> {
+    let zero = "must be at least 1 (a cap of zero can do nothing)".to_string();
+    let must_be_positive: [(&'static str, Option<u64>); 14] = [
+        ("bus_capacity", t.bus_capacity.map(|v| v as u64)),
+        ("max_calls", t.max_calls),
+        ("max_plan_subtasks", t.max_plan_subtasks.map(|v| v as u64)),
+        ("max_job_tasks", t.max_job_tasks.map(|v| v as u64)),
+        ("max_plan_prompt_bytes", t.max_plan_prompt_bytes.map(|v| v as u64)),
+        ("max_message_bytes", t.max_message_bytes.map(|v| v as u64)),
+        ("max_mailbox_bytes", t.max_mailbox_bytes.map(|v| v as u64)),
+        ("max_bus_bytes", t.max_bus_bytes),
+        ("max_bus_messages", t.max_bus_messages),
+        ("max_messages_per_call", t.max_messages_per_call.map(u64::from)),
+        ("max_calls_per_plugin_call", t.max_calls_per_plugin_call.map(u64::from)),
+        ("max_task_calls", t.max_task_calls),
+        ("max_request_bytes", t.max_request_bytes.map(|v| v as u64)),
+        ("max_request_messages", t.max_request_messages.map(|v| v as u64)),
+    ];
+    if let Some((key, _)) = must_be_positive.iter().find(|(_, v)| *v == Some(0)) {
+        return Some((key, zero));
+    }
+    let ceiling = crate::plugin::checks::PLAN_SUBTASKS_CEILING;
+    if let Some(n) = t.max_plan_subtasks.filter(|n| *n > ceiling) {
+        return Some((
+            "max_plan_subtasks",
+            format!("is {n}; no team takes more than {ceiling} subtasks in one plan"),
+        ));
+    }
+    None
 }
 
 /// Why no node can serve a plugin's pinned node or tags, if none can.
