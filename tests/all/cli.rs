@@ -166,3 +166,41 @@ fn plan_prints_the_critical_path_and_the_bound() {
     assert!(out.contains("parallel fraction: p = 0.20"), "{out}");
     assert!(out.contains("n=5: 1.19x"), "{out}");
 }
+
+#[test]
+fn a_refused_plugin_is_reported_once_naming_its_file() {
+    let team = format!(
+        "{TEAM}\n[[plugin]]\nname = \"v\"\npath = \"{}\"\n",
+        conclave_tests::plugin("majority").display()
+    )
+    .replace("role = \"solver\"", "role = \"v\"");
+    let d = Dir::new(&team);
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("majority.wasm") && err.contains("task `answer` uses it as a role"),
+        "{err}"
+    );
+    // The cause is not printed again under the error that embeds it.
+    assert_eq!(err.matches("uses it as a role").count(), 1, "{err}");
+}
+
+#[test]
+fn plugins_check_stops_a_sleeping_describe_and_says_what_is_not_granted() {
+    let d = Dir::new(TEAM);
+    let sleepy = conclave_tests::fixture("describe-sleep");
+    let o = d.conclave(&["plugins", "check", sleepy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(5));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("describe-sleep.wasm") && err.contains("compute deadline"),
+        "{err}"
+    );
+    let greedy = conclave_tests::fixture("greedy");
+    let o = d.conclave(&["plugins", "check", greedy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("asks for: llm, bus, blackboard, log"), "{out}");
+    assert!(out.contains("not granted by asking"), "{out}");
+}

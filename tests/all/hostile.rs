@@ -314,11 +314,8 @@ async fn a_sleeping_role_is_stopped_and_a_slow_model_is_bounded_by_the_wall_limi
         other => panic!("expected Timeout, got {other:?}"),
     }
     // Waiting on a model is not compute, but it is wall time.
-    let slow = conclave_tests::ScriptedServices::with(
-        "Answer: 42",
-        Duration::from_secs(3600),
-        vec![],
-    );
+    let slow =
+        conclave_tests::ScriptedServices::with("Answer: 42", Duration::from_secs(3600), vec![]);
     let limits = SandboxLimits {
         deadline: Duration::from_millis(300),
         wall: Duration::from_millis(800),
@@ -356,7 +353,12 @@ async fn oversized_results_are_refused_with_their_size() {
         ("huge-error", "its error"),
     ] {
         let e = rt
-            .tally(&p, &inv, &task(&format!("{{\"do\":\"{what}\"}}")), &[ballot("1")])
+            .tally(
+                &p,
+                &inv,
+                &task(&format!("{{\"do\":\"{what}\"}}")),
+                &[ballot("1")],
+            )
             .await
             .unwrap_err();
         match e {
@@ -383,7 +385,14 @@ async fn oversized_results_are_refused_with_their_size() {
         Err(PluginError::TooLarge { what, .. }) => assert_eq!(what, "its outcome"),
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    match forge(&rt, "huge-message", services.clone(), SandboxLimits::default()).await {
+    match forge(
+        &rt,
+        "huge-message",
+        services.clone(),
+        SandboxLimits::default(),
+    )
+    .await
+    {
         Err(PluginError::TooLarge { what, bytes, .. }) => {
             assert!(what.contains("llm.chat"), "{what}");
             assert!(bytes >= 50 << 20);
@@ -402,7 +411,14 @@ async fn oversized_results_are_refused_with_their_size() {
 async fn candidate_fields_are_the_hosts_to_vouch_for() {
     let rt = runtime();
     let services = conclave_tests::ScriptedServices::new("Answer: 42");
-    match forge(&rt, "claim-node", services.clone(), SandboxLimits::default()).await {
+    match forge(
+        &rt,
+        "claim-node",
+        services.clone(),
+        SandboxLimits::default(),
+    )
+    .await
+    {
         Ok(conclave::plugin::Outcome::Candidate(c)) => {
             assert_eq!(c.node, "scripted", "the node the host routed to");
             assert_eq!(c.replica, 3, "the replica the host called");
@@ -534,4 +550,24 @@ async fn a_device_or_a_directory_is_refused_before_it_is_read() {
     let failures = registry.failures();
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(failures.iter().any(|(_, why)| why.contains("a directory")));
+}
+
+#[tokio::test]
+async fn holding_host_resources_without_end_is_stopped_at_the_handle_limit() {
+    let rt = runtime();
+    let p = hostile(&rt).await;
+    let inv = Invocation {
+        limits: Some(SandboxLimits {
+            deadline: Duration::from_secs(20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match bounded(60, rt.tally(&p, &inv, &task("{\"do\":\"handles\"}"), &[]))
+        .await
+        .unwrap_err()
+    {
+        PluginError::TooManyHandles { limit, .. } => assert_eq!(limit, 10_000),
+        other => panic!("expected TooManyHandles, got {other:?}"),
+    }
 }

@@ -1,14 +1,28 @@
 //! Hot swap: a watched directory replaces plugins atomically under load,
 //! refuses broken replacements, and lets calls in flight finish on the
-//! version they started with.
+//! version they started with; a team's own plugin files are watched the
+//! same way while it serves (`conclave serve` under load, with every vote
+//! journaled with the version that counted it).
 
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use conclave::journal::sqlite::SqliteJournal;
+use conclave::journal::Journal;
 use conclave::plugin::Decision;
+use conclave::team::events::Event;
+use conclave::team::job::PreparedTeam;
+use conclave::team::swap::PluginStatus;
 use conclave::{Invocation, Registry};
-use conclave_tests::{ballot, fixture, runtime, task};
+use conclave_tests::http::{Behaviour, FakeServer};
+use conclave_tests::{
+    ballot, conclave_bin, eventually, fixture, plugin, prepare_file, replace_atomically, restamped,
+    runtime, task, workspace,
+};
+use serde_json::{json, Value};
 
 /// Writes `bytes` to `path` the way a deploy should: a temporary file, then a
 /// rename, so a reader never sees half a file.
@@ -153,20 +167,6 @@ async fn a_thousand_calls_survive_ten_swaps_including_a_broken_one() {
 // A team's own plugin files, watched while it serves: `PreparedTeam::watch`
 // and `conclave serve`.
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-
-use conclave::journal::sqlite::SqliteJournal;
-use conclave::journal::Journal;
-use conclave::team::events::Event;
-use conclave::team::job::PreparedTeam;
-use conclave::team::swap::PluginStatus;
-use conclave_tests::http::{Behaviour, FakeServer};
-use conclave_tests::{
-    conclave_bin, eventually, plugin, prepare_file, replace_atomically, restamped, workspace,
-};
-use serde_json::{json, Value};
-
 /// A sim team whose voter is `voter.wasm` next to the spec.
 const VOTED: &str = r#"
 [team]
@@ -211,8 +211,7 @@ fn hash_of(file: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replacement_that_is_not_the_same_plugin_is_refused_and_the_old_version_keeps_serving()
-{
+async fn a_replacement_that_is_not_the_same_plugin_is_refused_and_the_old_version_keeps_serving() {
     let dir = team_dir(&VOTED.replace("{latency}", ""), &fixture("swap-v1"));
     let voter = dir.path().join("voter.wasm");
     let team = prepare_file(&dir.path().join("team.toml")).await;
@@ -403,7 +402,13 @@ impl Drop for Serving {
 impl Serving {
     fn start(dir: &Path, data: &Path, args: &[&str]) -> Self {
         let mut child = std::process::Command::new(conclave_bin())
-            .args(["serve", "team.toml", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "team.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data)
             .args(args)
             .current_dir(dir)
@@ -418,7 +423,10 @@ impl Serving {
         let (tx, rx) = std::sync::mpsc::channel();
         let kept = log.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(at) = line.split(" at http://").nth(1) {
                     let _ = tx.send(at.split("/v1").next().unwrap_or_default().to_string());
                 }
@@ -560,11 +568,22 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
             let row = server
                 .wait_for(&c, "vote", "the refusal", |r| !r["refused"].is_null())
                 .await;
-            assert_eq!(row["sha256"], current.as_str(), "the old version keeps serving");
-            assert!(row["refused"]["path"].as_str().unwrap().ends_with("voter.wasm"));
+            assert_eq!(
+                row["sha256"],
+                current.as_str(),
+                "the old version keeps serving"
+            );
+            assert!(row["refused"]["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("voter.wasm"));
             continue;
         }
-        let (bytes, hash) = if current == h1 { (&v2, &h2) } else { (&v1, &h1) };
+        let (bytes, hash) = if current == h1 {
+            (&v2, &h2)
+        } else {
+            (&v1, &h1)
+        };
         if i % 2 == 0 {
             replace_atomically(&voter, bytes);
         } else {
@@ -588,7 +607,12 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
         .iter()
         .filter(|(status, r)| *status != 200 || r["conclave"]["stop"]["stop"] != "decided")
         .collect();
-    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed[0]);
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed[0]
+    );
     let answers: std::collections::BTreeSet<&str> = replies
         .iter()
         .map(|(_, r)| r["choices"][0]["message"]["content"].as_str().unwrap())
@@ -601,7 +625,9 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
     assert_eq!(live.len(), 10, "nine swaps after the first load");
     let log = server.log();
     assert!(
-        log.contains("refused the new") && log.contains("voter.wasm") && log.contains("keeps serving"),
+        log.contains("refused the new")
+            && log.contains("voter.wasm")
+            && log.contains("keeps serving"),
         "{log}"
     );
     drop(server);
@@ -627,7 +653,10 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
         let was_live = live.iter().enumerate().any(|(i, (h, from))| {
             h == hash && *from <= *at && live.get(i + 1).is_none_or(|(_, to)| *to >= submitted)
         });
-        assert!(was_live, "{run}: its vote at {at} names {hash}, not serving since {submitted}: {live:?}");
+        assert!(
+            was_live,
+            "{run}: its vote at {at} names {hash}, not serving since {submitted}: {live:?}"
+        );
         assert_eq!(
             r["choices"][0]["message"]["content"].as_str().unwrap(),
             format!("{}:3", version_of(hash, &h1, &h2)),
@@ -643,7 +672,11 @@ fn trace_json(data: &Path, run: &str) -> Value {
         .arg(data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -654,7 +687,10 @@ async fn serve_with_no_watch_keeps_the_version_it_loaded_and_trace_names_it() {
     let server = Serving::start(dir.path(), &data, &["--no-watch"]);
     assert!(!server.log().contains("watching"), "{}", server.log());
     let c = reqwest::Client::new();
-    replace_atomically(&dir.path().join("voter.wasm"), &std::fs::read(fixture("swap-v2")).unwrap());
+    replace_atomically(
+        &dir.path().join("voter.wasm"),
+        &std::fs::read(fixture("swap-v2")).unwrap(),
+    );
     // Long enough for a watcher to have swapped it (it settles in 200 ms).
     tokio::time::sleep(Duration::from_millis(800)).await;
     let r: Value = c
@@ -679,8 +715,16 @@ async fn serve_with_no_watch_keeps_the_version_it_loaded_and_trace_names_it() {
         .find(|p| p["plugin"] == "vote")
         .cloned()
         .unwrap_or_else(|| panic!("{t}"));
-    assert_eq!((vote["hash"].as_str(), vote["calls"].as_u64()), (Some(h1.as_str()), Some(1)));
-    let solver = t["plugins"].as_array().unwrap().iter().find(|p| p["plugin"] == "solver").unwrap();
+    assert_eq!(
+        (vote["hash"].as_str(), vote["calls"].as_u64()),
+        (Some(h1.as_str()), Some(1))
+    );
+    let solver = t["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["plugin"] == "solver")
+        .unwrap();
     assert_eq!(solver["hash"], hash_of(&plugin("solver")).as_str());
     assert_eq!(solver["calls"], 3);
 }

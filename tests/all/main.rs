@@ -7,6 +7,7 @@ mod consensus;
 mod embedded;
 mod eval;
 mod hostile;
+mod hostile_team;
 mod hot_swap;
 mod job;
 mod journal;

@@ -398,7 +398,12 @@ async fn a_failed_run_is_a_500_naming_its_stop_reason_and_run_plain_or_streamed(
     let s = start_team(FAILING, |_| {}).await;
     let c = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", s.base);
-    let r = c.post(&url).json(&ask("What is 6 * 7?")).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .json(&ask("What is 6 * 7?"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "server_error", "{e}");
@@ -419,7 +424,15 @@ async fn a_failed_run_is_a_500_naming_its_stop_reason_and_run_plain_or_streamed(
 
     let mut body = ask("What is 6 * 7?");
     body["stream"] = json!(true);
-    let text = c.post(&url).json(&body).send().await.unwrap().text().await.unwrap();
+    let text = c
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let data = events(&text);
     assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
     let e: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
@@ -442,7 +455,12 @@ async fn no_consensus_is_a_200_whose_message_is_a_refusal_with_the_candidates() 
     let s = start_team(&team, |_| {}).await;
     let c = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", s.base);
-    let r = c.post(&url).json(&ask("What is 6 * 7?")).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .json(&ask("What is 6 * 7?"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r: Value = r.json().await.unwrap();
     let choice = &r["choices"][0];
@@ -466,7 +484,15 @@ async fn no_consensus_is_a_200_whose_message_is_a_refusal_with_the_candidates() 
 
     let mut body = ask("What is 6 * 7?");
     body["stream"] = json!(true);
-    let text = c.post(&url).json(&body).send().await.unwrap().text().await.unwrap();
+    let text = c
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let data = events(&text);
     assert_eq!(data.last(), Some(&"[DONE]"));
     let chunks: Vec<Value> = data[..data.len() - 1]
@@ -474,12 +500,15 @@ async fn no_consensus_is_a_200_whose_message_is_a_refusal_with_the_candidates() 
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
     assert!(
-        chunks
-            .iter()
-            .any(|c| c["choices"][0]["delta"]["refusal"].as_str().is_some_and(|r| r.starts_with("no consensus: "))),
+        chunks.iter().any(|c| c["choices"][0]["delta"]["refusal"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no consensus: "))),
         "{text}"
     );
-    assert_eq!(chunks.last().unwrap()["conclave"]["stop"]["stop"], "no-consensus");
+    assert_eq!(
+        chunks.last().unwrap()["conclave"]["stop"]["stop"],
+        "no-consensus"
+    );
     s.shutdown.cancel();
 }
 
@@ -495,13 +524,21 @@ async fn the_deadline_counts_the_wait_for_a_slot() {
     let first = tokio::spawn(c.post(&url).json(&ask("What is 1 + 1?")).send());
     until_metric(&c, &s.base, "conclave_runs_in_flight", 1.0).await;
     // It waits about a second for the slot, then needs a second more.
-    let r = c.post(&url).json(&ask("What is 2 + 2?")).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .json(&ask("What is 2 + 2?"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "deadline_exceeded", "{e}");
     assert_eq!(e["error"]["stop"]["stop"], "cancelled", "{e}");
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("deadline of 1s 500ms passed (waiting for a slot included)"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 1s 500ms passed (waiting for a slot included)"),
         "{e}"
     );
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
@@ -546,7 +583,12 @@ async fn a_full_queue_is_answered_503_with_retry_after() {
     until_metric(&c, &s.base, "conclave_runs_in_flight", 1.0).await;
     let waiting = tokio::spawn(c.post(&url).json(&ask("What is 2 + 2?")).send());
     until_metric(&c, &s.base, "conclave_requests_waiting", 1.0).await;
-    let r = c.post(&url).json(&ask("What is 3 + 3?")).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .json(&ask("What is 3 + 3?"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let after: u64 = r.headers()[reqwest::header::RETRY_AFTER]
         .to_str()
@@ -590,7 +632,10 @@ async fn plugins_lists_each_plugin_with_its_version_hash_and_load_time() {
         .await
         .unwrap();
     let rows = r["data"].as_array().unwrap();
-    let names: Vec<&str> = rows.iter().map(|p| p["team_name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|p| p["team_name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["majority", "solver"]);
     for p in rows {
         let file = conclave_tests::plugin(p["team_name"].as_str().unwrap());

@@ -187,5 +187,8 @@ answer_kind = "number"
     );
     let (_dir, team) = prepare(&text).await;
     let e = team.err().expect("refused");
-    assert!(e.contains("it is a voter, and task `a` uses it as a role"), "{e}");
+    assert!(
+        e.contains("it is a voter, and task `a` uses it as a role"),
+        "{e}"
+    );
 }

@@ -22,28 +22,35 @@ def main() -> None:
         model=model,
         messages=[{"role": "user", "content": "What is 6 * 7?"}],
     )
-    answer = reply.choices[0].message.content
-    assert reply.choices[0].message.role == "assistant"
-    assert answer is not None and answer.strip() != "", reply
+    message = reply.choices[0].message
+    answer = message.content
+    assert message.role == "assistant"
     assert reply.usage is not None and reply.usage.total_tokens > 0, reply
     extra = reply.model_extra["conclave"]
     assert extra["stop"]["stop"] in ("decided", "no-consensus"), extra
     assert extra["run_id"].startswith("run-"), extra
+    if extra["stop"]["stop"] == "decided":
+        assert answer is not None and answer.strip() != "", reply
+    else:
+        # No consensus: no content, and a refusal that says why.
+        assert answer is None and message.refusal.startswith("no consensus"), reply
 
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "What is 6 * 7?"}],
         stream=True,
     )
-    parts, finish, last = [], None, None
+    parts, refusal, finish, last = [], None, None, None
     for chunk in stream:
         last = chunk
         if chunk.choices and chunk.choices[0].delta.content:
             parts.append(chunk.choices[0].delta.content)
+        if chunk.choices and chunk.choices[0].delta.refusal:
+            refusal = chunk.choices[0].delta.refusal
         if chunk.choices and chunk.choices[0].finish_reason:
             finish = chunk.choices[0].finish_reason
     assert finish == "stop", finish
-    assert "".join(parts).strip() != "", parts
+    assert "".join(parts).strip() != "" or refusal.startswith("no consensus"), parts
     assert last is not None and last.model_extra["conclave"]["run_id"].startswith("run-")
     print(f"openai client: plain answer {answer!r}, streamed answer {''.join(parts)!r}")
 

@@ -226,15 +226,15 @@ pub fn trace(log: &RunLog) -> Trace {
                         served(by, false);
                     }
                     format!(
-                    "  {task}/{} round {round}: answer {:?}{}",
-                    ballot.replica,
-                    ballot.answer,
-                    if ballot.verdicts.iter().all(|v| v.1) {
-                        ""
-                    } else {
-                        " (failed a verifier)"
-                    }
-                )
+                        "  {task}/{} round {round}: answer {:?}{}",
+                        ballot.replica,
+                        ballot.answer,
+                        if ballot.verdicts.iter().all(|v| v.1) {
+                            ""
+                        } else {
+                            " (failed a verifier)"
+                        }
+                    )
                 }
                 Event::Failure { task, what, node } => {
                     if let Some(n) = node {
@@ -278,7 +278,9 @@ pub fn trace(log: &RunLog) -> Trace {
                         }
                         None => String::new(),
                     };
-                    format!("  {task} round {round}: {voter}{version} on {ballots} ballots: {decision}")
+                    format!(
+                        "  {task} round {round}: {voter}{version} on {ballots} ballots: {decision}"
+                    )
                 }
                 Event::Planned {
                     task,

@@ -56,7 +56,10 @@ pub enum PluginError {
 
     /// The plugin called `exit` (WASI `exit`, `std::process::exit`,
     /// `sys.exit`) instead of returning.
-    #[error("plugin {plugin} called exit({code}) instead of returning a result{}", tail(stderr))]
+    #[error(
+        "plugin {plugin} called exit({code}) instead of returning a result{}",
+        tail(stderr)
+    )]
     Exit {
         plugin: String,
         code: i32,
@@ -73,6 +76,14 @@ pub enum PluginError {
         bytes: usize,
         limit: usize,
     },
+
+    /// The plugin held more host resources (WASI streams, pollables) at
+    /// once than its `handles` limit.
+    #[error(
+        "plugin {plugin} held more than {limit} host resources (WASI streams, pollables) at once \
+         and was stopped; raise `handles` in the plugin's limits if it really needs more"
+    )]
+    TooManyHandles { plugin: String, limit: u32 },
 
     /// Every instance slot of the runtime stayed busy for the whole wait.
     #[error(

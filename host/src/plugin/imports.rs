@@ -215,9 +215,11 @@ impl StoreState {
             services,
             info,
         } = setup;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.handles as usize);
         StoreState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: Limiter::new(memory_cap, limits.table_elements, limits.instances as usize),
             grants,
             services,
@@ -334,9 +336,7 @@ impl llm::Host for StoreState {
             )));
         };
         let clock = self.clock.clone();
-        let result = clock
-            .waiting_on(services.chat(&self.info, request))
-            .await;
+        let result = clock.waiting_on(services.chat(&self.info, request)).await;
         if let Ok(r) = &result {
             self.last_node = Some(r.node.clone());
         }
@@ -381,5 +381,23 @@ impl blackboard::Host for StoreState {
             .as_ref()
             .map(|s| s.keys(&self.info))
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The memory cap is on the sum over a call's memories.
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_the_call() {
+        let mut l = Limiter::new(64 << 20, 100, 16);
+        // Two memories of 40 MiB each: the second is over the sum.
+        assert!(l.memory_growing(0, 40 << 20, None).unwrap());
+        let e = l.memory_growing(0, 40 << 20, None).unwrap_err();
+        assert!(e.downcast_ref::<MemoryCapReached>().is_some());
+        // Growing the first within the cap still works.
+        assert!(l.memory_growing(40 << 20, 60 << 20, None).unwrap());
+        assert_eq!(l.memory_used, 60 << 20);
     }
 }

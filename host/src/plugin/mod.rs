@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod guard;
 pub mod imports;
+mod load;
 pub mod output;
 pub mod registry;
 pub mod sandbox;
@@ -190,6 +191,9 @@ pub struct SandboxLimits {
     pub log_lines: u32,
     /// `log.write` bytes kept per call; the rest are dropped. Default 16 KiB.
     pub log_bytes: usize,
+    /// Host resources (WASI streams, pollables, ...) a call may hold at
+    /// once: each costs host memory. Default 10,000.
+    pub handles: u32,
 }
 
 impl Default for SandboxLimits {
@@ -205,6 +209,7 @@ impl Default for SandboxLimits {
             import_bytes: 1 << 20,
             log_lines: 100,
             log_bytes: 16 << 10,
+            handles: 10_000,
         }
     }
 }

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
 use super::bindings::{role, verifier, voter};
-use super::checks::{check_decision, check_descriptor, check_header, check_plan, panic_message};
+use super::checks::{check_decision, check_plan, panic_message};
 use super::engine::{self, Ticker};
 use super::guard::{guard, WallReached};
 use super::imports::{
@@ -27,8 +27,8 @@ use super::output::CappedPipe;
 use super::sizes;
 use super::wasi::{FrozenClock, SeededRandom};
 use super::{
-    cache, Ballot, Candidate, Decision, Descriptor, Invocation, Outcome, PluginError, PluginKind,
-    RuntimeConfig, SandboxLimits, Task, TrapKind, Verdict, WIT_VERSION,
+    Ballot, Candidate, Decision, Descriptor, Invocation, Outcome, PluginError, PluginKind,
+    RuntimeConfig, SandboxLimits, Task, TrapKind, Verdict,
 };
 
 /// Instantiates a pre-instantiated component, waiting (bounded by the
@@ -41,7 +41,8 @@ macro_rules! instantiate {
         loop {
             match $pre.instantiate_async(&mut *$store).await {
                 Err(e)
-                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some()
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some()
                         && Instant::now() < give_up =>
                 {
                     tokio::time::sleep(pause).await;
@@ -53,24 +54,24 @@ macro_rules! instantiate {
     }};
 }
 
-enum Pre {
+pub(super) enum Pre {
     Role(role::RolePre<StoreState>),
     Verifier(verifier::VerifierPre<StoreState>),
     Voter(voter::VoterPre<StoreState>),
 }
 
-struct PluginInner {
-    descriptor: Descriptor,
-    hash: String,
-    path: PathBuf,
-    pre: Pre,
+pub(super) struct PluginInner {
+    pub(super) descriptor: Descriptor,
+    pub(super) hash: String,
+    pub(super) path: PathBuf,
+    pub(super) pre: Pre,
 }
 
 /// A loaded, checked plugin. Cheap to clone; a call holds a clone for its
 /// whole duration, which is what lets hot swap replace a plugin while calls
 /// on the old version finish.
 #[derive(Clone)]
-pub struct Plugin(Arc<PluginInner>);
+pub struct Plugin(pub(super) Arc<PluginInner>);
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,14 +131,14 @@ pub fn kind_name(kind: PluginKind) -> &'static str {
 /// Compiles, checks and calls plugins. One per process is enough; share it
 /// behind an `Arc`.
 pub struct PluginRuntime {
-    engine: Engine,
-    pooling: bool,
-    config: RuntimeConfig,
-    role_linker: Linker<StoreState>,
-    verifier_linker: Linker<StoreState>,
-    voter_linker: Linker<StoreState>,
-    slots: tokio::sync::Semaphore,
-    _ticker: Ticker,
+    pub(super) engine: Engine,
+    pub(super) pooling: bool,
+    pub(super) config: RuntimeConfig,
+    pub(super) role_linker: Linker<StoreState>,
+    pub(super) verifier_linker: Linker<StoreState>,
+    pub(super) voter_linker: Linker<StoreState>,
+    pub(super) slots: tokio::sync::Semaphore,
+    pub(super) _ticker: Ticker,
 }
 
 impl PluginRuntime {
@@ -188,190 +189,6 @@ impl PluginRuntime {
     /// The runtime's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
-    }
-
-    /// Reads, compiles (through the cache), checks and describes the
-    /// component at `path`.
-    pub async fn load_file(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = self.read_component(path).await?;
-        self.load_bytes(bytes, path).await
-    }
-
-    /// Reads a component file: only a regular file (symlinks followed) of
-    /// at most `max_file_bytes`, checked before reading and enforced while
-    /// reading, so a device, a pipe or a file that keeps growing cannot make
-    /// the host read without end.
-    pub async fn read_component(&self, path: &Path) -> Result<Vec<u8>, PluginError> {
-        use tokio::io::AsyncReadExt;
-        let io = |source| PluginError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let not = |reason: String| PluginError::NotAComponent {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let limit = self.config.max_file_bytes;
-        let meta = tokio::fs::metadata(path).await.map_err(io)?;
-        if !meta.is_file() {
-            let what = if meta.is_dir() {
-                "a directory"
-            } else {
-                "not a regular file (a device, pipe or socket)"
-            };
-            return Err(not(format!("it is {what}; a plugin is a `.wasm` file")));
-        }
-        if meta.len() > limit {
-            return Err(not(format!(
-                "it is {} bytes, over the limit of {limit} bytes for a component",
-                meta.len()
-            )));
-        }
-        let file = tokio::fs::File::open(path).await.map_err(io)?;
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(io)?;
-        if bytes.len() as u64 > limit {
-            return Err(not(format!(
-                "it grew past the limit of {limit} bytes for a component while being read"
-            )));
-        }
-        Ok(bytes)
-    }
-
-    /// Compiles and checks a component given as bytes; `origin` names it in
-    /// errors. Compilation runs on a blocking thread.
-    pub async fn load_bytes(&self, bytes: Vec<u8>, origin: &Path) -> Result<Plugin, PluginError> {
-        check_header(&bytes, origin)?;
-        let hash = cache::content_hash(&bytes);
-        let engine = self.engine.clone();
-        let cache_dir = self.config.cache_dir.clone();
-        let origin_buf = origin.to_path_buf();
-        let component = tokio::task::spawn_blocking(move || {
-            cache::compile(&engine, &bytes, &origin_buf, cache_dir.as_deref())
-        })
-        .await
-        .map_err(|e| PluginError::Engine(format!("compile task failed: {e}")))??;
-        let pre = self.check_world(&component, origin)?;
-        let mut plugin = Plugin(Arc::new(PluginInner {
-            descriptor: Descriptor {
-                name: String::new(),
-                version: String::new(),
-                kind: PluginKind::Voter,
-                capabilities: Vec::new(),
-                description: String::new(),
-            },
-            hash,
-            path: origin.to_path_buf(),
-            pre,
-        }));
-        let descriptor = self.describe(&plugin).await?;
-        let world = match plugin.0.pre {
-            Pre::Role(_) => PluginKind::Role,
-            Pre::Verifier(_) => PluginKind::Verifier,
-            Pre::Voter(_) => PluginKind::Voter,
-        };
-        if descriptor.kind != world {
-            return Err(PluginError::WorldMismatch {
-                path: origin.to_path_buf(),
-                world: kind_name(world).into(),
-                reason: format!(
-                    "it describes itself as a {} but implements the {} world",
-                    kind_name(descriptor.kind),
-                    kind_name(world)
-                ),
-            });
-        }
-        check_descriptor(&descriptor, origin)?;
-        Arc::get_mut(&mut plugin.0)
-            .expect("not shared yet")
-            .descriptor = descriptor;
-        Ok(plugin)
-    }
-
-    /// Works out which world a component implements and type-checks it
-    /// against that world once, so per-call instantiation cannot fail on types.
-    fn check_world(&self, component: &Component, origin: &Path) -> Result<Pre, PluginError> {
-        let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        for name in imports.iter().chain(&exports) {
-            if let Some(rest) = name.strip_prefix("conclave:plugin/") {
-                let found = rest
-                    .split_once('@')
-                    .map(|(_, v)| v)
-                    .unwrap_or("(unversioned)");
-                if found != WIT_VERSION {
-                    return Err(PluginError::UnsupportedVersion {
-                        path: origin.to_path_buf(),
-                        found: found.to_string(),
-                        supported: WIT_VERSION.into(),
-                    });
-                }
-            }
-        }
-        let has = |n: &str| exports.iter().any(|e| e == n);
-        let worlds: Vec<(&str, &str)> =
-            [("run", "role"), ("verify", "verifier"), ("tally", "voter")]
-                .into_iter()
-                .filter(|(f, _)| has(f))
-                .collect();
-        let mismatch = |world: &str, reason: String| PluginError::WorldMismatch {
-            path: origin.to_path_buf(),
-            world: world.to_string(),
-            reason,
-        };
-        let world = match worlds.as_slice() {
-            [(_, w)] => *w,
-            [] => {
-                return Err(mismatch(
-                    "role, verifier or voter",
-                    format!(
-                        "it exports none of `run` (role), `verify` (verifier) or `tally` (voter); it exports [{}]",
-                        exports.join(", ")
-                    ),
-                ))
-            }
-            many => {
-                return Err(mismatch(
-                    "role, verifier or voter",
-                    format!(
-                        "it exports the functions of several worlds ({}); a plugin implements exactly one",
-                        many.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
-                    ),
-                ))
-            }
-        };
-        if !has("describe") {
-            return Err(mismatch(world, "it does not export `describe`".into()));
-        }
-        let linker = match world {
-            "role" => &self.role_linker,
-            "verifier" => &self.verifier_linker,
-            _ => &self.voter_linker,
-        };
-        let pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| mismatch(world, format!("{e:#}")))?;
-        Ok(match world {
-            "role" => {
-                Pre::Role(role::RolePre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?)
-            }
-            "verifier" => Pre::Verifier(
-                verifier::VerifierPre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?,
-            ),
-            _ => Pre::Voter(
-                voter::VoterPre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?,
-            ),
-        })
     }
 
     /// The limits of a call: the invocation's, else the runtime's defaults.
@@ -510,6 +327,15 @@ impl PluginRuntime {
                 limit: t.limit,
             });
         }
+        if matches!(
+            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) {
+            return Err(PluginError::TooManyHandles {
+                plugin: name,
+                limit: state.limits.handles,
+            });
+        }
         if let Some(x) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return Err(PluginError::Exit {
                 plugin: name,
@@ -517,8 +343,7 @@ impl PluginRuntime {
                 stderr: panic_message(&state.stderr.text()),
             });
         }
-        if e
-            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
             .is_some()
         {
             return Err(PluginError::Busy {
@@ -585,7 +410,7 @@ impl PluginRuntime {
         Ok(())
     }
 
-    async fn describe(&self, plugin: &Plugin) -> Result<Descriptor, PluginError> {
+    pub(super) async fn describe(&self, plugin: &Plugin) -> Result<Descriptor, PluginError> {
         let inv = Invocation {
             grants: super::Grants::none(),
             ..Default::default()

@@ -359,10 +359,11 @@ impl Ballots {
             ..
         } = e
         {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((task.clone(), *round, ballot.answer.clone()));
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push((
+                task.clone(),
+                *round,
+                ballot.answer.clone(),
+            ));
         }
     }
 

@@ -98,11 +98,10 @@ impl Meter {
     }
 
     /// Lets one more model call through, or says which budget it would
-    /// pass.
+    /// pass. The call takes its place first and gives it back if it does
+    /// not fit, so that calls admitted at the same moment on other threads
+    /// (other tasks of the job) cannot together pass a call budget.
     pub fn admit(self: &Arc<Self>) -> Result<Admission, String> {
-        if let Some(why) = self.over(1) {
-            return Err(why);
-        }
         let mut m: Option<&Meter> = Some(self);
         while let Some(x) = m {
             let mut s = x.spent();
@@ -111,9 +110,21 @@ impl Meter {
             drop(s);
             m = x.parent.as_deref();
         }
-        Ok(Admission {
+        let admission = Admission {
             meter: self.clone(),
-        })
+        };
+        match self.over(0) {
+            None => Ok(admission),
+            Some(why) => {
+                let mut m: Option<&Meter> = Some(self);
+                while let Some(x) = m {
+                    x.spent().admitted -= 1;
+                    m = x.parent.as_deref();
+                }
+                // Dropping the admission gives back its place in flight.
+                Err(why)
+            }
+        }
     }
 
     /// Charges one model call here and in the parents.
@@ -181,8 +192,11 @@ impl Meter {
             (s.tokens, s.cost, s.calls, s.in_flight, s.admitted)
         };
         if let Some(m) = self.limits.max_calls.filter(|m| admitted + more > *m) {
+            // The calls made besides the one asking (admitted already, from
+            // `admit`, or the next one, from `exhausted`).
+            let made = (admitted + more).saturating_sub(1);
             return Some(format!(
-                "{}: call budget of {m} spent ({admitted} model calls)",
+                "{}: call budget of {m} spent ({made} model calls)",
                 self.scope
             ));
         }

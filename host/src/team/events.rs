@@ -66,7 +66,11 @@ pub enum Event {
     },
     /// A plugin call failed (a role's replica, a verifier, a voter): what
     /// happened, and which version of the plugin it was.
-    PluginFailure { task: String, what: String, by: Served },
+    PluginFailure {
+        task: String,
+        what: String,
+        by: Served,
+    },
     /// A failed replica is drawn again.
     Retry { task: String, replica: u32 },
     /// A message went over the bus.
@@ -143,7 +147,10 @@ mod tests {
                 verifiers,
                 ballot,
                 ..
-            } => assert_eq!((role, verifiers.len(), ballot.answer.as_str()), (None, 0, "4")),
+            } => assert_eq!(
+                (role, verifiers.len(), ballot.answer.as_str()),
+                (None, 0, "4")
+            ),
             other => panic!("read as {other:?}"),
         }
     }

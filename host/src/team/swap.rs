@@ -219,9 +219,7 @@ fn watched_path(file: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::canonicalize(&parent)
-        .unwrap_or(parent)
-        .join(name)
+    std::fs::canonicalize(&parent).unwrap_or(parent).join(name)
 }
 
 /// The files being watched: each with the slots loaded from it.
