@@ -571,3 +571,56 @@ async fn holding_host_resources_without_end_is_stopped_at_the_handle_limit() {
         other => panic!("expected TooManyHandles, got {other:?}"),
     }
 }
+
+/// The built-in `majority` voter with `extra` more memories of `pages`.
+async fn many_memories(
+    rt: &PluginRuntime,
+    extra: u32,
+    pages: u64,
+) -> Result<Plugin, PluginError> {
+    let bytes = std::fs::read(plugin("majority")).unwrap();
+    let grown = conclave_tests::with_extra_memories(&bytes, extra, pages);
+    rt.load_bytes(grown, std::path::Path::new("many-memories.wasm"))
+        .await
+}
+
+#[tokio::test]
+async fn the_memory_cap_is_on_the_sum_of_a_components_memories() {
+    let rt = runtime();
+    // Two more memories of 40 MiB each: each fits the 64 MiB cap, the
+    // sum does not, and the first instance (at load) already fails.
+    match many_memories(&rt, 2, 640).await.unwrap_err() {
+        PluginError::OutOfMemory { limit_bytes, .. } => assert_eq!(limit_bytes, 64 << 20),
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    // One more fits, and serves.
+    let p = many_memories(&rt, 1, 640).await.unwrap();
+    let d = rt
+        .tally(&p, &Invocation::default(), &task(""), &[ballot("7")])
+        .await
+        .unwrap();
+    assert_eq!(answer(d), "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_wait_for_pool_slots_instead_of_failing() {
+    // Two call slots, so the pool holds four memories; each call of this
+    // component needs three, so two calls at once cannot both have theirs.
+    let rt = runtime_with(RuntimeConfig {
+        max_concurrent_calls: 2,
+        ..Default::default()
+    });
+    assert!(rt.is_pooling(), "this machine gives no pooling allocator");
+    let p = many_memories(&rt, 2, 1).await.unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..64 {
+        let (rt, p) = (rt.clone(), p.clone());
+        calls.push(tokio::spawn(async move {
+            rt.tally(&p, &Invocation::default(), &task(""), &[ballot("7")])
+                .await
+        }));
+    }
+    for c in calls {
+        assert_eq!(answer(c.await.unwrap().unwrap()), "7");
+    }
+}

@@ -111,7 +111,6 @@ async fn a_20000_subtask_chain_is_refused_in_seconds() {
     let spec = team("", r#"{ do = "plan", n = 20000, shape = "chain" }"#, "");
     let (r, _, took) = attack(&spec).await;
     let why = failed(task(&r, "attack"));
-    eprintln!("DEBUG {why}");
     // Refused whole: at the sandbox boundary (too many bytes) or by the
     // host's ceiling on subtasks, whichever comes first.
     assert!(
@@ -128,7 +127,6 @@ async fn a_100000_subtask_plan_is_refused_in_seconds() {
     let spec = team("", r#"{ do = "plan", n = 100000 }"#, "");
     let (r, _, took) = attack(&spec).await;
     let why = failed(task(&r, "attack"));
-    eprintln!("DEBUG {why}");
     assert!(
         why.contains("over the limit of") || why.contains("max_plan_subtasks"),
         "{why}"
@@ -145,7 +143,6 @@ async fn a_plan_past_the_host_ceiling_is_refused_before_it_is_walked() {
     let spec = team("", r#"{ do = "plan", n = 10001, shape = "chain" }"#, "");
     let (r, _, took) = attack(&spec).await;
     let why = failed(task(&r, "attack"));
-    eprintln!("DEBUG {why}");
     assert!(
         why.contains("the plan has 10001 subtasks; no team takes more than 10000"),
         "{why}"
@@ -191,7 +188,6 @@ async fn plans_past_the_teams_limits_fail_their_task_naming_the_key() {
     for (team_extra, config, want) in cases {
         let (r, _, _) = attack(&team(team_extra, config, "")).await;
         let why = failed(task(&r, "attack"));
-    eprintln!("DEBUG {why}");
         assert!(why.contains(want), "{config}: {why}");
         assert_eq!(r.tasks.len(), 3, "{config}: nothing joined the job");
         contained(&r);
@@ -238,7 +234,11 @@ async fn no_task_may_plan_at_depth_zero() {
 
 #[tokio::test]
 async fn a_fanning_planner_stops_at_the_jobs_task_cap() {
-    let spec = team("max_job_tasks = 60", r#"{ do = "always-plan", n = 10 }"#, "");
+    let spec = team(
+        "max_job_tasks = 60",
+        r#"{ do = "always-plan", n = 10 }"#,
+        "",
+    );
     let (r, _, took) = attack(&spec).await;
     // 3 + 10 from the first plan, then four second-level plans of 10:
     // a fifth would take the job past 60.
@@ -301,7 +301,9 @@ fn seen(events: &[Event], task: &str) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Ballot { task: t, ballot, .. } if t == task => Some(ballot.answer.clone()),
+            Event::Ballot {
+                task: t, ballot, ..
+            } if t == task => Some(ballot.answer.clone()),
             _ => None,
         })
         .collect()
@@ -330,11 +332,7 @@ fn messages(events: &[Event]) -> Vec<(String, String, String)> {
 async fn a_broadcast_flood_is_bounded_in_bytes_not_copied_per_mailbox() {
     // Four replicas broadcast 60 KB messages to each other as fast as they
     // can: each mailbox takes 1 MiB, and the run 16 MiB in all.
-    let spec = team(
-        "",
-        r#"{ do = "bus-flood", bytes = 60000 }"#,
-        "replicas = 4",
-    );
+    let spec = team("", r#"{ do = "bus-flood", bytes = 60000 }"#, "replicas = 4");
     let (r, events, took) = attack(&spec).await;
     let answers = seen(&events, "attack");
     assert_eq!(answers.len(), 4, "{r:?}");
@@ -378,7 +376,10 @@ async fn a_send_loop_is_stopped_per_call_and_per_run_and_journaled_once_past_the
     let (r, events, took) = attack(&spec).await;
     let answers = seen(&events, "attack");
     assert_eq!(answers.len(), 2);
-    assert!(answers.iter().all(|a| a.starts_with("full after ")), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a.starts_with("full after ")),
+        "{answers:?}"
+    );
     // 256 a call at most; 300 in the run.
     assert!(answers.iter().all(|a| after(a) <= 256), "{answers:?}");
     assert_eq!(answers.iter().map(|a| after(a)).sum::<u64>(), 300);
@@ -386,7 +387,9 @@ async fn a_send_loop_is_stopped_per_call_and_per_run_and_journaled_once_past_the
     let journaled = messages(&events);
     assert_eq!(journaled.len(), 101, "100 messages and one summary");
     assert!(
-        journaled[100].2.starts_with("not journaled: the messages of this run after the first 100"),
+        journaled[100]
+            .2
+            .starts_with("not journaled: the messages of this run after the first 100"),
         "{:?}",
         journaled[100]
     );
@@ -482,7 +485,9 @@ async fn every_task_has_a_default_call_budget() {
     let answers = seen(&events, "attack");
     assert_eq!(answers.len(), 20);
     assert!(
-        answers.iter().all(|a| a.starts_with("budget-exhausted after ")),
+        answers
+            .iter()
+            .all(|a| a.starts_with("budget-exhausted after ")),
         "{answers:?}"
     );
     assert_eq!(answers.iter().map(|a| after(a)).sum::<u64>(), 256);

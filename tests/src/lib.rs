@@ -310,3 +310,107 @@ pub fn conclave_bin() -> PathBuf {
         })
         .clone()
 }
+
+/// `component` with `extra` more linear memories of `pages` 64 KiB pages
+/// each added to its first core module: a hostile shape that no compiler
+/// here emits but any author can write (a component's memories are many).
+pub fn with_extra_memories(component: &[u8], extra: u32, pages: u64) -> Vec<u8> {
+    use wasm_encoder::{Component, MemorySection, MemoryType, Module, ModuleSection, RawSection};
+    use wasmparser::{Chunk, Parser, Payload};
+
+    /// A top-level section: its id and byte range.
+    enum Top {
+        Section(u8, std::ops::Range<usize>),
+        Module(std::ops::Range<usize>),
+    }
+    let us = |r: std::ops::Range<u64>| r.start as usize..r.end as usize;
+    let mut tops = Vec::new();
+    let mut parser = Parser::new(0);
+    let mut at = 0;
+    loop {
+        let Chunk::Parsed { payload, consumed } = parser.parse(&component[at..], true).unwrap()
+        else {
+            unreachable!("all bytes are given")
+        };
+        at += consumed;
+        match payload {
+            Payload::End(_) => break,
+            Payload::Version { .. } => {}
+            Payload::ModuleSection {
+                unchecked_range, ..
+            } => {
+                // The parent parser resumes after the nested module.
+                at = unchecked_range.end as usize;
+                tops.push(Top::Module(us(unchecked_range)));
+            }
+            Payload::ComponentSection {
+                unchecked_range, ..
+            } => {
+                at = unchecked_range.end as usize;
+                tops.push(Top::Section(4, us(unchecked_range)));
+            }
+            other => {
+                let (id, range) = other.as_section().expect("a section");
+                tops.push(Top::Section(id, us(range)));
+            }
+        }
+    }
+    let grow = |core: &[u8]| {
+        let mut module = Module::new();
+        for payload in Parser::new(0).parse_all(core) {
+            let payload = payload.unwrap();
+            if let Payload::MemorySection(reader) = &payload {
+                let mut memories = MemorySection::new();
+                for m in reader.clone() {
+                    let m = m.unwrap();
+                    memories.memory(MemoryType {
+                        minimum: m.initial,
+                        maximum: m.maximum,
+                        memory64: m.memory64,
+                        shared: m.shared,
+                        page_size_log2: m.page_size_log2,
+                    });
+                }
+                for _ in 0..extra {
+                    memories.memory(MemoryType {
+                        minimum: pages,
+                        maximum: None,
+                        memory64: false,
+                        shared: false,
+                        page_size_log2: None,
+                    });
+                }
+                module.section(&memories);
+            } else if let Some((id, r)) = payload.as_section() {
+                module.section(&RawSection {
+                    id,
+                    data: &core[us(r)],
+                });
+            }
+        }
+        module
+    };
+    let mut out = Component::new();
+    let mut first = true;
+    for top in tops {
+        match top {
+            Top::Module(range) if first => {
+                first = false;
+                out.section(&ModuleSection(&grow(&component[range])));
+            }
+            Top::Module(range) => {
+                out.section(&RawSection {
+                    id: 1,
+                    data: &component[range],
+                });
+            }
+            Top::Section(id, range) => {
+                out.section(&RawSection {
+                    id,
+                    data: &component[range],
+                });
+            }
+        }
+    }
+    out.finish()
+}

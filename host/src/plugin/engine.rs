@@ -35,6 +35,8 @@ pub fn build(config: &RuntimeConfig) -> Result<(Engine, bool), PluginError> {
             .total_tables(slots * 4)
             .total_stacks(slots)
             .max_memories_per_component(limits.instances)
+            // Multi-memory modules are fine: the memory cap is on the sum.
+            .max_memories_per_module(limits.instances)
             .max_tables_per_component(limits.instances)
             .max_core_instances_per_component(limits.instances)
             .max_memory_size(config.max_memory_bytes.max(limits.memory_bytes) as usize)

@@ -498,11 +498,17 @@ mod tests {
                 .unwrap();
             bus.inbox("a");
         }
-        let e = bus
-            .send(Envelope::new("h", "a", "k", "y"))
-            .unwrap_err();
+        let e = bus.send(Envelope::new("h", "a", "k", "y")).unwrap_err();
         assert!(
-            matches!(e, BusError::RunQuota { what: "bytes", used: 1000, limit: 1000, .. }),
+            matches!(
+                e,
+                BusError::RunQuota {
+                    what: "bytes",
+                    used: 1000,
+                    limit: 1000,
+                    ..
+                }
+            ),
             "{e}"
         );
         let bus = Bus::with_limits(small(64));

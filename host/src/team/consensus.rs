@@ -21,8 +21,8 @@ use super::services::RoutedServices;
 use crate::model::router::CallTag;
 use crate::model::Router;
 use crate::plugin::{
-    AnswerKind, Ballot, CallInfo, Candidate, Decided, Decision, Grants, Invocation,
-    Outcome, Plugin, PluginRuntime, Task,
+    AnswerKind, Ballot, CallInfo, Candidate, Decided, Decision, Grants, Invocation, Outcome,
+    Plugin, PluginRuntime, Task,
 };
 
 /// A plugin as a team uses it: the component, its config and its grants.
@@ -237,7 +237,6 @@ fn wit_task(
         checker: spec.checker.clone(),
     }
 }
-
 
 /// What a task has gathered so far.
 #[derive(Default)]

@@ -90,7 +90,11 @@ pub enum PlanError {
         "subtask {id:?} has a prompt of {bytes} bytes, more than the {max} a subtask's prompt \
          may have; raise `max_plan_prompt_bytes` in [team]"
     )]
-    PromptTooLong { id: String, bytes: usize, max: usize },
+    PromptTooLong {
+        id: String,
+        bytes: usize,
+        max: usize,
+    },
     #[error(
         "subtask {id:?} names role {role:?}, which is not a role of this team; declare it with \
          [[plugin]]"
@@ -122,11 +126,7 @@ impl PlanLimits {
     /// id, prompt and role (`roles` are the team's role plugins; empty
     /// means any role), then that it is a DAG. The plan as the scheduler
     /// takes it, in the role's order.
-    pub fn check(
-        &self,
-        plan: &Plan,
-        roles: &[String],
-    ) -> Result<Vec<PlannedSubtask>, PlanError> {
+    pub fn check(&self, plan: &Plan, roles: &[String]) -> Result<Vec<PlannedSubtask>, PlanError> {
         let max = self.max_subtasks.min(PLAN_SUBTASKS_CEILING);
         if plan.subtasks.len() > max {
             return Err(PlanError::TooManySubtasks {
@@ -161,7 +161,7 @@ impl PlanLimits {
                     max: self.max_prompt_bytes,
                 });
             }
-            if !s.role.is_empty() && !roles.is_empty() && !roles.iter().any(|r| *r == s.role) {
+            if !s.role.is_empty() && !roles.is_empty() && !roles.contains(&s.role) {
                 return Err(PlanError::UnknownRole {
                     id: s.id.clone(),
                     role: clip(&s.role),
@@ -231,9 +231,7 @@ mod tests {
     #[test]
     fn a_good_plan_comes_back_in_the_roles_order() {
         let p = plan(vec![st("b", "", &["a"]), st("a", "solver", &[])]);
-        let got = PlanLimits::default()
-            .check(&p, &["solver".into()])
-            .unwrap();
+        let got = PlanLimits::default().check(&p, &["solver".into()]).unwrap();
         let ids: Vec<&str> = got.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["b", "a"]);
         assert_eq!(got[0].depends_on, ["a"]);
@@ -295,12 +293,12 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, PlanError::UnknownRole { .. }), "{e}");
         let e = PlanLimits::default()
-            .check(
-                &plan(vec![st("a", "", &["b"]), st("b", "", &["a"])]),
-                &[],
-            )
+            .check(&plan(vec![st("a", "", &["b"]), st("b", "", &["a"])]), &[])
             .unwrap_err();
-        assert!(matches!(&e, PlanError::Shape(w) if w.contains("cycle")), "{e}");
+        assert!(
+            matches!(&e, PlanError::Shape(w) if w.contains("cycle")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -308,7 +306,10 @@ mod tests {
         let l = PlanLimits::default();
         assert_eq!(l.admit(0, 1, 64), Ok(()));
         assert_eq!(l.admit(2, 1, 1), Ok(()), "a depth-3 plan is allowed");
-        assert_eq!(l.admit(3, 1, 1), Err(PlanError::TooDeep { depth: 4, max: 3 }));
+        assert_eq!(
+            l.admit(3, 1, 1),
+            Err(PlanError::TooDeep { depth: 4, max: 3 })
+        );
         assert_eq!(
             l.admit(0, 990, 11),
             Err(PlanError::JobFull {

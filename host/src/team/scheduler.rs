@@ -671,9 +671,7 @@ mod tests {
             ..Options::default()
         };
         let (done, _) = run_planner(
-            |t| {
-                (t.id != "after").then(|| (0..10).map(|i| sub(&format!("s{i}"), &[])).collect())
-            },
+            |t| (t.id != "after").then(|| (0..10).map(|i| sub(&format!("s{i}"), &[])).collect()),
             options,
         )
         .await;

@@ -247,6 +247,13 @@ impl HostServices for RoutedServices {
             *n += 1;
             *n - 1
         };
+        // Admitted before a journaled reply is used too, so that a resumed
+        // run counts its calls against the budgets as the first run did.
+        let _admission = self
+            .ctx
+            .meter
+            .admit()
+            .map_err(llm::LlmError::BudgetExhausted)?;
         let recorded = self
             .ctx
             .recorded
@@ -285,11 +292,6 @@ impl HostServices for RoutedServices {
                 text: r.text.clone(),
             });
         }
-        let _admission = self
-            .ctx
-            .meter
-            .admit()
-            .map_err(llm::LlmError::BudgetExhausted)?;
         let req = model::ChatRequest {
             messages: request
                 .messages

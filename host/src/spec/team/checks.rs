@@ -33,16 +33,28 @@ pub(super) fn bad_cap(t: &TeamSection) -> Option<(&'static str, String)> {
         ("max_calls", t.max_calls),
         ("max_plan_subtasks", t.max_plan_subtasks.map(|v| v as u64)),
         ("max_job_tasks", t.max_job_tasks.map(|v| v as u64)),
-        ("max_plan_prompt_bytes", t.max_plan_prompt_bytes.map(|v| v as u64)),
+        (
+            "max_plan_prompt_bytes",
+            t.max_plan_prompt_bytes.map(|v| v as u64),
+        ),
         ("max_message_bytes", t.max_message_bytes.map(|v| v as u64)),
         ("max_mailbox_bytes", t.max_mailbox_bytes.map(|v| v as u64)),
         ("max_bus_bytes", t.max_bus_bytes),
         ("max_bus_messages", t.max_bus_messages),
-        ("max_messages_per_call", t.max_messages_per_call.map(u64::from)),
-        ("max_calls_per_plugin_call", t.max_calls_per_plugin_call.map(u64::from)),
+        (
+            "max_messages_per_call",
+            t.max_messages_per_call.map(u64::from),
+        ),
+        (
+            "max_calls_per_plugin_call",
+            t.max_calls_per_plugin_call.map(u64::from),
+        ),
         ("max_task_calls", t.max_task_calls),
         ("max_request_bytes", t.max_request_bytes.map(|v| v as u64)),
-        ("max_request_messages", t.max_request_messages.map(|v| v as u64)),
+        (
+            "max_request_messages",
+            t.max_request_messages.map(|v| v as u64),
+        ),
     ];
     if let Some((key, _)) = must_be_positive.iter().find(|(_, v)| *v == Some(0)) {
         return Some((key, zero));

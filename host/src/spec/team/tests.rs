@@ -189,7 +189,9 @@ fn caps_that_cannot_work_name_their_key_and_line() {
         "name = \"t\"\n\nmax_plan_subtasks = 20000\n",
     ));
     assert!(
-        e.starts_with("t.toml:4:1: [team]: `max_plan_subtasks` is 20000; no team takes more than 10000"),
+        e.starts_with(
+            "t.toml:4:1: [team]: `max_plan_subtasks` is 20000; no team takes more than 10000"
+        ),
         "{e}"
     );
     let e = err(&format!("{OK}max_calls = 0\n"));
@@ -198,8 +200,5 @@ fn caps_that_cannot_work_name_their_key_and_line() {
         "{e}"
     );
     let e = err(&OK.replace("name = \"t\"\n", "name = \"t\"\nmax_plan_subtask = 3\n"));
-    assert!(
-        e.contains("unknown field `max_plan_subtask`"),
-        "{e}"
-    );
+    assert!(e.contains("unknown field `max_plan_subtask`"), "{e}");
 }
