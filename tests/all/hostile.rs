@@ -605,22 +605,31 @@ async fn the_memory_cap_is_on_the_sum_of_a_components_memories() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_wait_for_pool_slots_instead_of_failing() {
     // Two call slots, so the pool holds four memories; each call of this
-    // component needs three, so two calls at once cannot both have theirs.
+    // component needs three, so two calls at once cannot both have theirs:
+    // the second waits for the first to finish instead of failing.
     let rt = runtime_with(RuntimeConfig {
         max_concurrent_calls: 2,
         ..Default::default()
     });
     assert!(rt.is_pooling(), "this machine gives no pooling allocator");
-    let p = many_memories(&rt, 2, 1).await.unwrap();
+    let bytes = std::fs::read(fixture("hostile")).unwrap();
+    let grown = conclave_tests::with_extra_memories(&bytes, 2, 1);
+    let p = rt
+        .load_bytes(grown, std::path::Path::new("hostile-memories.wasm"))
+        .await
+        .unwrap();
     let mut calls = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..2 {
         let (rt, p) = (rt.clone(), p.clone());
         calls.push(tokio::spawn(async move {
-            rt.tally(&p, &Invocation::default(), &task(""), &[ballot("7")])
-                .await
+            // Each holds its instance until its deadline.
+            run(&rt, &p, "loop").await
         }));
     }
     for c in calls {
-        assert_eq!(answer(c.await.unwrap().unwrap()), "7");
+        match c.await.unwrap().unwrap_err() {
+            PluginError::Timeout { .. } => {}
+            other => panic!("expected each call to run to its deadline, got {other:?}"),
+        }
     }
 }

@@ -71,11 +71,16 @@ depends_on = ["attack"]
     )
 }
 
-/// Runs `spec` once on "What is 6 * 7?", and how long it took.
+/// Runs `spec` once on "What is 6 * 7?", and how long it took; a job
+/// that is not over within a minute fails the test (an attack the host did
+/// not stop).
 async fn attack(spec: &str) -> (JobResult, Vec<Event>, Duration) {
     let (_dir, team) = prepare_team(spec).await;
     let start = Instant::now();
-    let (r, events) = run_job(&team, "run-hostile", "What is 6 * 7?", Some("42")).await;
+    let job = run_job(&team, "run-hostile", "What is 6 * 7?", Some("42"));
+    let (r, events) = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("the host stopped the attack within a minute");
     (r, events, start.elapsed())
 }
 
@@ -598,13 +603,15 @@ async fn a_hedge_that_loses_is_charged_for_its_prompt() {
         hang: 30,
     }));
     a.price_in = 1.0;
-    let mut config = RouterConfig::default();
-    config.hedge = HedgeConfig {
-        enabled: true,
-        quantile: 0.5,
-        max_extra: 1.0,
-        min_samples: 5,
-        idle_quantile: None,
+    let config = RouterConfig {
+        hedge: HedgeConfig {
+            enabled: true,
+            quantile: 0.5,
+            max_extra: 1.0,
+            min_samples: 5,
+            idle_quantile: None,
+        },
+        ..RouterConfig::default()
     };
     let router = Router::new(vec![a], config);
     let tag = CallTag {

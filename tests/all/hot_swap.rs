@@ -511,9 +511,7 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
     );
     let voter = dir.path().join("voter.wasm");
     let data = dir.path().join("data");
-    let t0 = std::time::Instant::now();
     let server = Serving::start(dir.path(), &data, &[]);
-    eprintln!("DBG started {:?}", t0.elapsed());
     let (v1, v2) = (
         std::fs::read(fixture("swap-v1")).unwrap(),
         std::fs::read(fixture("swap-v2")).unwrap(),
@@ -565,7 +563,6 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
             (answered.load(Ordering::SeqCst) >= before + 10).then_some(())
         })
         .await;
-        eprintln!("DBG swap {i} at {:?} answered {}", t0.elapsed(), answered.load(Ordering::SeqCst));
         if i == 4 {
             replace_atomically(&voter, b"\0asm\x0d\0\x01\0 but then garbage");
             let row = server
@@ -600,12 +597,10 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
         live.push((current.clone(), row["loaded_at_ms"].as_u64().unwrap()));
     }
     swapping.store(false, Ordering::SeqCst);
-    eprintln!("DBG swaps done {:?}", t0.elapsed());
     let mut replies = Vec::new();
     for client in clients {
         replies.extend(client.await.unwrap());
     }
-    eprintln!("DBG clients done {:?} {}", t0.elapsed(), replies.len());
 
     assert!(replies.len() >= 200, "only {} requests", replies.len());
     let failed: Vec<&(u16, Value)> = replies
@@ -636,7 +631,6 @@ async fn serve_swaps_its_voter_ten_times_under_load_without_failing_a_request() 
         "{log}"
     );
     drop(server);
-    eprintln!("DBG server dropped {:?}", t0.elapsed());
 
     // Every vote names a version that was serving at some moment between
     // its run's submission and the vote's record.

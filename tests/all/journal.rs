@@ -226,6 +226,68 @@ fn replay_reports_the_first_decision_a_changed_plugin_makes_differently() {
             && err.contains("recorded \"decided 1.0.0:3"),
         "{err}"
     );
+    // And it says why: the voter's file is not the one that counted.
+    let (v1, v2) = (
+        hash_of(&workspace().join("target/fixtures/swap-v1.wasm")),
+        hash_of(&voter),
+    );
+    assert!(
+        err.contains(&format!(
+            "because voter myvote is not the component that counted 3 of these votes: the journal names sha256 {}, the file loaded now is {}",
+            &v1[..12],
+            &v2[..12]
+        )),
+        "{err}"
+    );
+}
+
+fn hash_of(file: &Path) -> String {
+    conclave::plugin::cache::content_hash(&std::fs::read(file).unwrap())
+}
+
+#[test]
+fn replay_names_a_voter_file_that_changed_even_when_its_decisions_did_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let voter = dir.path().join("voter.wasm");
+    let majority = std::fs::read(workspace().join("target/plugins/majority.wasm")).unwrap();
+    std::fs::write(&voter, &majority).unwrap();
+    let text = TEAM
+        .replace(
+            "[[task]]\nid = \"left\"",
+            "[[plugin]]\nname = \"myvote\"\npath = \"voter.wasm\"\n\n[[task]]\nid = \"left\"",
+        )
+        .replace("voter = \"majority\"", "voter = \"myvote\"");
+    let spec = team_file(dir.path(), &text);
+    assert!(run(&spec, dir.path(), "rebuilt-1", &[]).status.success());
+    let unchanged = conclave(&["replay", "rebuilt-1", "--json"], dir.path(), &[]);
+    assert!(unchanged.status.success());
+    assert_eq!(result(&unchanged)[0]["swapped"], serde_json::json!([]));
+    // The same voter, rebuilt: same behaviour, another file.
+    std::fs::write(&voter, conclave_tests::restamped(&majority, "rebuilt")).unwrap();
+    let out = conclave(&["replay", "rebuilt-1", "--json"], dir.path(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = &result(&out)[0];
+    assert_eq!(rep["changed"], serde_json::json!([]));
+    assert_eq!(
+        rep["swapped"],
+        serde_json::json!([{
+            "voter": "myvote",
+            "recorded": hash_of(&workspace().join("target/plugins/majority.wasm")),
+            "loaded": hash_of(&voter),
+            "votes": 3,
+        }])
+    );
+    let text = conclave(&["replay", "rebuilt-1"], dir.path(), &[]);
+    let err = String::from_utf8_lossy(&text.stderr);
+    assert!(
+        err.contains("warning: run rebuilt-1: voter myvote is not the component that counted 3 of these votes")
+            && err.contains("the decisions came out the same"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -211,13 +211,20 @@ pub(crate) fn panic_message(stderr: &str) -> String {
             .collect();
         return lines.join(" ").trim().to_string();
     }
-    let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-    tail.into_iter()
+    // The last lines: where a Python traceback or a JavaScript error ends
+    // with what went wrong. At most 12 lines and 2 KiB.
+    let tail: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
         .rev()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim()
-        .to_string()
+        .take(12)
+        .collect();
+    let text = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
+    let mut start = text.len().saturating_sub(2048);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].trim().to_string()
 }
 
 #[cfg(test)]
@@ -329,6 +336,6 @@ mod tests {
     fn panic_message_is_extracted() {
         let s = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom here\nnote: run with `RUST_BACKTRACE=1`";
         assert_eq!(panic_message(s), "panicked at src/lib.rs:9:5: boom here");
-        assert_eq!(panic_message("a\nb"), "a b");
+        assert_eq!(panic_message("a\n\nb"), "a | b");
     }
 }

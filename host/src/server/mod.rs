@@ -458,7 +458,7 @@ enum Admission {
 enum Outcome {
     /// It ran; `deadline_passed` if it was cut short by the deadline.
     Ran {
-        result: JobResult,
+        result: Box<JobResult>,
         deadline_passed: bool,
     },
     /// The deadline passed while it waited for a slot.
@@ -575,7 +575,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             app.metrics.finished(&done.result);
             Outcome::Ran {
                 deadline_passed: Instant::now() >= until,
-                result: done.result,
+                result: Box::new(done.result),
             }
         })
     };
@@ -603,7 +603,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     };
     if let Some(e) = refusal(&r, app.config.deadline, deadline_passed) {
         app.metrics.request(e.status.as_str());
-        return (e.status, axum::Json(e.body(Some(&r)))).into_response();
+        return (e.status, axum::Json(e.body(Some(&*r)))).into_response();
     }
     app.metrics.request("200");
     axum::Json(json!({
@@ -741,7 +741,7 @@ fn stream(
             } => match refusal(&result, app.config.deadline, deadline_passed) {
                 None => result,
                 Some(e) => {
-                    let _ = tx.send(fail(e, Some(&result))).await;
+                    let _ = tx.send(fail(e, Some(&*result))).await;
                     let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
                     return;
                 }
