@@ -573,11 +573,7 @@ async fn holding_host_resources_without_end_is_stopped_at_the_handle_limit() {
 }
 
 /// The built-in `majority` voter with `extra` more memories of `pages`.
-async fn many_memories(
-    rt: &PluginRuntime,
-    extra: u32,
-    pages: u64,
-) -> Result<Plugin, PluginError> {
+async fn many_memories(rt: &PluginRuntime, extra: u32, pages: u64) -> Result<Plugin, PluginError> {
     let bytes = std::fs::read(plugin("majority")).unwrap();
     let grown = conclave_tests::with_extra_memories(&bytes, extra, pages);
     rt.load_bytes(grown, std::path::Path::new("many-memories.wasm"))

@@ -1,6 +1,7 @@
 //! The journal: every run recorded and listed; replay with no model call
-//! (same voter: same decisions; a changed plugin: the first divergence;
-//! another voter: what would change); crash-resume at 50 seeded points of a
+//! (same voter: same decisions; a changed plugin: the first divergence,
+//! and its file named by hash even when no decision changes; another voter:
+//! what would change); crash-resume at 50 seeded points of a
 //! killed process with no journaled model call made twice; damaged tails,
 //! unusable data directories, and two processes sharing one journal.
 

@@ -267,11 +267,19 @@ pub async fn load_plugins(
         let of = |k| Some((k, t.id.as_str()));
         uses.push((&t.role, of(PluginKind::Role)));
         uses.push((&t.voter, of(PluginKind::Voter)));
-        uses.extend(t.verifiers.iter().map(|v| (v.as_str(), of(PluginKind::Verifier))));
+        uses.extend(
+            t.verifiers
+                .iter()
+                .map(|v| (v.as_str(), of(PluginKind::Verifier))),
+        );
         if let Some(s) = &t.subtasks {
             uses.push((&s.role, of(PluginKind::Role)));
             uses.push((&s.voter, of(PluginKind::Voter)));
-            uses.extend(s.verifiers.iter().map(|v| (v.as_str(), of(PluginKind::Verifier))));
+            uses.extend(
+                s.verifiers
+                    .iter()
+                    .map(|v| (v.as_str(), of(PluginKind::Verifier))),
+            );
         }
     }
     let mut names: Vec<&str> = uses.iter().map(|(n, _)| *n).collect();
@@ -333,12 +341,19 @@ pub async fn load_plugins(
             .map(|c| c.to_string())
             .collect();
         if !refused.is_empty() {
-            tracing::warn!(
+            let note = format!(
                 "plugin `{name}` ({}) asks for {} but the team spec does not grant it; \
                  add `grants = [...]` to its [[plugin]] table if it should have it",
                 plugin.id(),
                 refused.join(", ")
             );
+            // The built-ins ask for everything they can use when configured
+            // to; that is expected, not a warning.
+            if builtin_grants(plugin.name()).is_some() {
+                tracing::info!("{note}");
+            } else {
+                tracing::warn!("{note}");
+            }
         }
         if let Some(l) = &limits {
             let ceiling = runtime.config().max_memory_bytes;

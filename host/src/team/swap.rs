@@ -335,9 +335,11 @@ async fn reload(runtime: &PluginRuntime, path: &Path, slots: &[(String, PluginSl
         return;
     };
     let old = first.current();
-    let bytes = match tokio::fs::read(path).await {
+    // Read like any plugin file: a regular file of bounded size only, so a
+    // replacement that is a device or a pipe is refused, never read.
+    let bytes = match runtime.read_component(path).await {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(PluginError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             // Mid-rename, or removed: the loaded version keeps serving, and
             // a file put back later is picked up again.
             tracing::warn!(
@@ -348,13 +350,7 @@ async fn reload(runtime: &PluginRuntime, path: &Path, slots: &[(String, PluginSl
             );
             return;
         }
-        Err(source) => {
-            let e = SwapError::Load(PluginError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-            return refuse(path, slots, &old, &e);
-        }
+        Err(e) => return refuse(path, slots, &old, &SwapError::Load(e)),
     };
     if crate::plugin::cache::content_hash(&bytes) == old.hash() {
         // Back to the version serving: any refusal since is moot.
