@@ -1,0 +1,259 @@
+//! The scheduler on echo executors: order, priorities, plans and caps.
+
+use super::*;
+use crate::team::events::Quiet;
+
+/// Decides every task at once with its id as the answer, recording
+/// the order tasks start in.
+struct Echo(std::sync::Mutex<Vec<String>>);
+
+impl Executor for Echo {
+    fn execute(
+        self: Arc<Self>,
+        task: Arc<JobTask>,
+        inputs: Vec<(String, String)>,
+        _meter: Arc<Meter>,
+    ) -> BoxFuture<'static, TaskResult> {
+        self.0.lock().unwrap().push(task.id.clone());
+        Box::pin(async move {
+            let mut r = TaskResult::not_run(StopReason::Decided);
+            r.answer = Some(format!("{}<{}", task.id, inputs.len()));
+            r
+        })
+    }
+}
+
+fn task(id: &str, deps: &[String]) -> JobTask {
+    JobTask {
+        id: id.into(),
+        role: "solver".into(),
+        verifiers: vec![],
+        voter: "majority".into(),
+        prompt: String::new(),
+        answer_kind: AnswerKind::Text,
+        replicas: 1,
+        max_samples: 1,
+        max_rounds: 1,
+        debate_rounds: 0,
+        retries: 0,
+        limits: Limits::default(),
+        depends_on: deps.to_vec(),
+        subtasks: None,
+    }
+}
+
+#[tokio::test]
+async fn a_deep_chain_runs_in_order_without_recursion() {
+    let n = 20_000;
+    let tasks: Vec<JobTask> = (0..n)
+        .map(|i| {
+            let deps = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("t{}", i - 1)]
+            };
+            task(&format!("t{i}"), &deps)
+        })
+        .collect();
+    let exec = Arc::new(Echo(Default::default()));
+    let done = run(
+        "r",
+        tasks,
+        exec.clone(),
+        Meter::job(Limits::default()),
+        Options::default(),
+        CancellationToken::new(),
+        &Quiet,
+    )
+    .await;
+    assert_eq!(done.len(), n);
+    assert!(done.iter().all(|(_, r)| r.stop == StopReason::Decided));
+    let order = exec.0.lock().unwrap().clone();
+    assert_eq!(order[0], "t0");
+    assert_eq!(order[n - 1], format!("t{}", n - 1));
+    assert_eq!(done[5].1.answer.as_deref(), Some("t5<1"));
+}
+
+/// Answers every task with the plan `plan` gives it (if any), recording
+/// the order tasks start in.
+struct Planner {
+    plan: fn(&JobTask) -> Option<Vec<PlannedSubtask>>,
+    started: std::sync::Mutex<Vec<String>>,
+}
+
+impl Executor for Planner {
+    fn execute(
+        self: Arc<Self>,
+        task: Arc<JobTask>,
+        _inputs: Vec<(String, String)>,
+        _meter: Arc<Meter>,
+    ) -> BoxFuture<'static, TaskResult> {
+        self.started.lock().unwrap().push(task.id.clone());
+        let plan = (self.plan)(&task);
+        Box::pin(async move {
+            let mut r = TaskResult::not_run(StopReason::Decided);
+            r.answer = Some(task.id.clone());
+            r.plan = plan;
+            r
+        })
+    }
+}
+
+fn sub(id: &str, deps: &[&str]) -> PlannedSubtask {
+    PlannedSubtask {
+        id: id.into(),
+        prompt: String::new(),
+        role: String::new(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+async fn run_planner(
+    plan: fn(&JobTask) -> Option<Vec<PlannedSubtask>>,
+    options: Options,
+) -> (Vec<(String, TaskResult)>, Vec<String>) {
+    let exec = Arc::new(Planner {
+        plan,
+        started: Default::default(),
+    });
+    let tasks = vec![task("root", &[]), task("after", &["root".into()])];
+    let done = run(
+        "r",
+        tasks,
+        exec.clone(),
+        Meter::job(Limits::default()),
+        options,
+        CancellationToken::new(),
+        &Quiet,
+    )
+    .await;
+    let started = exec.started.lock().unwrap().clone();
+    (done, started)
+}
+
+#[tokio::test]
+async fn a_task_that_always_plans_is_stopped_at_the_depth_cap() {
+    let (done, _) = run_planner(
+        |t| (t.id != "after").then(|| vec![sub("s", &[])]),
+        Options::default(),
+    )
+    .await;
+    let ids: Vec<&str> = done.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["root", "after", "root.s", "root.s.s", "root.s.s.s"]);
+    let deepest = &done[4].1;
+    assert!(
+        matches!(&deepest.stop, StopReason::Failed(w)
+            if w.starts_with("plan refused: the plan would nest 4 deep, past the 3")
+                && w.contains("max_plan_depth")),
+        "{:?}",
+        deepest.stop
+    );
+    assert_eq!(deepest.plan, None);
+    assert!(
+        matches!(&done[1].1.stop, StopReason::Failed(w)
+            if w.starts_with("dependency root.s.s.s did not decide: plan refused")),
+        "{:?}",
+        done[1].1.stop
+    );
+}
+
+#[tokio::test]
+async fn a_job_stops_growing_at_its_task_cap() {
+    let options = Options {
+        plans: PlanLimits {
+            max_job_tasks: 50,
+            ..PlanLimits::default()
+        },
+        ..Options::default()
+    };
+    let (done, _) = run_planner(
+        |t| (t.id != "after").then(|| (0..10).map(|i| sub(&format!("s{i}"), &[])).collect()),
+        options,
+    )
+    .await;
+    // 2 + 10 + 3 * 10: the fourth second-level plan would pass 50.
+    assert_eq!(done.len(), 42);
+    let refused = done
+        .iter()
+        .filter(|(_, r)| {
+            matches!(&r.stop, StopReason::Failed(w)
+                if w.starts_with("plan refused") && w.contains("max_job_tasks"))
+        })
+        .count();
+    assert!(refused >= 7, "{refused} refused");
+    assert!(done.iter().all(|(id, _)| id.split('.').count() <= 3));
+}
+
+#[tokio::test]
+async fn a_plans_long_chain_starts_first_and_its_parents_dependents_wait() {
+    let options = Options {
+        max_parallel_tasks: 1,
+        ..Options::default()
+    };
+    let (done, started) = run_planner(
+        |t| {
+            (t.id == "root").then(|| {
+                vec![
+                    sub("x", &[]),
+                    sub("b", &["a"]),
+                    sub("c", &["b"]),
+                    sub("a", &[]),
+                ]
+            })
+        },
+        options,
+    )
+    .await;
+    // Priorities: a 4, b 3, then c and x tie at 2 (x was planned first);
+    // the root's dependent waits for all of them.
+    assert_eq!(
+        started,
+        ["root", "root.a", "root.b", "root.x", "root.c", "after"]
+    );
+    assert!(done.iter().all(|(_, r)| r.stop == StopReason::Decided));
+}
+
+#[tokio::test]
+async fn a_plan_that_reuses_a_task_id_is_refused() {
+    let (done, _) = run_planner(
+        |t| (t.id == "root").then(|| vec![sub("s", &[]), sub("s", &[])]),
+        Options::default(),
+    )
+    .await;
+    assert_eq!(done.len(), 2);
+    assert!(
+        matches!(&done[0].1.stop, StopReason::Failed(w)
+            if w.contains("would be task \"root.s\", which the job already has")),
+        "{:?}",
+        done[0].1.stop
+    );
+}
+
+#[tokio::test]
+async fn the_longest_chain_starts_first() {
+    // a -> b -> c is the long chain; x and y stand alone.
+    let tasks = vec![
+        task("x", &[]),
+        task("y", &[]),
+        task("a", &[]),
+        task("b", &["a".into()]),
+        task("c", &["b".into()]),
+    ];
+    let exec = Arc::new(Echo(Default::default()));
+    run(
+        "r",
+        tasks,
+        exec.clone(),
+        Meter::job(Limits::default()),
+        Options {
+            max_parallel_tasks: 1,
+            ..Options::default()
+        },
+        CancellationToken::new(),
+        &Quiet,
+    )
+    .await;
+    let order = exec.0.lock().unwrap().clone();
+    assert_eq!(order[0], "a", "{order:?}");
+    assert_eq!(order.len(), 5);
+}
