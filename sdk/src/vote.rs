@@ -120,6 +120,45 @@ pub fn meets_share(votes: u32, total: u32, share: f64) -> bool {
     (votes as u64) * 1_000_000 >= need * total as u64
 }
 
+/// The probability, under a uniform prior, that the leading answer really is
+/// more likely than the runner-up, given `leader` and `runner_up` votes: the
+/// Beta stopping criterion of Adaptive-Consistency (Aggarwal et al., EMNLP
+/// 2023), `P(x > 1/2)` for `x ~ Beta(leader + 1, runner_up + 1)`.
+///
+/// Why this and not a vote margin: a margin of 2 is as sure at 2–0 as at
+/// 10–8, while the posterior knows that 4–0 is decisive and 10–8 is not, so
+/// easy items stop early and contested ones keep sampling.
+///
+/// Exact for integer counts: `P(x > 1/2) = P(Binomial(n, 1/2) <= leader)`
+/// with `n = leader + runner_up + 1`, summed in log space so that large
+/// counts neither overflow nor lose precision.
+pub fn leader_posterior(leader: u32, runner_up: u32) -> f64 {
+    let n = leader as u64 + runner_up as u64 + 1;
+    let ln_half_n = n as f64 * std::f64::consts::LN_2;
+    // ln C(n, k), built up term by term.
+    let mut ln_c = 0.0f64;
+    let mut sum = 0.0f64;
+    for k in 0..=leader as u64 {
+        if k > 0 {
+            ln_c += ((n - k + 1) as f64).ln() - (k as f64).ln();
+        }
+        sum += (ln_c - ln_half_n).exp();
+    }
+    sum.min(1.0)
+}
+
+/// The fewest extra samples that, if every one of them agreed with the
+/// leader, would lift [`leader_posterior`] to `threshold`; at most `left`.
+/// A voter asks for this many at once: fewer could not decide, and more
+/// might be wasted.
+pub fn samples_to_reach(leader: u32, runner_up: u32, threshold: f64, left: u32) -> u32 {
+    let mut extra = 1;
+    while extra < left && leader_posterior(leader + extra, runner_up) < threshold {
+        extra += 1;
+    }
+    extra.min(left.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     //! Voting arithmetic: plurality, ties, Borda, quorum shares.
@@ -172,5 +211,31 @@ mod tests {
         assert!(!meets_share(2, 3, 0.67));
         assert!(meets_share(3, 5, 0.6));
         assert!(!meets_share(0, 0, 0.0));
+    }
+    #[test]
+    fn leader_posterior_matches_the_beta_tail() {
+        // Beta(1, 1) is uniform: no evidence, an even chance.
+        assert!((leader_posterior(0, 0) - 0.5).abs() < 1e-12);
+        // Beta(2, 1): P(x > 1/2) = 1 - 1/4.
+        assert!((leader_posterior(1, 0) - 0.75).abs() < 1e-12);
+        // 4-0: 31/32; 3-0: 15/16; 4-1: 57/64.
+        assert!((leader_posterior(4, 0) - 31.0 / 32.0).abs() < 1e-12);
+        assert!((leader_posterior(3, 0) - 15.0 / 16.0).abs() < 1e-12);
+        assert!((leader_posterior(4, 1) - 57.0 / 64.0).abs() < 1e-12);
+        // A tie is an even chance, whatever the counts.
+        assert!((leader_posterior(7, 7) - 0.5).abs() < 1e-12);
+        // Large counts stay finite and ordered.
+        let big = leader_posterior(600, 500);
+        assert!(big > 0.99 && big <= 1.0, "{big}");
+    }
+
+    #[test]
+    fn samples_to_reach_counts_only_what_could_decide() {
+        // 1-0 at 0.95 needs three more agreeing samples (4-0 = 31/32).
+        assert_eq!(samples_to_reach(1, 0, 0.95, 10), 3);
+        // 3-0 is one short.
+        assert_eq!(samples_to_reach(3, 0, 0.95, 10), 1);
+        // Never more than what is left.
+        assert_eq!(samples_to_reach(1, 1, 0.95, 2), 2);
     }
 }

@@ -149,6 +149,45 @@ async fn quorum_margin_and_plurality_at_the_cap() {
 }
 
 #[tokio::test]
+async fn adaptive_stops_on_the_posterior_and_asks_for_one_more_near_it() {
+    let cfg = r#"{"threshold":0.95,"max_samples":10}"#;
+    let four = [ballot("3"), ballot("3"), ballot("3"), ballot("3")];
+    // 4-0: the leader beats the runner-up with probability 31/32.
+    assert_eq!(
+        tally("adaptive", cfg, &four).await.unwrap(),
+        decided("3", 4, 4, None)
+    );
+    // 3-0 is 15/16, just short: one more sample could decide.
+    assert_eq!(
+        tally("adaptive", cfg, &four[..3]).await.unwrap(),
+        Decision::NeedMore(1)
+    );
+    // 3-1 needs three more agreeing samples (6-1 = 0.965; 5-1 = 0.9375).
+    let mut b = four[..3].to_vec();
+    b.push(ballot("4"));
+    assert_eq!(
+        tally("adaptive", cfg, &b).await.unwrap(),
+        Decision::NeedMore(3)
+    );
+    // At the cap the plurality is decided.
+    let at_cap = r#"{"threshold":0.95,"max_samples":4}"#;
+    assert_eq!(
+        tally("adaptive", at_cap, &b).await.unwrap(),
+        decided("3", 3, 4, Some("4"))
+    );
+    match tally("adaptive", r#"{"threshold":1.0}"#, &b)
+        .await
+        .unwrap_err()
+    {
+        PluginError::Guest {
+            error: GuestError::InvalidConfig(m),
+            ..
+        } => assert!(m.contains("threshold"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn borda_uses_rankings() {
     let ranked = |r: &[&str]| {
         let mut b = ballot(r[0]);
@@ -183,7 +222,7 @@ proptest! {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 shuffled.swap(i, (s >> 33) as usize % (i + 1));
             }
-            for name in ["majority", "weighted", "quorum", "borda"] {
+            for name in ["majority", "weighted", "quorum", "adaptive", "borda"] {
                 let p = load(&rt, name).await;
                 let a = rt.tally(&p, &Invocation::default(), &task(""), &ballots).await.unwrap();
                 let b = rt.tally(&p, &Invocation::default(), &task(""), &shuffled).await.unwrap();

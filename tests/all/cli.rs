@@ -57,9 +57,16 @@ fn run_prints_the_answer_and_its_support_and_exits_zero() {
         "{out}"
     );
     assert!(out.contains("stop:       decided"), "{out}");
+    // Three replicas of a majority vote: decided on 2 agreeing ballots (the
+    // third cancelled) or on all 3.
+    let support = out
+        .lines()
+        .find_map(|l| l.strip_prefix("support:    "))
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("support:    ") && l.contains(" of 3 ballots")),
+        ["2 of 2 ballots", "2 of 3 ballots", "3 of 3 ballots"]
+            .iter()
+            .any(|s| support.starts_with(s)),
         "{out}"
     );
     let o = d.conclave(&[
@@ -72,7 +79,8 @@ fn run_prints_the_answer_and_its_support_and_exits_zero() {
     ]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["stop"]["stop"], "decided");
-    assert_eq!(r["samples"], 3);
+    let samples = r["samples"].as_u64().unwrap();
+    assert!((2..=3).contains(&samples), "{r}");
     assert_eq!(r["simulated"], true);
 }
 

@@ -483,8 +483,12 @@ async fn an_llm_loop_over_replicas_stops_at_the_tasks_call_budget() {
 #[tokio::test]
 async fn every_task_has_a_default_call_budget() {
     // Twenty replicas of sixteen calls would be 320: the default cap of a
-    // task is 256.
-    let spec = team("", r#"{ do = "llm-loop" }"#, "replicas = 20");
+    // task is 256. Every replica is waited for, so none is cancelled early.
+    let spec = team(
+        r#"consensus = { decide = "all" }"#,
+        r#"{ do = "llm-loop" }"#,
+        "replicas = 20",
+    );
     let (r, events, _) = attack(&spec).await;
     assert_eq!(model_calls(&events, "attack"), 256);
     let answers = seen(&events, "attack");

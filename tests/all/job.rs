@@ -60,12 +60,14 @@ async fn tasks_run_in_order_and_the_job_reports_its_spend() {
     assert_eq!(r.stop, StopReason::Decided, "{r:?}");
     assert_eq!(r.answer.as_deref(), Some("42"));
     assert!(r.simulated);
-    assert!(r.samples >= 5 + 3 && r.samples <= 5 + 9, "{}", r.samples);
+    // Early decisions: a majority of 5 can be settled by 3 ballots and of 3
+    // by 2; the replicas then cancelled are not samples.
+    assert!(r.samples >= 3 + 2 && r.samples <= 5 + 9, "{}", r.samples);
     assert!(
         r.tokens_in > 0 && r.tokens_out >= 40 * r.samples as u64 - 40 * 2,
         "{r:?}"
     );
-    assert_eq!(r.tasks[0].1.samples, 5);
+    assert!((3..=5).contains(&r.tasks[0].1.samples));
 }
 
 #[tokio::test]

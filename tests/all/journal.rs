@@ -1,8 +1,9 @@
 //! The journal: every run recorded and listed; replay with no model call
 //! (same voter: same decisions; a changed plugin: the first divergence,
 //! and its file named by hash even when no decision changes; another voter:
-//! what would change); crash-resume at 50 seeded points of a
-//! killed process with no journaled model call made twice; damaged tails,
+//! what would change); crash-resume at every record boundary of a killed
+//! process and after SIGKILLs at seeded times mid-call, every journaled
+//! model call reused and none made twice; damaged tails,
 //! unusable data directories, and two processes sharing one journal.
 
 use std::path::Path;
@@ -202,7 +203,9 @@ fn replay_repeats_every_decision_and_another_voter_changes_them() {
     );
     let rep = &result(&out)[0];
     assert_eq!(rep["changed"].as_array().unwrap().len(), 3);
-    assert_eq!(rep["answer_now"], "2.0.0:3");
+    // The final task decided early, once 2 of its 3 replicas agreed: the
+    // other voter counts the same 2 ballots.
+    assert_eq!(rep["answer_now"], "2.0.0:2");
 }
 
 #[test]
@@ -292,7 +295,7 @@ fn replay_names_a_voter_file_that_changed_even_when_its_decisions_did_not() {
 }
 
 #[test]
-fn a_killed_run_resumes_to_the_same_result_without_repeating_a_journaled_call() {
+fn a_run_killed_at_every_record_boundary_resumes_reusing_exactly_what_it_journaled() {
     let dir = tempfile::tempdir().unwrap();
     let spec = team_file(dir.path(), TEAM);
     let reference_dir = dir.path().join("reference");
@@ -301,19 +304,21 @@ fn a_killed_run_resumes_to_the_same_result_without_repeating_a_journaled_call() 
     let records = j.read("crash").unwrap().records.len() as u64;
     let (uninterrupted_calls, _) = calls(&j, "crash");
     drop(j);
-    // 50 crash points spread over the run (seeded), each a killed process.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    for point in 0..50 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let at = 1 + state % (records - 1);
-        let data = dir.path().join(format!("crash-{point}"));
+    // Every boundary: the process dies writing record `at` (from 1), with
+    // the records before it written (or not yet committed) and none after;
+    // from the first event to the run's end (at 1, the submission itself
+    // dies and there is nothing to resume).
+    for at in 2..=records {
+        let data = dir.path().join(format!("crash-{at}"));
         let killed = run(&spec, &data, "crash", &[(CRASH_ENV, at.to_string())]);
         assert!(
             !killed.status.success(),
             "the process was killed at record {at}"
         );
+        let journaled = {
+            let j = SqliteJournal::open(&data).unwrap();
+            calls(&j, "crash").0
+        };
         let resumed = conclave(&["resume", "crash", "--json"], &data, &[]);
         assert!(
             resumed.status.success(),
@@ -326,15 +331,170 @@ fn a_killed_run_resumes_to_the_same_result_without_repeating_a_journaled_call() 
         }
         let j = SqliteJournal::open(&data).unwrap();
         let (real, reused) = calls(&j, "crash");
-        // Every call of the uninterrupted run made once, none twice.
+        // Every call of the uninterrupted run made once, none twice, and
+        // every call journaled before the kill reused on resume.
         assert_eq!(
-            real, uninterrupted_calls,
-            "crash at record {at}: real calls"
+            (real, reused),
+            (uninterrupted_calls, journaled),
+            "crash at record {at}: (real calls, reused calls)"
         );
-        assert!(reused <= real);
         let log = j.read("crash").unwrap();
         assert!(log.damaged.is_none());
     }
+}
+
+/// Three tasks of three replicas on a sim node that takes about 80 ms a
+/// call: a run long enough to be killed in the middle of concurrent calls.
+const SLOW_TEAM: &str = r#"
+[team]
+name = "slow"
+
+[[node]]
+name = "sim"
+backend = "sim"
+accuracy = 0.7
+seed = 9
+latency = { kind = "lognormal", median = "80ms", sigma = 0.5 }
+
+[[task]]
+id = "left"
+role = "solver"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+
+[[task]]
+id = "right"
+role = "solver"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+
+[[task]]
+id = "both"
+role = "solver"
+prompt = "Check: {question}"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+depends_on = ["left", "right"]
+"#;
+
+/// Model calls in `run`'s journal, by (task, replica, call): how many times
+/// each was made, and how many times answered from the journal.
+fn calls_by_key(
+    j: &SqliteJournal,
+    run: &str,
+) -> std::collections::BTreeMap<(String, u32, u32), (u32, u32)> {
+    let mut m = std::collections::BTreeMap::new();
+    for (_, e) in j.read(run).unwrap().events() {
+        if let Event::ModelCall {
+            task,
+            replica,
+            call,
+            replayed,
+            ..
+        } = e
+        {
+            let n: &mut (u32, u32) = m.entry((task.clone(), *replica, *call)).or_default();
+            if *replayed {
+                n.1 += 1
+            } else {
+                n.0 += 1
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn a_run_killed_by_sigkill_mid_call_resumes_reusing_every_journaled_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = team_file(dir.path(), SLOW_TEAM);
+    // Kill times (seeded) within the model time of an uninterrupted run,
+    // counted from the moment the submission is on disk.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut killed_mid_run = 0;
+    for point in 0..4 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let after = std::time::Duration::from_millis(20 + state % 300);
+        let data = dir.path().join(format!("kill-{point}"));
+        let mut child = Command::new(conclave_bin())
+            .args(["run", &spec, "What is 40 + 2?", "--gold", "42", "--json"])
+            .args(["--run-id", "killed", "--data-dir"])
+            .arg(&data)
+            .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the submission record: a kill before it leaves nothing
+        // to resume, which is not what this test is about.
+        let file = data.join("journal.sqlite");
+        let t0 = std::time::Instant::now();
+        loop {
+            let submitted = file.exists()
+                && SqliteJournal::open(&data)
+                    .ok()
+                    .and_then(|j| j.read("killed").ok())
+                    .is_some_and(|l| l.submitted().is_some());
+            if submitted {
+                break;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "no submission journaled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(after);
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        killed_mid_run += !status.success() as u32;
+        let before = calls_by_key(&SqliteJournal::open(&data).unwrap(), "killed");
+        let resumed = conclave(&["resume", "killed", "--json"], &data, &[]);
+        assert!(
+            resumed.status.success(),
+            "resume after a kill at +{after:?}: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let r = result(&resumed);
+        assert!(r["stop"]["stop"].is_string(), "{r}");
+        let after_resume = calls_by_key(&SqliteJournal::open(&data).unwrap(), "killed");
+        let journaled: Vec<_> = before.keys().cloned().collect();
+        if status.success() {
+            continue;
+        }
+        // Every call journaled before the kill was reused, and only those,
+        // save the calls of replicas the resumed run no longer needed (an
+        // early decision from the replies it reused cancelled them).
+        let log = SqliteJournal::open(&data).unwrap().read("killed").unwrap();
+        let cancelled: std::collections::BTreeSet<(String, u32)> = log
+            .events()
+            .filter_map(|(_, e)| match e {
+                Event::ReplicaCancelled { task, replica, .. } => Some((task.clone(), *replica)),
+                _ => None,
+            })
+            .collect();
+        let reused: Vec<_> = after_resume
+            .iter()
+            .filter(|(_, n)| n.1 > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let expected: Vec<_> = journaled
+            .iter()
+            .filter(|k| reused.contains(k) || !cancelled.contains(&(k.0.clone(), k.1)))
+            .cloned()
+            .collect();
+        assert_eq!(reused, expected, "kill at +{after:?}");
+        // No call was made twice.
+        for (k, (made, replayed)) in &after_resume {
+            assert_eq!((*made, *replayed <= 1), (1, true), "{k:?}");
+        }
+    }
+    assert!(killed_mid_run > 0, "every run ended before its kill");
 }
 
 #[test]
@@ -493,4 +653,149 @@ fn replay_can_judge_the_recorded_candidates_with_another_verifier() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("verifier llm-judge"), "{err}");
+}
+
+/// A node that is gone before the first call: every attempt on it is
+/// journaled with its cause, `conclave trace` counts them against it, and
+/// each failed call shows the retry that answered on the other node.
+#[tokio::test]
+async fn trace_shows_every_failed_attempt_on_a_dead_node_and_the_retry_that_answered() {
+    let server = conclave_tests::http::FakeServer::always(conclave_tests::http::Behaviour::Reply(
+        "Answer: 42".into(),
+    ))
+    .await;
+    let dead = server.base_url();
+    let addr = server.addr;
+    drop(server);
+    // Dropping the server aborts its accept loop; wait until the port refuses.
+    conclave_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "the port to refuse",
+        || std::net::TcpStream::connect(addr).is_err().then_some(()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = team_file(
+        dir.path(),
+        &format!(
+            r#"
+[team]
+name = "one-dead"
+
+[router]
+retries = 3
+
+[[node]]
+name = "dead"
+backend = "openai"
+base_url = "{dead}"
+model = "gone"
+
+[[node]]
+name = "sim"
+backend = "sim"
+accuracy = 1.0
+seed = 3
+
+[[task]]
+id = "solve"
+role = "solver"
+replicas = 6
+voter = "majority"
+answer_kind = "number"
+"#
+        ),
+    );
+    let data = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = run(&spec, &data, "dead-1", &[]);
+        let trace = conclave(&["trace", "dead-1", "--json"], &data, &[]);
+        (out, trace)
+    })
+    .await
+    .unwrap();
+    let (out, trace) = out;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(result(&out)["answer"], "42");
+    let j = SqliteJournal::open(dir.path()).unwrap();
+    let log = j.read("dead-1").unwrap();
+    let mut failed = Vec::new();
+    let mut answered = std::collections::BTreeMap::new();
+    for (_, e) in log.events() {
+        match e {
+            Event::Attempt {
+                task,
+                replica,
+                call,
+                node,
+                outcome,
+                cause,
+                ..
+            } => {
+                assert_eq!(
+                    (node.as_str(), *outcome),
+                    ("dead", conclave::team::events::AttemptEnd::Failed)
+                );
+                let cause = cause.clone().unwrap_or_default();
+                assert!(cause.contains("node dead is unavailable"), "{cause}");
+                failed.push((task.clone(), *replica, *call));
+            }
+            Event::ModelCall {
+                task,
+                replica,
+                call,
+                node,
+                attempts,
+                ..
+            } => {
+                answered.insert((task.clone(), *replica, *call), (node.clone(), *attempts));
+            }
+            _ => {}
+        }
+    }
+    // Six replicas spread over two nodes, siblings' nodes avoided: some
+    // call is sent to the dead node first.
+    assert!(!failed.is_empty(), "no attempt reached the dead node");
+    for key in &failed {
+        let (node, attempts) = &answered[key];
+        let tries = failed.iter().filter(|k| *k == key).count() as u32;
+        assert_eq!(
+            (node.as_str(), *attempts),
+            ("sim", tries + 1),
+            "{key:?}: answered after its failed attempts"
+        );
+    }
+    assert!(
+        trace.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trace.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&trace.stdout).unwrap();
+    let row = |name: &str| {
+        t["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for node {name}: {t}"))
+    };
+    let dead_row = row("dead");
+    assert_eq!(
+        (dead_row["calls"].as_u64(), dead_row["failures"].as_u64()),
+        (Some(0), Some(failed.len() as u64))
+    );
+    assert_eq!(row("sim")["failures"].as_u64(), Some(0));
+    let timeline = t["timeline"].as_array().unwrap();
+    assert!(
+        timeline.iter().any(|l| {
+            let l = l.as_str().unwrap();
+            l.contains("on dead: failed after") && l.contains("unavailable")
+        }),
+        "{timeline:?}"
+    );
 }

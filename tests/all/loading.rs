@@ -12,6 +12,7 @@ async fn every_builtin_loads_and_describes_itself() {
     assert_eq!(reg.failures(), vec![]);
     let got: Vec<(String, String)> = reg.list().into_iter().map(|p| (p.name, p.kind)).collect();
     let want: Vec<(String, String)> = [
+        ("adaptive", "voter"),
         ("answer-format", "verifier"),
         ("borda", "voter"),
         ("coordinator", "role"),
@@ -156,7 +157,9 @@ async fn an_unknown_name_lists_what_is_loaded() {
     assert!(matches!(e, PluginError::NotFound { .. }));
     let msg = e.to_string();
     assert!(
-        msg.starts_with("no plugin named \"majorty\" is loaded (loaded: answer-format, borda,"),
+        msg.starts_with(
+            "no plugin named \"majorty\" is loaded (loaded: adaptive, answer-format, borda,"
+        ),
         "{msg}"
     );
 }

@@ -56,7 +56,10 @@ async fn debate_rounds_exchange_answers_over_the_bus() {
     let (r, events) = run_job(&team, "debate-1", "What is 17 * 3?", Some("51")).await;
     assert_eq!(r.stop, StopReason::Decided, "{r:?}");
     let t = &r.tasks[0].1;
-    assert_eq!((t.rounds, t.samples), (3, 9));
+    // The last round's vote may be settled by 2 agreeing ballots of 3 (an
+    // early decision; the replica then cancelled is not a sample).
+    assert_eq!(t.rounds, 3);
+    assert!((8..=9).contains(&t.samples), "{}", t.samples);
     // Two exchanges, each replica told the other two's answers.
     let answers = events
         .iter()
@@ -174,7 +177,13 @@ async fn a_fixed_plan_runs_its_subtasks_as_a_dag() {
     });
     assert_eq!(planned.unwrap(), ["left", "right", "product"]);
     for (_, t) in &r.tasks[2..] {
-        assert_eq!(t.samples, 3, "subtasks take the spec's subtask settings");
+        // 3 replicas; a majority of 3 may be settled by 2 agreeing ballots,
+        // and the replica then cancelled is not a sample.
+        assert!(
+            (2..=3).contains(&t.samples),
+            "subtasks take the spec's subtask settings: {}",
+            t.samples
+        );
     }
 }
 

@@ -92,7 +92,9 @@ async fn a_completion_carries_the_answer_and_the_conclave_object() {
     let answer = r["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.parse::<i64>().is_ok(), "{r}");
     assert_eq!(r["conclave"]["stop"]["stop"], "decided");
-    assert_eq!(r["conclave"]["samples"], 3);
+    // Three replicas of a majority vote decide on 2 agreeing ballots or 3.
+    let samples = r["conclave"]["samples"].as_u64().unwrap();
+    assert!((2..=3).contains(&samples), "{r}");
     assert!(r["usage"]["total_tokens"].as_u64().unwrap() > 0);
     let run = r["conclave"]["run_id"].as_str().unwrap();
     let log = s.journal.read(run).unwrap();

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::dag::Dag;
 use crate::model::latency::load_csv;
-use crate::team::dag::Dag;
-use crate::team::simulate::{run, Draws, Policy};
+use crate::team::simulate::{live, run, Draws, Policy};
 
 /// One cell: a latency set, a parallel fraction, a policy, a team size.
 #[derive(Clone, Debug, Serialize)]
@@ -20,37 +20,96 @@ pub struct Cell {
     pub n: usize,
     /// Mean makespan over the runs and the suites of this p, seconds.
     pub makespan: f64,
-    /// Mean makespan at n = 1 (same policy) divided by `makespan`.
+    /// Mean makespan at n = 1 (same policy) divided by `makespan`: the
+    /// ratio of mean makespans.
     pub speedup: f64,
+    /// The median over runs of each run's own speed-up (its makespan at
+    /// n = 1 over its makespan at n, same seed): the statistic the paper
+    /// reports.
+    pub median_speedup: f64,
     /// Amdahl's bound for this p and n.
     pub bound: f64,
     /// Model calls per run, claims and hedges included.
     pub calls: f64,
 }
 
-/// The policies compared.
-pub fn policies() -> [Policy; 4] {
-    [
-        Policy::Preassign,
-        Policy::SelfClaim,
-        Policy::CriticalPath {
+/// Copies of a task at most, with hedging (the first and two hedges).
+pub const HEDGE_COPIES: usize = 3;
+
+/// What runs the DAG: a policy of the simulator's model, or the live
+/// scheduler in virtual time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Runner {
+    Model(Policy),
+    /// The live scheduler; `Some(k)`: hedging, at most `k` copies.
+    Live(Option<usize>),
+}
+
+impl Runner {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runner::Model(p) => p.name(),
+            Runner::Live(None) => "live scheduler",
+            Runner::Live(Some(_)) => "live scheduler + hedging",
+        }
+    }
+
+    fn run(&self, dag: &Dag, n: usize, draws: &Draws) -> crate::team::simulate::Outcome {
+        match *self {
+            Runner::Model(p) => run(dag, n, p, draws),
+            Runner::Live(hedge) => live(dag, n, hedge, draws),
+        }
+    }
+}
+
+/// The policies compared; with `with_live`, the live scheduler beside the
+/// model's critical-path policy, with and without hedging.
+pub fn policies(with_live: bool) -> Vec<Runner> {
+    let mut v = vec![
+        Runner::Model(Policy::Preassign),
+        Runner::Model(Policy::SelfClaim),
+        Runner::Model(Policy::CriticalPath {
             hedge: false,
             max_copies: 1,
-        },
-        Policy::CriticalPath {
-            hedge: true,
-            max_copies: 3,
-        },
-    ]
+        }),
+    ];
+    if with_live {
+        v.push(Runner::Live(None));
+    }
+    v.push(Runner::Model(Policy::CriticalPath {
+        hedge: true,
+        max_copies: HEDGE_COPIES,
+    }));
+    if with_live {
+        v.push(Runner::Live(Some(HEDGE_COPIES)));
+    }
+    v
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// Runs every DAG in `tasks_dir` (`*_p02.json`, ...) against each model's
-/// latencies in `csv`, `runs` seeds per cell.
+/// latencies in `csv`, `runs` seeds per cell, copies of a task correlated
+/// by `correlation` ([`Draws::with_correlation`]); with `with_live`, the
+/// live scheduler too.
 pub fn table(
     tasks_dir: &Path,
     csv: &Path,
     models: &[&str],
     runs: u64,
+    correlation: f64,
+    with_live: bool,
 ) -> Result<Vec<Cell>, String> {
     let mut dags: Vec<Dag> = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(tasks_dir)
@@ -77,22 +136,28 @@ pub fn table(
             .into_iter()
             .map(|d| d.as_secs_f64())
             .collect();
-        let draws = Draws::new(Arc::new(lat), 0);
+        let draws = Draws::new(Arc::new(lat), 0).with_correlation(correlation);
         for &p in &ps {
             let group: Vec<&Dag> = dags
                 .iter()
                 .filter(|d| ((d.parallel_fraction() * 100.0).round() / 100.0 - p).abs() < 1e-9)
                 .collect();
-            for policy in policies() {
+            for policy in policies(with_live) {
                 let mut base = None;
+                let mut base_runs: Vec<f64> = Vec::new();
                 for n in 1..=5 {
                     let (mut total, mut calls) = (0.0, 0usize);
+                    let mut per_run = Vec::new();
                     for (k, d) in group.iter().enumerate() {
                         for s in 0..runs {
-                            let o = run(d, n, policy, &draws.with_seed(s * 31 + k as u64));
+                            let o = policy.run(d, n, &draws.with_seed(s * 31 + k as u64));
                             total += o.makespan;
                             calls += o.calls;
+                            per_run.push(o.makespan);
                         }
+                    }
+                    if n == 1 {
+                        base_runs = per_run.clone();
                     }
                     let count = (group.len() as u64 * runs) as f64;
                     let makespan = total / count;
@@ -104,6 +169,13 @@ pub fn table(
                         n,
                         makespan,
                         speedup: t1 / makespan,
+                        median_speedup: median(
+                            base_runs
+                                .iter()
+                                .zip(&per_run)
+                                .map(|(a, b)| a / b.max(1e-9))
+                                .collect(),
+                        ),
                         bound: group[0].amdahl_bound(n),
                         calls: calls as f64 / count,
                     });
@@ -127,6 +199,8 @@ mod tests {
             &data.join("llm_call_latencies.csv"),
             &["gpt-5.2"],
             20,
+            0.0,
+            false,
         )
         .unwrap();
         let cell = |policy: &str, p: f64, n: usize| {

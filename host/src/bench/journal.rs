@@ -17,6 +17,7 @@ use crate::spec::team::TeamSpec;
 use crate::team::consensus::StopReason;
 use crate::team::events::{Event, Quiet};
 use crate::team::job::PreparedTeam;
+use crate::team::submit::Job;
 
 /// The numbers.
 #[derive(Clone, Debug, Serialize)]
@@ -99,11 +100,9 @@ pub async fn run(
         plain_t.push(start.elapsed());
         plain = Some(p);
         let start = Instant::now();
-        crate::journal::resume::run(
-            &team,
+        team.submit(
+            &Job::new(&format!("discarding-{round}"), "", None),
             Arc::new(Discard),
-            &format!("discarding-{round}"),
-            "",
             None,
             Arc::new(Quiet),
             CancellationToken::new(),
@@ -112,16 +111,15 @@ pub async fn run(
         discard_t.push(start.elapsed());
         let c0 = journal.commits();
         let start = Instant::now();
-        let d = crate::journal::resume::run(
-            &team,
-            journal.clone(),
-            "journaled",
-            "",
-            None,
-            Arc::new(Quiet),
-            CancellationToken::new(),
-        )
-        .await;
+        let d = team
+            .submit(
+                &Job::new("journaled", "", None),
+                journal.clone(),
+                None,
+                Arc::new(Quiet),
+                CancellationToken::new(),
+            )
+            .await;
         with_t.push(start.elapsed());
         commits = journal.commits() - c0;
         if let Some(e) = &d.journal_error {

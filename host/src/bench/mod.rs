@@ -5,6 +5,7 @@
 //! Only measuring lives here; the CLI prints.
 
 pub mod amdahl;
+pub mod consensus;
 pub mod embedded;
 pub mod journal;
 pub mod router;

@@ -113,11 +113,9 @@ pub async fn run(plugins: &std::path::Path, requests: usize) -> Result<Vec<Row>,
             async move {
                 let id = format!("inproc-{clients}-{i}");
                 let q = format!("What is {i} + 1?");
-                crate::journal::resume::run(
-                    &t,
+                t.submit(
+                    &crate::team::submit::Job::new(&id, &q, None),
                     j,
-                    &id,
-                    &q,
                     None,
                     Arc::new(Quiet),
                     CancellationToken::new(),

@@ -179,6 +179,141 @@ pub async fn adaptive(
     })
 }
 
+/// One policy at one accuracy in [`sweep`], with 95% intervals.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepScore {
+    pub accuracy_of_node: f64,
+    pub score: PolicyScore,
+    /// Wilson interval of the accuracy.
+    pub accuracy_interval: (f64, f64),
+    /// Normal interval of the mean samples per item.
+    pub samples_interval: (f64, f64),
+}
+
+/// A voter to score in [`sweep`]: a name for the report, the built-in, its
+/// config (`{cap}` stands for the cap) and the samples it starts with.
+#[derive(Clone, Debug)]
+pub struct SweepPolicy {
+    pub label: String,
+    pub voter: String,
+    pub config: String,
+    pub first: u32,
+}
+
+/// The Wilson score interval (95%) of `k` successes in `n`: honest near 0
+/// and 1, where the normal interval is not.
+fn wilson(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n, p) = (1.96f64, n as f64, k as f64 / n as f64);
+    let d = 1.0 + z * z / n;
+    let c = (p + z * z / (2.0 * n)) / d;
+    let h = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
+    ((c - h).max(0.0), (c + h).min(1.0))
+}
+
+/// Each policy on `items` items (the data set's questions, cycled) on two
+/// sim nodes of each accuracy, cap `cap`. Every policy gets fresh nodes
+/// with the same seeds, so the draws repeat from policy to policy.
+pub async fn sweep(
+    plugins: &Path,
+    data: &Path,
+    accuracies: &[f64],
+    items: usize,
+    cap: u32,
+    policies: &[SweepPolicy],
+) -> Result<Vec<SweepScore>, String> {
+    let questions = read_items(data, usize::MAX)?;
+    if questions.is_empty() {
+        return Err(format!("{}: no items", data.display()));
+    }
+    let rt = Arc::new(PluginRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?);
+    let solver = load(
+        &rt,
+        plugins,
+        "solver",
+        "",
+        Grants {
+            llm: true,
+            ..Grants::default()
+        },
+    )
+    .await?;
+    let check = load(&rt, plugins, "answer-format", "", Grants::default()).await?;
+    let mut out = Vec::new();
+    for &accuracy in accuracies {
+        for p in policies {
+            let config = p.config.replace("{cap}", &cap.to_string());
+            // Two nodes of the same accuracy, as a team would have.
+            let nodes = [11, 12]
+                .into_iter()
+                .map(|seed| {
+                    let cfg = SimConfig {
+                        accuracy,
+                        seed,
+                        ..Default::default()
+                    };
+                    SimBackend::new(&format!("sim-{seed}"), cfg, Path::new("."))
+                        .map(|b| NodeHandle::new(Arc::new(b)))
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let team = Team {
+                runtime: rt.clone(),
+                router: Arc::new(Router::new(nodes, RouterConfig::default())),
+                role: solver.clone(),
+                verifiers: vec![check.clone()],
+                voter: load(&rt, plugins, &p.voter, &config, Grants::default()).await?,
+            };
+            let (mut right, mut undecided) = (0usize, 0usize);
+            let mut samples: Vec<f64> = Vec::with_capacity(items);
+            for i in 0..items {
+                let (q, gold) = &questions[i % questions.len()];
+                let spec = TaskSpec {
+                    id: format!("item-{i}"),
+                    prompt: q.clone(),
+                    answer_kind: AnswerKind::Number,
+                    gold: Some(gold.clone()),
+                    checker: None,
+                    replicas: p.first.min(cap),
+                    max_samples: cap,
+                    max_rounds: 1,
+                    debate_rounds: 0,
+                    retries: 1,
+                    inputs: vec![],
+                };
+                let r = team.run_task("bench-sweep", &spec).await;
+                samples.push(r.samples as f64);
+                match (&r.stop, &r.answer) {
+                    (StopReason::Decided, Some(a)) if answer::same(a, gold, Kind::Number) => {
+                        right += 1
+                    }
+                    (StopReason::Decided, _) => {}
+                    _ => undecided += 1,
+                }
+            }
+            let n = items.max(1) as f64;
+            let mean = samples.iter().sum::<f64>() / n;
+            let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            let half = 1.96 * (var / n).sqrt();
+            out.push(SweepScore {
+                accuracy_of_node: accuracy,
+                score: PolicyScore {
+                    policy: p.label.clone(),
+                    items,
+                    accuracy: right as f64 / n,
+                    samples_per_item: mean,
+                    no_decision: undecided,
+                },
+                accuracy_interval: wilson(right, items),
+                samples_interval: (mean - half, mean + half),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Result of [`throughput`].
 #[derive(Clone, Debug, Serialize)]
 pub struct ThroughputReport {

@@ -119,11 +119,13 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             tasks,
             latencies,
             runs,
+            correlation,
+            live,
             json,
         } => {
             let models = ["gpt-5.2", "claude-sonnet-4-6", "gemini-3-flash"];
             let cells = match blocking(move || {
-                conclave::bench::amdahl::table(&tasks, &latencies, &models, runs)
+                conclave::bench::amdahl::table(&tasks, &latencies, &models, runs, correlation, live)
             })
             .await
             {
@@ -138,21 +140,28 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 return exit::OK;
             }
             println!(
-                "speed-up over n = 1 (share of Amdahl's bound), {runs} seeds per DAG, virtual time"
+                "speed-up over n = 1: ratio of mean makespans / median of per-run speed-ups (ratio's share of Amdahl's bound), calls per run at n=5; {runs} seeds per DAG, virtual time, copies correlated {correlation}"
             );
             println!(
-                "{:<18} {:>4} {:<26} {:>14} {:>14} {:>14} {:>14}",
-                "latencies", "p", "policy", "n=2", "n=3", "n=4", "n=5"
+                "{:<18} {:>4} {:<26} {:>21} {:>21} {:>21} {:>21} {:>6}",
+                "latencies", "p", "policy", "n=2", "n=3", "n=4", "n=5", "calls"
             );
             for row in cells.chunks(5) {
                 let r = &row[0];
                 let cols: Vec<String> = row[1..]
                     .iter()
-                    .map(|c| format!("{:.2}x ({:>3.0}%)", c.speedup, 100.0 * c.speedup / c.bound))
+                    .map(|c| {
+                        format!(
+                            "{:.2}x/{:.2}x ({:>3.0}%)",
+                            c.speedup,
+                            c.median_speedup,
+                            100.0 * c.speedup / c.bound
+                        )
+                    })
                     .collect();
                 println!(
-                    "{:<18} {:>4.1} {:<26} {:>14} {:>14} {:>14} {:>14}",
-                    r.model, r.p, r.policy, cols[0], cols[1], cols[2], cols[3]
+                    "{:<18} {:>4.1} {:<26} {:>21} {:>21} {:>21} {:>21} {:>6.1}",
+                    r.model, r.p, r.policy, cols[0], cols[1], cols[2], cols[3], row[4].calls
                 );
             }
             exit::OK
@@ -162,11 +171,47 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             accuracy,
             cap,
             quorum,
+            adaptive: adaptive_config,
+            accuracies,
+            items,
             tasks,
             concurrency,
             json,
         } => {
             let dir = default_plugin_dir();
+            let policies = [
+                (
+                    "fixed vote of the cap (majority)",
+                    "majority",
+                    String::new(),
+                    cap,
+                ),
+                ("quorum (margin 2)", "quorum", quorum.clone(), 2),
+                ("adaptive (Beta posterior)", "adaptive", adaptive_config, 1),
+            ]
+            .map(
+                |(label, voter, config, first)| conclave::bench::team::SweepPolicy {
+                    label: label.into(),
+                    voter: voter.into(),
+                    config,
+                    first,
+                },
+            );
+            let sweep = if items == 0 {
+                Ok(vec![])
+            } else {
+                conclave::bench::team::sweep(&dir, &data, &accuracies, items, cap, &policies).await
+            };
+            let sweep = match sweep {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            if !json {
+                print_sweep(&sweep, items, cap, &data);
+            }
             let adaptive =
                 conclave::bench::team::adaptive(&dir, &data, accuracy, cap, usize::MAX, &quorum)
                     .await;
@@ -179,7 +224,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 }
             };
             if json {
-                let out = serde_json::json!({"adaptive": adaptive, "throughput": throughput});
+                let out = serde_json::json!({"adaptive": adaptive, "sweep": sweep, "throughput": throughput});
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&out).expect("serialisable")
@@ -209,6 +254,70 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 "  the same tasks as one job on the scheduler (events observed): {:.0} tasks/s in {:.2?} ({:.2}x of direct)",
                 throughput.scheduled_tasks_per_second, throughput.scheduled_wall, throughput.scheduled_ratio
             );
+            exit::OK
+        }
+        BenchCmd::Consensus {
+            items,
+            accuracy,
+            nodes,
+            models,
+            latencies,
+            seed,
+            json,
+        } => {
+            let b = conclave::bench::consensus::ConsensusBench {
+                plugins: default_plugin_dir(),
+                latencies,
+                models,
+                items,
+                accuracy,
+                nodes,
+                seed,
+            };
+            let reports = match conclave::bench::consensus::run(b) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reports).expect("serialisable")
+                );
+                return exit::OK;
+            }
+            for m in &reports {
+                println!("{} ({items} items, virtual time):", m.model);
+                for r in &m.rows {
+                    println!(
+                        "  {:<38} p50 {:>6.2} s [{:.2}, {:.2}]  p95 {:>6.2} s [{:.2}, {:.2}]  \
+                         accuracy {:.3} [{:.3}, {:.3}]  samples {:.2}  votes {:.2}  \
+                         cancelled {:.2}  hedges {:.2}  tokens {:.0}",
+                        r.team,
+                        r.p50.secs,
+                        r.p50.low,
+                        r.p50.high,
+                        r.p95.secs,
+                        r.p95.low,
+                        r.p95.high,
+                        r.accuracy,
+                        r.accuracy_low,
+                        r.accuracy_high,
+                        r.samples_per_item,
+                        r.votes_per_item,
+                        r.cancelled_per_item,
+                        r.hedges_per_item,
+                        r.tokens_per_item
+                    );
+                }
+                println!(
+                    "  early / single: p50 {:.2}x (goal <= 1.7), p95 {:.2}x (goal <= 1); \
+                     accuracy early - all: {:+.1} points (goal within 1)",
+                    m.p50_ratio, m.p95_ratio, m.accuracy_gap_points
+                );
+            }
             exit::OK
         }
         BenchCmd::Journal {
@@ -318,5 +427,43 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 exit::FAILURE
             }
         },
+    }
+}
+
+/// Prints the adaptive-consistency sweep: each policy's accuracy and
+/// samples per item with 95% intervals, and samples saved against the
+/// first policy (the fixed vote) at the same accuracy.
+fn print_sweep(
+    sweep: &[conclave::bench::team::SweepScore],
+    items: usize,
+    cap: u32,
+    data: &std::path::Path,
+) {
+    if !sweep.is_empty() {
+        println!(
+            "sweep: {items} items per accuracy (cycled from {}), cap {cap}, 95% intervals:",
+            data.display()
+        );
+    }
+    for row in sweep {
+        let s = &row.score;
+        let fixed = sweep
+            .iter()
+            .find(|r| r.accuracy_of_node == row.accuracy_of_node)
+            .map(|r| r.score.samples_per_item)
+            .unwrap_or(f64::NAN);
+        println!(
+            "  node {:.1}  {:<34} accuracy {:>5.1}% ({:.1}-{:.1})  samples/item {:>5.2} ({:.2}-{:.2})  {:.2}x fewer  undecided {}",
+            row.accuracy_of_node,
+            s.policy,
+            s.accuracy * 100.0,
+            row.accuracy_interval.0 * 100.0,
+            row.accuracy_interval.1 * 100.0,
+            s.samples_per_item,
+            row.samples_interval.0,
+            row.samples_interval.1,
+            fixed / s.samples_per_item.max(1e-9),
+            s.no_decision
+        );
     }
 }

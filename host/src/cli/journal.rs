@@ -316,13 +316,21 @@ pub fn trace(run: &str, json: bool, html: Option<&Path>, data_dir: Option<&Path>
         }
     );
     println!(
-        "{:<16} {:>6} {:>9} {:>9} {:>10} {:>10} {:>8} {:>10}",
-        "node", "calls", "journal", "failures", "p50 ms", "p95 ms", "tokens", "cost"
+        "{:<16} {:>6} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>10}",
+        "node", "calls", "journal", "failures", "cancelled", "p50 ms", "p95 ms", "tokens", "cost"
     );
     for n in &t.nodes {
         println!(
-            "{:<16} {:>6} {:>9} {:>9} {:>10.1} {:>10.1} {:>8} {:>10.6}",
-            n.node, n.calls, n.replayed, n.failures, n.p50_ms, n.p95_ms, n.tokens, n.cost
+            "{:<16} {:>6} {:>9} {:>9} {:>9} {:>10.1} {:>10.1} {:>8} {:>10.6}",
+            n.node,
+            n.calls,
+            n.replayed,
+            n.failures,
+            n.cancelled,
+            n.p50_ms,
+            n.p95_ms,
+            n.tokens,
+            n.cost
         );
     }
     if !t.plugins.is_empty() {

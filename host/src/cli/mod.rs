@@ -307,6 +307,12 @@ enum BenchCmd {
         /// Seeds per DAG and cell.
         #[arg(long, default_value_t = 200)]
         runs: u64,
+        /// How alike a task's copies' latencies are, 0..1 (0: independent).
+        #[arg(long, default_value_t = 0.0)]
+        correlation: f64,
+        /// Also run the live scheduler in virtual time beside the model.
+        #[arg(long)]
+        live: bool,
         #[arg(long)]
         json: bool,
     },
@@ -327,10 +333,43 @@ enum BenchCmd {
             default_value = r#"{"share":0.5,"min_votes":3,"margin":2,"max_samples":{cap},"plurality_at_cap":true}"#
         )]
         quorum: String,
+        /// The `adaptive` voter's config in the sweep; `{cap}` stands for --cap.
+        #[arg(long, default_value = r#"{"threshold":0.95,"max_samples":{cap}}"#)]
+        adaptive: String,
+        /// Node accuracies of the sweep (fixed vote, quorum, adaptive).
+        #[arg(long, value_delimiter = ',', default_value = "0.4,0.6,0.8")]
+        accuracies: Vec<f64>,
+        /// Items per accuracy in the sweep (the data set's questions, cycled);
+        /// 0 skips the sweep.
+        #[arg(long, default_value_t = 1000)]
+        items: usize,
         #[arg(long, default_value_t = 2000)]
         tasks: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The live consensus loop in virtual time on the paper's latencies:
+    /// 5 replicas deciding early (with hedging), the same waiting for all,
+    /// and one sample.
+    Consensus {
+        #[arg(long, default_value_t = 2000)]
+        items: usize,
+        /// Each sample's chance of the right answer.
+        #[arg(long, default_value_t = 0.7)]
+        accuracy: f64,
+        /// Sim nodes the team spreads over.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Models: substrings of the CSV's `model` column.
+        #[arg(long, value_delimiter = ',', default_value = "gpt-5.2,claude,gemini")]
+        models: Vec<String>,
+        /// `model,latency_s` CSV of measured latencies.
+        #[arg(long, default_value = "data/paper-amdahl/llm_call_latencies.csv")]
+        latencies: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         #[arg(long)]
         json: bool,
     },

@@ -49,16 +49,10 @@ pub async fn ask(args: RunArgs) -> u8 {
     };
     let run_id = run_id.unwrap_or_else(conclave::team::job::new_run_id);
     let (observer, bar) = progress(json);
-    let done = conclave::journal::resume::run(
-        &team,
-        journal,
-        &run_id,
-        &question,
-        gold.as_deref(),
-        observer,
-        cancel_on_ctrl_c(),
-    )
-    .await;
+    let job = conclave::team::submit::Job::new(&run_id, &question, gold.as_deref());
+    let done = team
+        .submit(&job, journal, None, observer, cancel_on_ctrl_c())
+        .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -2,9 +2,12 @@
 //! `{"question", "answer"}` (numbers compared after normalisation, other
 //! text exactly after trimming and case-folding) or `{"question",
 //! "choices", "answer": "B"}` (multiple choice, letters compared). Every
-//! item is a journaled run whose id derives from the evaluation, the team
-//! and the item, so an interrupted evaluation resumes: items whose run
-//! ended are read back, not asked again.
+//! item is a journaled run whose id derives from the evaluation and a hash
+//! of what decides its result (the team's spec text, the SHA-256 of every
+//! plugin it loaded, and the item's content), so an interrupted evaluation
+//! resumes: items whose run ended are read back, not asked again, while a
+//! team that kept its name but changed its voter, nodes or plugins is
+//! asked again.
 //!
 //! What lives elsewhere: the CLI prints the table and draws the progress
 //! bar; [`chart`] writes the SVG.
@@ -17,12 +20,14 @@ use std::sync::Arc;
 use conclave_sdk::answer::{self, Kind};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
 use crate::team::consensus::StopReason;
 use crate::team::events::Quiet;
 use crate::team::job::{JobResult, PreparedTeam};
+use crate::team::submit::Job;
 
 /// One dataset item.
 #[derive(Clone, Debug, Deserialize)]
@@ -215,9 +220,46 @@ fn item_result(i: usize, item: &Item, r: &JobResult, resumed: bool) -> ItemResul
     }
 }
 
-/// The run id of item `i` of evaluation `eval` for `team`.
-pub fn run_id(eval: &str, team: &str, i: usize) -> String {
-    format!("{eval}-{team}-{i}")
+/// What a team's results depend on, as a SHA-256 (hex): its spec's text
+/// and each plugin it loaded, by the team's name for it and the hash of
+/// its component. A team's name is not in it on purpose: two specs that
+/// differ only there would score alike, and one name kept over a changed
+/// voter must not reuse the old results.
+pub fn team_key(team: &PreparedTeam) -> String {
+    let mut h = Sha256::new();
+    h.update(team.spec().source.as_bytes());
+    let mut plugins: Vec<(String, String)> = team
+        .plugins()
+        .iter()
+        .map(|(name, u)| (name.clone(), u.plugin.current().hash().to_string()))
+        .collect();
+    plugins.sort();
+    for (name, hash) in plugins {
+        h.update([0]);
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(hash.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The run id of item `i` of evaluation `eval` for the team whose
+/// [`team_key`] is `team_key`: the names are there for a reader, the hash
+/// of the team key and the item's content decides what is reused.
+pub fn run_id(eval: &str, team: &str, team_key: &str, i: usize, item: &Item) -> String {
+    let mut h = Sha256::new();
+    h.update(team_key.as_bytes());
+    h.update([0]);
+    h.update(item.question.as_bytes());
+    h.update([0]);
+    for c in item.choices.iter().flatten() {
+        h.update(c.as_bytes());
+        h.update([1]);
+    }
+    h.update([0]);
+    h.update(item.answer.as_bytes());
+    let digest = hex::encode(h.finalize());
+    format!("{eval}-{team}-{i}-{}", &digest[..16])
 }
 
 /// Scores `team` on `items`, `parallel` items at once. Each item is a run
@@ -234,26 +276,21 @@ pub async fn evaluate(
     done: &(dyn Fn(&ItemResult) + Sync),
 ) -> Score {
     let name = team.spec().team.name.clone();
+    let key = team_key(team);
     let results: Vec<ItemResult> = futures::stream::iter(items.iter().enumerate())
         .map(|(i, item)| {
             let journal = journal.clone();
-            let id = run_id(eval, &name, i);
+            let id = run_id(eval, &name, &key, i, item);
             let cancel = cancel.clone();
             async move {
                 if let Some(r) = journal.read(&id).ok().and_then(|l| l.ended().cloned()) {
                     return item_result(i, item, &r, true);
                 }
                 let q = item.prompt();
-                let res = crate::journal::resume::run(
-                    team,
-                    journal,
-                    &id,
-                    &q,
-                    Some(&item.answer),
-                    Arc::new(Quiet),
-                    cancel,
-                )
-                .await;
+                let job = Job::new(&id, &q, Some(&item.answer));
+                let res = team
+                    .submit(&job, journal, None, Arc::new(Quiet), cancel)
+                    .await;
                 item_result(i, item, &res.result, false)
             }
         })

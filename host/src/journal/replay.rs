@@ -190,6 +190,7 @@ pub async fn replay(
                 voter: recorded_voter,
                 decision,
                 hash: recorded_hash,
+                ..
             } => {
                 let using = match &voter {
                     Some(v) => v.clone(),

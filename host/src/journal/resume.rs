@@ -1,21 +1,23 @@
-//! Running a job with its journal, and resuming one that was killed: the
-//! spec and question come back from the journal, the model replies already
-//! journaled are reused (no node is called for them), and the rest of the
-//! run is done again. Seeds depend on the run id, task and replica, so on
-//! seeded nodes the resumed run reaches the result the uninterrupted one
-//! would have.
+//! Reading a killed run back for resuming: the spec and question come
+//! back from the journal, a damaged tail is cut back, and the model
+//! replies already journaled are handed to the team's entry point
+//! ([`PreparedTeam::submit`]), which reuses them (no node is called for
+//! them) and does the rest of the run again. Seeds depend on the run id,
+//! task and replica, so on seeded nodes the resumed run reaches the result
+//! the uninterrupted one would have. This module reads; the team runs.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Entry, Journal, JournalError, Recorder, RunLog};
+use super::{Journal, JournalError, RunLog};
 use crate::plugin::PluginRuntime;
 use crate::spec::team::TeamSpec;
 use crate::team::consensus::{Recorded, RecordedCall};
-use crate::team::events::{Both, Event, Observer};
-use crate::team::job::{JobError, JobResult, PreparedTeam};
+use crate::team::events::{Event, Observer};
+use crate::team::job::{JobError, PreparedTeam};
+use crate::team::submit::{Job, Resume};
 
 /// Why a run could not be resumed.
 #[derive(Debug, thiserror::Error)]
@@ -32,77 +34,7 @@ pub enum ResumeError {
     },
 }
 
-/// A job run with its journal: what it came to, and the first error
-/// writing the journal (the run itself goes on without it).
-pub struct Journaled {
-    pub result: JobResult,
-    pub journal_error: Option<String>,
-    /// What was wrong with the journal's tail when resuming, if anything.
-    pub repaired: Option<String>,
-}
-
-/// Runs `question` on `team`, journaling every step under `run_id`.
-pub async fn run(
-    team: &PreparedTeam,
-    journal: Arc<dyn Journal>,
-    run_id: &str,
-    question: &str,
-    gold: Option<&str>,
-    observer: Arc<dyn Observer>,
-    cancel: CancellationToken,
-) -> Journaled {
-    let spec = team.spec();
-    journal.append(
-        run_id,
-        Entry::JobSubmitted {
-            team: spec.team.name.clone(),
-            spec_path: spec.path.display().to_string(),
-            spec: spec.source.clone(),
-            question: question.to_string(),
-            gold: gold.map(String::from),
-        },
-    );
-    // The submission is durable before any model is called: whatever
-    // happens next, the run can be resumed.
-    let submitted = journal.flush().await.err().map(|e| e.to_string());
-    let mut done = finish(
-        team, journal, run_id, question, gold, observer, cancel, None, None,
-    )
-    .await;
-    done.journal_error = submitted.or(done.journal_error);
-    done
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    team: &PreparedTeam,
-    journal: Arc<dyn Journal>,
-    run_id: &str,
-    question: &str,
-    gold: Option<&str>,
-    observer: Arc<dyn Observer>,
-    cancel: CancellationToken,
-    recorded: Option<Arc<Recorded>>,
-    repaired: Option<String>,
-) -> Journaled {
-    let recorder = Recorder::new(journal.clone());
-    let both: Arc<dyn Observer> = Arc::new(Both(recorder.clone(), observer));
-    let result = team
-        .run_with(run_id, question, gold, both, cancel, recorded)
-        .await;
-    journal.append(
-        run_id,
-        Entry::JobEnded {
-            result: result.clone(),
-        },
-    );
-    let flushed = journal.flush().await.err().map(|e| e.to_string());
-    Journaled {
-        result,
-        journal_error: recorder.error().or(flushed),
-        repaired,
-    }
-}
+pub use crate::team::submit::Journaled;
 
 /// The model replies in a run's journal, for [`resume`].
 pub fn recorded(log: &RunLog) -> Recorded {
@@ -171,19 +103,13 @@ pub async fn resume(
         .await
         .map_err(team_err)?;
     let after = log.records.last().map(|r| r.seq).unwrap_or(0);
-    journal.append(run_id, Entry::Resumed { after });
-    let replies = Arc::new(recorded(&log));
-    let (question, gold) = (question.to_string(), gold.map(String::from));
-    Ok(finish(
-        &team,
-        journal,
-        run_id,
-        &question,
-        gold.as_deref(),
-        observer,
-        cancel,
-        Some(replies),
+    let job = Job::new(run_id, question, gold);
+    let resume = Resume {
+        after,
+        replies: Arc::new(recorded(&log)),
         repaired,
-    )
-    .await)
+    };
+    Ok(team
+        .submit(&job, journal, Some(resume), observer, cancel)
+        .await)
 }

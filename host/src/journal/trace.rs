@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Entry, RunLog};
-use crate::team::events::{Event, Served};
+use crate::team::events::{AttemptEnd, Event, Served};
 
 /// One version of one plugin's share of a run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -38,7 +38,11 @@ pub struct NodeRow {
     pub calls: u32,
     /// Calls answered from the journal on resume (not made again).
     pub replayed: u32,
+    /// Failed attempts on this node (each retry the router made counts);
+    /// in journals written before attempts were recorded, failed calls.
     pub failures: u32,
+    /// Hedges on this node cancelled when the other request answered.
+    pub cancelled: u32,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub tokens: u64,
@@ -128,6 +132,16 @@ pub fn trace(log: &RunLog) -> Trace {
     let mut timeline = Vec::new();
     let (mut messages, mut resumed) = (0u32, 0u32);
     let mut plugins: Vec<PluginRow> = Vec::new();
+    // A failed call's attempts are journaled one by one; its closing
+    // `failure` counts against a node only in journals that predate them.
+    let attempts_recorded = log.records.iter().any(|r| {
+        matches!(
+            &r.entry,
+            Entry::Event {
+                event: Event::Attempt { .. }
+            }
+        )
+    });
     let mut served = |by: &Served, failed: bool| {
         let i = match plugins
             .iter()
@@ -236,8 +250,32 @@ pub fn trace(log: &RunLog) -> Trace {
                         }
                     )
                 }
+                Event::Attempt {
+                    task,
+                    replica,
+                    call,
+                    node,
+                    outcome,
+                    cause,
+                    latency_ms,
+                } => {
+                    let (row, _) = nodes.entry(node.clone()).or_default();
+                    row.node = node.clone();
+                    match outcome {
+                        AttemptEnd::Failed => row.failures += 1,
+                        AttemptEnd::Cancelled => row.cancelled += 1,
+                    }
+                    let what = match outcome {
+                        AttemptEnd::Failed => "failed",
+                        AttemptEnd::Cancelled => "cancelled (hedge lost)",
+                    };
+                    format!(
+                        "  {task}/{replica} call {call} on {node}: {what} after {latency_ms:.1} ms{}",
+                        cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+                    )
+                }
                 Event::Failure { task, what, node } => {
-                    if let Some(n) = node {
+                    if let Some(n) = node.as_ref().filter(|_| !attempts_recorded) {
                         let (row, _) = nodes.entry(n.clone()).or_default();
                         row.node = n.clone();
                         row.failures += 1;
@@ -264,6 +302,7 @@ pub fn trace(log: &RunLog) -> Trace {
                     voter,
                     decision,
                     hash,
+                    ..
                 } => {
                     let version = match hash {
                         Some(h) => {
@@ -291,6 +330,34 @@ pub fn trace(log: &RunLog) -> Trace {
                         served(by, false);
                     }
                     format!("  {task} planned {}", subtasks.join(", "))
+                }
+                Event::ReplicaCancelled {
+                    task,
+                    round,
+                    replica,
+                    reason,
+                    tokens,
+                    ..
+                } => format!(
+                    "  {task}/{replica} round {round}: cancelled ({reason}); {tokens} tokens spent"
+                ),
+                Event::ReplicaHedged {
+                    task,
+                    replica,
+                    copy,
+                    after_ms,
+                    ..
+                } => format!(
+                    "  {task}/{replica}: hedged by replica {copy} after {:.0} ms",
+                    after_ms
+                ),
+                Event::TaskHedged {
+                    task,
+                    copy,
+                    after_ms,
+                } => format!("task {task}: copy {copy} started after {after_ms:.0} ms"),
+                Event::TaskCopyCancelled { task, copy, winner } => {
+                    format!("task {task}: copy {copy} cancelled, copy {winner} finished first")
                 }
                 Event::TaskEnded { task, result } => {
                     let i = task_row(&mut tasks, task);

@@ -159,6 +159,28 @@ pub struct Routed {
     pub lost_cost: f64,
 }
 
+/// One request the router sent to one node while serving a call: the
+/// retries and hedges a caller would otherwise never see, so that a trace
+/// can say which node failed, why, and where the call went instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub node: String,
+    pub outcome: AttemptOutcome,
+    /// From the attempt's start to its end (its answer, error or cancel).
+    pub latency: Duration,
+}
+
+/// How one [`Attempt`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptOutcome {
+    /// It answered the call.
+    Served,
+    /// It failed; the router retried elsewhere or gave up.
+    Failed(ModelError),
+    /// It was a hedge pair's loser, cancelled when the other answered.
+    Cancelled,
+}
+
 type TokenLimiter = governor::DefaultDirectRateLimiter;
 
 struct Slot {
@@ -519,6 +541,22 @@ impl Router {
         (i, result, latency)
     }
 
+    /// The largest of the nodes' latency quantile `q` over their recent
+    /// successful calls, among the nodes with at least `min_samples` of
+    /// them (`None` when none has): how long a call may run on any node
+    /// before it is late. The consensus loop hedges a whole replica past it.
+    pub fn latency_quantile(&self, q: f64, min_samples: usize) -> Option<Duration> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                s.health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .quantile(q, min_samples)
+            })
+            .max()
+    }
+
     fn hedge_delay(&self, i: usize) -> Option<Duration> {
         let h = &self.config.hedge;
         if !h.enabled {
@@ -549,6 +587,9 @@ impl Router {
     /// One attempt, hedged by a second request if it runs past the node's
     /// hedging quantile. The first success wins; the other is cancelled,
     /// and its node is returned last (the loser, whose prompt was spent).
+    /// Attempts that did not decide the call (a failed first of a pair,
+    /// a cancelled loser) are added to `trail`; the caller adds the one
+    /// returned.
     async fn hedged(
         &self,
         i: usize,
@@ -556,6 +597,7 @@ impl Router {
         request: &ChatRequest,
         tried: &[usize],
         deadline: Instant,
+        trail: &mut Vec<Attempt>,
     ) -> (
         usize,
         Result<ChatResponse, ModelError>,
@@ -583,13 +625,31 @@ impl Router {
         };
         self.hedges.fetch_add(1, Ordering::Relaxed);
         let second = Box::pin(self.attempt(second_node, request, deadline));
+        let hedge_started = Instant::now();
         let (done, other, loser) = match select(first, second).await {
             Either::Left((d, other)) => (d, Either::Right(other), second_node),
             Either::Right((d, other)) => (d, Either::Left(other), i),
         };
         if done.1.is_ok() {
             // Dropping `other` cancels the losing request.
+            trail.push(Attempt {
+                node: self.slots[loser].node.backend.name().to_string(),
+                outcome: AttemptOutcome::Cancelled,
+                // The first request had run `delay` before the timer.
+                latency: if loser == i {
+                    delay + started.elapsed()
+                } else {
+                    hedge_started.elapsed()
+                },
+            });
             return (done.0, done.1, started.elapsed() + delay, true, Some(loser));
+        }
+        if let Err(e) = &done.1 {
+            trail.push(Attempt {
+                node: self.slots[done.0].node.backend.name().to_string(),
+                outcome: AttemptOutcome::Failed(e.clone()),
+                latency: done.2,
+            });
         }
         let (j, r, _) = match other {
             Either::Left(f) => f.await,
@@ -605,6 +665,19 @@ impl Router {
         route: &Route,
         tag: &CallTag,
         request: &ChatRequest,
+    ) -> Result<Routed, ModelError> {
+        self.chat_traced(route, tag, request, &mut Vec::new()).await
+    }
+
+    /// [`Router::chat`], adding every attempt it makes to `trail` as it
+    /// ends (served, failed, or cancelled as a hedge's loser), in order, so
+    /// that a caller can journal retries whether the call succeeds or not.
+    pub async fn chat_traced(
+        &self,
+        route: &Route,
+        tag: &CallTag,
+        request: &ChatRequest,
+        trail: &mut Vec<Attempt>,
     ) -> Result<Routed, ModelError> {
         let start = Instant::now();
         let deadline = start + route.deadline.unwrap_or(self.config.deadline);
@@ -640,9 +713,18 @@ impl Router {
                 }
             };
             tried.push(i);
-            let (served, result, _, hedged, loser) =
-                self.hedged(i, route, request, &tried, deadline).await;
+            let (served, result, latency, hedged, loser) = self
+                .hedged(i, route, request, &tried, deadline, trail)
+                .await;
             let node = self.slots[served].node.backend.name().to_string();
+            trail.push(Attempt {
+                node: node.clone(),
+                outcome: match &result {
+                    Ok(_) => AttemptOutcome::Served,
+                    Err(e) => AttemptOutcome::Failed(e.clone()),
+                },
+                latency,
+            });
             match result {
                 Ok(response) => {
                     let (lost_tokens, lost_cost) = match loser {

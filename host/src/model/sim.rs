@@ -23,6 +23,7 @@ use serde::Deserialize;
 use super::latency::{Latency, LatencySpec};
 use super::node::NodeError;
 use super::{Backend, ChatRequest, ChatResponse, Completion, ModelError};
+use rand_distr::{Distribution, StandardNormal};
 
 /// A sim node's settings (the `[[node]]` table with `backend = "sim"`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -49,6 +50,14 @@ pub struct SimConfig {
     pub rate_limit_rate: f64,
     /// Seed of this node's randomness.
     pub seed: u64,
+    /// How alike the latencies of calls of the same request are, 0..1
+    /// (default 0: independent). Calls with the same messages and seed (a
+    /// retry, a hedge, or an unseeded replica of the same prompt) share a
+    /// size factor: their latencies are the distribution's quantiles at
+    /// `Φ(√ρ·Z + √(1−ρ)·E)`, `Z` per request and `E` per call, so a
+    /// request that was slow is likely slow again when sent again, as on a
+    /// real node. Constant latencies are not affected.
+    pub latency_correlation: f64,
 }
 
 impl Default for SimConfig {
@@ -64,6 +73,7 @@ impl Default for SimConfig {
             malformed_rate: 0.0,
             rate_limit_rate: 0.0,
             seed: 0,
+            latency_correlation: 0.0,
         }
     }
 }
@@ -76,6 +86,9 @@ pub struct SimBackend {
     /// Calls seen per prompt and seed, so repeated identical requests draw
     /// new samples in a reproducible sequence.
     counters: Mutex<HashMap<u64, u64>>,
+    /// An empirical latency set, sorted, when `latency_correlation` needs
+    /// quantiles of it.
+    sorted: Option<Vec<Duration>>,
 }
 
 fn check_rate(node: &str, field: &str, v: f64) -> Result<(), NodeError> {
@@ -98,6 +111,7 @@ impl SimBackend {
         check_rate(name, "hang_rate", config.hang_rate)?;
         check_rate(name, "malformed_rate", config.malformed_rate)?;
         check_rate(name, "rate_limit_rate", config.rate_limit_rate)?;
+        check_rate(name, "latency_correlation", config.latency_correlation)?;
         let faults =
             config.error_rate + config.hang_rate + config.malformed_rate + config.rate_limit_rate;
         if faults > 1.0 {
@@ -109,15 +123,50 @@ impl SimBackend {
         }
         let latency = Latency::from_spec(&config.latency, base)
             .map_err(|e| NodeError::new(name, "latency", e))?;
+        let sorted = match &latency {
+            Latency::Empirical(v) if config.latency_correlation > 0.0 => {
+                let mut v = v.to_vec();
+                v.sort();
+                Some(v)
+            }
+            _ => None,
+        };
         Ok(SimBackend {
             name: name.into(),
             config,
             latency,
             counters: Mutex::new(HashMap::new()),
+            sorted,
         })
     }
 
-    fn rng_for(&self, request: &ChatRequest) -> ChaCha8Rng {
+    /// The latency of one call of the request keyed `prompt`, correlated
+    /// with the request's other calls by `latency_correlation`.
+    fn latency_for(&self, prompt: u64, rng: &mut ChaCha8Rng) -> Duration {
+        let rho = self.config.latency_correlation;
+        if rho == 0.0 {
+            return self.latency.sample(rng);
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.config.seed, prompt, "size").hash(&mut h);
+        let shared: f64 = StandardNormal.sample(&mut ChaCha8Rng::seed_from_u64(h.finish()));
+        let own: f64 = StandardNormal.sample(rng);
+        let z = rho.sqrt() * shared + (1.0 - rho).sqrt() * own;
+        match (&self.latency, &self.sorted) {
+            (Latency::LogNormal { mu, sigma }, _) => {
+                Duration::from_secs_f64((mu + sigma * z).exp().min(1e6))
+            }
+            (_, Some(sorted)) if !sorted.is_empty() => {
+                let u = crate::team::simulate::normal_cdf(z);
+                sorted[((u * sorted.len() as f64) as usize).min(sorted.len() - 1)]
+            }
+            _ => self.latency.sample(rng),
+        }
+    }
+
+    /// The key of a request (its messages and seed) and a fresh draw for
+    /// this call of it.
+    fn rng_for(&self, request: &ChatRequest) -> (u64, ChaCha8Rng) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for m in &request.messages {
             m.role.hash(&mut h);
@@ -135,7 +184,7 @@ impl SimBackend {
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (self.config.seed, prompt, draw).hash(&mut h);
-        ChaCha8Rng::seed_from_u64(h.finish())
+        (prompt, ChaCha8Rng::seed_from_u64(h.finish()))
     }
 
     /// A wrong answer close to `gold`: nearby numbers for numbers, other
@@ -174,9 +223,9 @@ impl Backend for SimBackend {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
-        let mut rng = self.rng_for(request);
+        let (prompt, mut rng) = self.rng_for(request);
         let c = &self.config;
-        let delay = self.latency.sample(&mut rng);
+        let delay = self.latency_for(prompt, &mut rng);
         let fault: f64 = rng.random();
         let node = self.name.clone();
         if fault < c.hang_rate {
@@ -355,6 +404,48 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ModelError::Protocol { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_of_one_request_share_a_size_factor() {
+        let lognormal = LatencySpec::Lognormal {
+            median: Duration::from_secs(2),
+            sigma: 1.0,
+        };
+        // Correlation of log latency between two calls of each of 300
+        // requests (distinct seeds), the first and second call.
+        let corr = |rho: f64| {
+            let latency = lognormal.clone();
+            async move {
+                let cfg = SimConfig {
+                    latency,
+                    latency_correlation: rho,
+                    ..Default::default()
+                };
+                let s = SimBackend::new("s", cfg, Path::new(".")).unwrap();
+                let mut pairs = Vec::new();
+                for i in 0..300 {
+                    let mut t = [0.0; 2];
+                    for x in t.iter_mut() {
+                        let start = tokio::time::Instant::now();
+                        s.chat(&req("1", Some(i))).await.unwrap();
+                        *x = start.elapsed().as_secs_f64().ln();
+                    }
+                    pairs.push((t[0], t[1]));
+                }
+                let n = pairs.len() as f64;
+                let (ma, mb) = pairs
+                    .iter()
+                    .fold((0.0, 0.0), |a, p| (a.0 + p.0 / n, a.1 + p.1 / n));
+                let cov: f64 = pairs.iter().map(|p| (p.0 - ma) * (p.1 - mb)).sum();
+                let va: f64 = pairs.iter().map(|p| (p.0 - ma).powi(2)).sum();
+                let vb: f64 = pairs.iter().map(|p| (p.1 - mb).powi(2)).sum();
+                cov / (va * vb).sqrt()
+            }
+        };
+        let (c0, c5) = (corr(0.0).await, corr(0.5).await);
+        assert!(c0.abs() < 0.15, "{c0}");
+        assert!((c5 - 0.5).abs() < 0.15, "{c5}");
     }
 
     #[test]

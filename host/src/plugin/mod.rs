@@ -149,6 +149,7 @@ pub fn builtin_grants(name: &str) -> Option<&'static [Capability]> {
         "solver" | "critic" | "coordinator" | "llm-judge" => &[Capability::Llm],
         "synthesizer" => &[Capability::Llm, Capability::Blackboard],
         "answer-format" | "numeric-check" | "majority" | "weighted" | "quorum" | "borda" => &[],
+        "adaptive" => &[],
         _ => return None,
     })
 }

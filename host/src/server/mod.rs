@@ -383,16 +383,11 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
                 tokio::time::sleep_until(until).await;
                 timer.cancel();
             });
-            let done = crate::journal::resume::run(
-                &app.team,
-                app.journal.clone(),
-                &run_id,
-                &q,
-                None,
-                observer,
-                cancel,
-            )
-            .await;
+            let job = crate::team::submit::Job::new(&run_id, &q, None);
+            let done = app
+                .team
+                .submit(&job, app.journal.clone(), None, observer, cancel)
+                .await;
             expiry.abort();
             app.metrics.in_flight(-1);
             app.metrics.finished(&done.result);

@@ -56,6 +56,11 @@ pub struct TeamSection {
     /// Tasks running at once (default 16).
     #[serde(default)]
     pub max_parallel_tasks: Option<usize>,
+    /// Copies of straggling tasks on idle slots, e.g. `{ after = "p90",
+    /// max_copies = 2 }` (default: off; see
+    /// [`crate::team::scheduler::HedgeTasks`]).
+    #[serde(default)]
+    pub hedge_tasks: Option<crate::team::scheduler::HedgeTasks>,
     /// Messages each replica's mailbox holds (default 64).
     #[serde(default)]
     pub bus_capacity: Option<usize>,
@@ -121,6 +126,12 @@ pub struct TeamSection {
     /// Stop sequences in one model request (default 16).
     #[serde(default)]
     pub max_request_stops: Option<usize>,
+    /// When each task's voter is asked (`decide = "early"` or `"all"`) and
+    /// whether late replicas are hedged (`hedge = { enabled = true,
+    /// quantile = 0.9, max_extra = 2 }`); see
+    /// [`crate::team::consensus::ConsensusConfig`] for the defaults.
+    #[serde(default)]
+    pub consensus: crate::team::consensus::ConsensusConfig,
 }
 
 /// `[dag]`: tasks read from a task-list JSON file
@@ -320,11 +331,11 @@ fn unknown_key(msg: &str) -> Option<String> {
 
 impl TeamSpec {
     /// The tasks as a DAG (before any coordinator adds subtasks).
-    pub fn dag(&self) -> crate::team::dag::Dag {
-        crate::team::dag::Dag::new(
+    pub fn dag(&self) -> crate::dag::Dag {
+        crate::dag::Dag::new(
             self.tasks
                 .iter()
-                .map(|t| crate::team::dag::DagTask {
+                .map(|t| crate::dag::DagTask {
                     id: t.id.clone(),
                     title: t.role.clone(),
                     description: String::new(),
@@ -501,8 +512,8 @@ impl TeamSpec {
                 syntax(l, c, format!("[dag]: {msg}{hint}"))
             })?;
             let file = path.parent().unwrap_or(Path::new(".")).join(&d.path);
-            let dag = crate::team::dag::Dag::load(&file)
-                .map_err(|e| syntax(l, c, format!("[dag]: {e}")))?;
+            let dag =
+                crate::dag::Dag::load(&file).map_err(|e| syntax(l, c, format!("[dag]: {e}")))?;
             if answer_kind(&d.answer_kind).is_none() || d.replicas == 0 {
                 return Err(syntax(
                     l,
@@ -589,6 +600,7 @@ impl TeamSpec {
             ("majority", "voter"),
             ("weighted", "voter"),
             ("quorum", "voter"),
+            ("adaptive", "voter"),
             ("borda", "voter"),
         ]
         .into_iter()

@@ -53,11 +53,16 @@ impl Default for ModelLimits {
 }
 
 /// Every cap of a job.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Caps {
     pub plan: PlanLimits,
     pub bus: BusLimits,
     pub model: ModelLimits,
+    /// When a task's voter is asked and how late replicas are hedged
+    /// (`[team] consensus`); not a cap, but set for the job in the same
+    /// place and carried to each task with them.
+    #[serde(default)]
+    pub consensus: super::consensus::ConsensusConfig,
 }
 
 impl Caps {
@@ -99,6 +104,7 @@ impl Caps {
                     .unwrap_or(d.model.request_messages),
                 request_stops: team.max_request_stops.unwrap_or(d.model.request_stops),
             },
+            consensus: team.consensus,
         }
     }
 }

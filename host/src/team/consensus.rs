@@ -10,8 +10,13 @@
 //! plan instead: the task is then decided by that plan, and the scheduler
 //! runs its subtasks.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::future::{select, Either};
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::budget::{Limits, Meter};
@@ -22,8 +27,81 @@ use crate::model::router::CallTag;
 use crate::model::Router;
 use crate::plugin::{
     AnswerKind, Ballot, CallInfo, Candidate, Decided, Decision, Grants, Invocation, Outcome,
-    Plugin, PluginRuntime, Task,
+    Plugin, PluginError, PluginRuntime, Task, Verdict,
 };
+
+/// How the consensus loop asks its voter and chases slow replicas; one home
+/// for these numbers, set for a team in `[team] consensus = { ... }`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusConfig {
+    /// When the voter may decide before every replica has reported.
+    /// Default `early`.
+    pub decide: Decide,
+    /// Copies of replicas that run late. Off by default.
+    pub hedge: ReplicaHedge,
+}
+
+/// When the voter is asked.
+///
+/// `early` (the default): also while replicas are still running, as soon
+/// as the ballots so far make a decision possible: the leading answer
+/// (among ballots that passed their verifiers) has more ballots than any
+/// other answer (counting every ballot) could reach if every replica still
+/// running voted for it. A count that can no longer be overtaken is what
+/// `majority` and `quorum` would decide on all the ballots, so the team's
+/// semantics hold and a 5-replica majority decides once 3 agree. The voter
+/// still makes the decision: the host only takes it early if the voter
+/// decides for that same leader; any other answer (`need-more`, `revise`,
+/// another leader, as a `weighted` voter may give) waits for more ballots.
+/// Replicas still running are then cancelled.
+///
+/// `all`: the voter is asked once every replica of the draw has reported
+/// (the behaviour before early decisions, and the baseline of `conclave
+/// bench consensus`). Use it for a voter whose decision is not a count
+/// (`weighted`, `borda`) when every ballot must weigh in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decide {
+    #[default]
+    Early,
+    All,
+}
+
+/// Hedged replicas: a replica (a whole role call, with its model calls)
+/// that has run longer than `quantile` of its nodes' observed latencies
+/// gets a copy, a new replica started on a node the router finds healthy
+/// and less loaded; the first of the two to answer is counted and the
+/// other is cancelled. Off by default, as the router's per-call hedge is: a
+/// copy spends tokens, and a team on a node with a steady tail gains
+/// little from it. The router's `[router] hedge` copies one model call; this
+/// copies the replica, so it also rescues a replica stuck between calls or
+/// on a node that stalls without failing.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaHedge {
+    /// Off by default.
+    pub enabled: bool,
+    /// A replica is late once it has run past this quantile of the
+    /// nodes' recent model-call latencies (the largest over the nodes
+    /// that have enough of them). Default 0.9.
+    pub quantile: f64,
+    /// Most copies per draw of a task's replicas. Default 2.
+    pub max_extra: u32,
+    /// Latencies a node needs before its quantile is trusted. Default 20.
+    pub min_samples: usize,
+}
+
+impl Default for ReplicaHedge {
+    fn default() -> Self {
+        ReplicaHedge {
+            enabled: false,
+            quantile: 0.9,
+            max_extra: 2,
+            min_samples: 20,
+        }
+    }
+}
 
 /// A plugin as a team uses it: the component, its config and its grants.
 #[derive(Clone)]
@@ -126,7 +204,9 @@ pub struct TaskResult {
     pub support: u32,
     pub total: u32,
     pub runner_up: Option<String>,
-    /// Samples drawn (successful or not, redraws included).
+    /// Samples drawn that reported (a candidate, a plan or a failure;
+    /// redraws and hedge copies included). A replica cancelled before it
+    /// reported (an early decision, a hedge that lost) is not a sample.
     pub samples: u32,
     pub rounds: u32,
     /// Nodes whose candidates were counted, one per ballot.
@@ -248,7 +328,12 @@ struct Gathered {
     /// The role version behind the first plan.
     plan_by: Option<Served>,
     failures: Vec<String>,
+    /// Replicas that reported (a candidate, a plan or a failure); a
+    /// replica cancelled before it reported is not a sample.
     samples: u32,
+    /// Replica numbers given out so far (cancelled replicas included), so
+    /// that no two replicas of a task share a number, and so a seed.
+    drawn: u32,
 }
 
 impl Team {
@@ -275,6 +360,7 @@ impl Team {
             ctx: ctx.clone(),
             calls: Mutex::default(),
             capped: Mutex::default(),
+            spent: Mutex::default(),
         });
         let mut g = Gathered::default();
         let mut feedback: Vec<String> = Vec::new();
@@ -310,7 +396,8 @@ impl Team {
             if let Some(room) = ctx.meter.room() {
                 want = want.min(room.clamp(1, u64::from(u32::MAX)) as u32);
             }
-            self.draw(run, spec, ctx, &services, round, want, &feedback, &mut g)
+            let early = self
+                .draw(run, spec, ctx, &services, round, want, &feedback, &mut g)
                 .await;
             if g.ballots.is_empty() && !g.plans.is_empty() {
                 let plan = &g.plans[0];
@@ -349,59 +436,27 @@ impl Team {
             }
             if round < spec.debate_rounds && !g.ballots.is_empty() {
                 round += 1;
-                feedback = self.exchange(run, spec, ctx, g.samples, &g);
+                feedback = self.exchange(run, spec, ctx, g.drawn, &g);
                 g.ballots.clear();
                 g.slots.clear();
                 used.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 want = spec.replicas.max(1);
                 continue;
             }
-            let vt = wit_task(
-                run,
-                spec,
-                &self.voter.config,
-                round,
-                0,
-                g.samples,
-                &feedback,
-            );
-            let inv = Invocation {
-                grants: self.voter.grants,
-                limits: self.voter.limits.clone(),
-                services: None,
-                info: CallInfo {
-                    run_id: run.into(),
-                    task_id: spec.id.clone(),
-                    call: g.ballots.len() as u32,
-                    ..Default::default()
-                },
-            };
-            let voter = self.voter.current();
-            let decision = match self.runtime.tally(&voter, &inv, &vt, &g.ballots).await {
-                Ok(d) => d,
-                Err(e) => {
-                    let what = format!("voter: {e}");
-                    let by = served(&self.voter, &voter);
-                    let failure = Event::PluginFailure {
-                        task: spec.id.clone(),
-                        what: what.clone(),
-                        by,
-                    };
-                    ctx.observer.event(run, &failure);
-                    return finish(StopReason::Failed(what), None, round, g);
+            let decision = match early {
+                Some(voted) => voted,
+                None => {
+                    let (voted, vote) = self.vote(run, spec, ctx, round, &g, 0, &feedback).await;
+                    if let Some(vote) = vote {
+                        ctx.observer.event(run, &vote);
+                    }
+                    voted
                 }
             };
-            ctx.observer.event(
-                run,
-                &Event::Vote {
-                    task: spec.id.clone(),
-                    round,
-                    ballots: g.ballots.len() as u32,
-                    voter: self.voter.name.clone(),
-                    decision: describe(&decision),
-                    hash: Some(voter.hash().to_string()),
-                },
-            );
+            let decision = match decision {
+                Ok(d) => d,
+                Err(what) => return finish(StopReason::Failed(what), None, round, g),
+            };
             let spent = ctx.meter.exhausted();
             let stop = match decision {
                 Decision::Decided(d) => Some((StopReason::Decided, Some(d))),
@@ -430,7 +485,7 @@ impl Team {
                 }
                 Decision::Revise(reason) => {
                     round += 1;
-                    feedback = self.exchange(run, spec, ctx, g.samples, &g);
+                    feedback = self.exchange(run, spec, ctx, g.drawn, &g);
                     feedback.push(reason);
                     g.ballots.clear();
                     g.slots.clear();
@@ -445,9 +500,70 @@ impl Team {
         }
     }
 
-    /// Draws `want` samples at once, drawing failed ones again (new
-    /// replica numbers, so new seeds and other nodes) up to
-    /// `spec.retries` times, and judges every candidate.
+    /// Asks the voter for a decision on the round's ballots so far, with
+    /// `running` replicas of the round still out: the decision and the
+    /// vote's event, for the caller to journal if it acts on it; or the
+    /// voter's failure (journaled here), as the `Err` the task fails with.
+    #[allow(clippy::too_many_arguments)]
+    async fn vote(
+        &self,
+        run: &str,
+        spec: &TaskSpec,
+        ctx: &TaskContext,
+        round: u32,
+        g: &Gathered,
+        running: u32,
+        feedback: &[String],
+    ) -> (Result<Decision, String>, Option<Event>) {
+        let vt = wit_task(run, spec, &self.voter.config, round, 0, g.samples, feedback);
+        let inv = Invocation {
+            grants: self.voter.grants,
+            limits: self.voter.limits.clone(),
+            services: None,
+            info: CallInfo {
+                run_id: run.into(),
+                task_id: spec.id.clone(),
+                call: g.ballots.len() as u32,
+                ..Default::default()
+            },
+        };
+        let voter = self.voter.current();
+        let decision = match self.runtime.tally(&voter, &inv, &vt, &g.ballots).await {
+            Ok(d) => d,
+            Err(e) => {
+                let what = format!("voter: {e}");
+                let failure = Event::PluginFailure {
+                    task: spec.id.clone(),
+                    what: what.clone(),
+                    by: served(&self.voter, &voter),
+                };
+                ctx.observer.event(run, &failure);
+                return (Err(what), None);
+            }
+        };
+        let vote = Event::Vote {
+            task: spec.id.clone(),
+            round,
+            ballots: g.ballots.len() as u32,
+            counted: g.ballots.iter().map(|b| b.candidate.replica).collect(),
+            running,
+            voter: self.voter.name.clone(),
+            decision: describe(&decision),
+            hash: Some(voter.hash().to_string()),
+        };
+        (Ok(decision), Some(vote))
+    }
+
+    /// Draws `want` samples at once, as concurrent replicas: each
+    /// candidate is judged the moment it arrives and its ballot counted in
+    /// arrival order; a failed replica is drawn again at once (a new
+    /// replica number, so a new seed and another node) up to
+    /// `spec.retries` times; a late one may be hedged
+    /// ([`ReplicaHedge`]). With [`Decide::Early`], the voter is asked as
+    /// soon as the ballots make a decision possible; when it decides, the
+    /// replicas still running are cancelled and the decision (or the
+    /// voter's failure) is returned. `None`: every replica has reported
+    /// and the caller votes.
     #[allow(clippy::too_many_arguments)]
     async fn draw(
         &self,
@@ -459,103 +575,250 @@ impl Team {
         want: u32,
         feedback: &[String],
         g: &mut Gathered,
-    ) {
-        // (slot, replica number)
-        let mut pending: Vec<(u32, u32)> = (0..want).map(|i| (i, g.samples + i)).collect();
-        for attempt in 0..=spec.retries {
-            if pending.is_empty() || (attempt > 0 && ctx.meter.exhausted().is_some()) {
-                break;
+    ) -> Option<Result<Decision, String>> {
+        let config = ctx.caps.consensus;
+        let hedge = config.hedge;
+        let d = Draw {
+            run,
+            spec,
+            ctx,
+            services,
+            round,
+            feedback,
+            live: Mutex::default(),
+            next: AtomicU32::new(g.drawn + want),
+            hedges: AtomicU32::new(0),
+            hedge_after: if hedge.enabled {
+                self.router
+                    .latency_quantile(hedge.quantile.clamp(0.0, 1.0), hedge.min_samples)
+            } else {
+                None
+            },
+            max_hedges: hedge.max_extra,
+        };
+        let early = config.decide == Decide::Early && round >= spec.debate_rounds;
+        let mut running = FuturesUnordered::new();
+        let mut tries: HashMap<u32, u32> = HashMap::new();
+        for slot in 0..want {
+            let replica = g.drawn + slot;
+            ctx.bus.open(&format!("{}/{replica}", spec.id));
+            d.start(replica, slot);
+            running.push(self.hedged(&d, slot, replica));
+        }
+        while let Some(a) = running.next().await {
+            d.lock_live().remove(&a.replica);
+            g.samples += 1;
+            let fail = |why: String| format!("replica {}: {why}", a.replica);
+            let mut failed = false;
+            for (by, what) in a.judged.failures {
+                self.failed(run, spec, ctx, g, by, what);
             }
-            for (_, replica) in &pending {
-                ctx.bus.open(&format!("{}/{replica}", spec.id));
-                if attempt > 0 {
+            match a.outcome {
+                Ok(Outcome::Candidate(c)) => {
+                    let ballot = Ballot {
+                        candidate: c,
+                        verdicts: a.judged.verdicts,
+                    };
                     ctx.observer.event(
                         run,
-                        &Event::Retry {
+                        &Event::Ballot {
                             task: spec.id.clone(),
-                            replica: *replica,
+                            round,
+                            ballot: (&ballot).into(),
+                            role: Some(a.by),
+                            verifiers: a.judged.judges,
                         },
                     );
+                    g.ballots.push(ballot);
+                    g.slots.push(a.slot);
                 }
-            }
-            let calls = pending.iter().map(|&(slot, replica)| {
-                let task = wit_task(
-                    run,
-                    spec,
-                    &self.role.config,
-                    round,
-                    replica,
-                    spec.replicas,
-                    feedback,
-                );
-                let inv = Invocation {
-                    grants: self.role.grants,
-                    limits: self.role.limits.clone(),
-                    services: Some(services.for_call()),
-                    info: CallInfo {
-                        run_id: run.into(),
-                        task_id: spec.id.clone(),
-                        replica,
-                        ..Default::default()
-                    },
-                };
-                async move {
-                    // This call's version, to its end, whatever is swapped in meanwhile.
-                    let role = self.role.current();
-                    let out = self.runtime.run_role(&role, &inv, &task).await;
-                    (slot, replica, served(&self.role, &role), out)
-                }
-            });
-            let outcomes = futures::future::join_all(calls).await;
-            g.samples += pending.len() as u32;
-            let mut failed = Vec::new();
-            for (slot, replica, by, outcome) in outcomes {
-                let fail = |why: String| format!("replica {replica}: {why}");
-                match outcome {
-                    Ok(Outcome::Candidate(c)) => {
-                        let (verdicts, judges) =
-                            self.judge(run, spec, ctx, round, &c, services, g).await;
-                        let ballot = Ballot {
-                            candidate: c,
-                            verdicts,
-                        };
-                        ctx.observer.event(
-                            run,
-                            &Event::Ballot {
-                                task: spec.id.clone(),
-                                round,
-                                ballot: (&ballot).into(),
-                                role: Some(by),
-                                verifiers: judges,
-                            },
-                        );
-                        g.ballots.push(ballot);
-                        g.slots.push(slot);
+                Ok(Outcome::Plan(p)) => match ctx.caps.plan.check(&p, &ctx.roles) {
+                    Ok(plan) => {
+                        g.plan_by.get_or_insert(a.by);
+                        g.plans.push(plan)
                     }
-                    Ok(Outcome::Plan(p)) => match ctx.caps.plan.check(&p, &ctx.roles) {
-                        Ok(plan) => {
-                            g.plan_by.get_or_insert(by);
-                            g.plans.push(plan)
-                        }
-                        Err(e) => {
-                            let what = fail(format!("invalid plan: {e}"));
-                            self.failed(run, spec, ctx, g, by, what);
-                            failed.push(slot);
-                        }
-                    },
                     Err(e) => {
-                        self.failed(run, spec, ctx, g, by, fail(e.to_string()));
-                        failed.push(slot);
+                        let what = fail(format!("invalid plan: {e}"));
+                        self.failed(run, spec, ctx, g, a.by, what);
+                        failed = true;
                     }
+                },
+                Err(e) => {
+                    self.failed(run, spec, ctx, g, a.by, fail(e.to_string()));
+                    failed = true;
                 }
             }
-            let base = g.samples;
-            pending = failed
-                .into_iter()
-                .enumerate()
-                .map(|(i, slot)| (slot, base + i as u32))
-                .collect();
+            let tried = tries.entry(a.slot).or_insert(0);
+            if failed && *tried < spec.retries && ctx.meter.exhausted().is_none() {
+                *tried += 1;
+                let replica = d.next.fetch_add(1, Ordering::Relaxed);
+                ctx.bus.open(&format!("{}/{replica}", spec.id));
+                ctx.observer.event(
+                    run,
+                    &Event::Retry {
+                        task: spec.id.clone(),
+                        replica,
+                    },
+                );
+                d.start(replica, a.slot);
+                running.push(self.hedged(&d, a.slot, replica));
+            }
+            let out = d.slots_out();
+            if !early || out == 0 || !g.plans.is_empty() || !decidable(&g.ballots, out) {
+                continue;
+            }
+            let leader = leader(&g.ballots);
+            let (voted, vote) = self.vote(run, spec, ctx, round, g, out, feedback).await;
+            let take = match &voted {
+                Ok(Decision::Decided(dd)) => Some(dd.answer.as_str()) == leader.as_deref(),
+                Ok(_) => false,
+                Err(_) => true,
+            };
+            if take {
+                // Only a vote acted on is journaled: one that leaves the
+                // task waiting for more ballots changes nothing.
+                if let Some(vote) = vote {
+                    ctx.observer.event(run, &vote);
+                }
+                // Dropping the futures drops the plugin calls and their
+                // model calls in flight; then each is journaled with what
+                // it had been charged.
+                drop(running);
+                let why = match &voted {
+                    Ok(d) => format!("the vote was {} without it", describe(d)),
+                    Err(e) => format!("the task failed without it: {e}"),
+                };
+                let out: Vec<u32> = d.lock_live().keys().copied().collect();
+                for replica in out {
+                    self.cancelled(&d, replica, why.clone());
+                }
+                g.drawn = d.next.load(Ordering::Relaxed);
+                return Some(voted);
+            }
         }
+        g.drawn = d.next.load(Ordering::Relaxed);
+        None
+    }
+
+    /// One replica, with a copy started on another node if it runs past
+    /// the hedge delay; the first of the two to answer is returned (a
+    /// failure waits for the other), the other cancelled.
+    async fn hedged(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
+        let mut first = Box::pin(self.replica(d, slot, replica));
+        let Some(after) = d.hedge_after else {
+            return first.await;
+        };
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            // An answer and the hedge delay at the same instant: the answer.
+            biased;
+            a = &mut first => return a,
+            _ = tokio::time::sleep(after) => {}
+        }
+        let granted = d
+            .hedges
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < d.max_hedges).then_some(n + 1)
+            })
+            .is_ok();
+        if !granted {
+            return first.await;
+        }
+        let copy = d.next.fetch_add(1, Ordering::Relaxed);
+        d.ctx.bus.open(&format!("{}/{copy}", d.spec.id));
+        d.ctx.observer.event(
+            d.run,
+            &Event::ReplicaHedged {
+                task: d.spec.id.clone(),
+                round: d.round,
+                replica,
+                copy,
+                after_ms: started.elapsed().as_secs_f64() * 1e3,
+            },
+        );
+        d.start(copy, slot);
+        let second = Box::pin(self.replica(d, slot, copy));
+        let (won, other, loser) = match select(first, second).await {
+            Either::Left((a, other)) => (a, Either::Right(other), copy),
+            Either::Right((a, other)) => (a, Either::Left(other), replica),
+        };
+        if let Err(e) = &won.outcome {
+            // The first to end failed: the other may still answer.
+            d.lock_live().remove(&won.replica);
+            d.ctx.observer.event(
+                d.run,
+                &Event::PluginFailure {
+                    task: d.spec.id.clone(),
+                    what: format!("replica {}: {e}", won.replica),
+                    by: won.by.clone(),
+                },
+            );
+            return match other {
+                Either::Left(f) | Either::Right(f) => f.await,
+            };
+        }
+        drop(other);
+        let why = format!("hedged: replica {} answered first", won.replica);
+        self.cancelled(d, loser, why);
+        won
+    }
+
+    /// One replica's role call and, when it answers with a candidate, the
+    /// verifiers' judgement of it (all of them at once).
+    async fn replica(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
+        let spec = d.spec;
+        let task = wit_task(
+            d.run,
+            spec,
+            &self.role.config,
+            d.round,
+            replica,
+            spec.replicas,
+            d.feedback,
+        );
+        let inv = Invocation {
+            grants: self.role.grants,
+            limits: self.role.limits.clone(),
+            services: Some(d.services.for_call()),
+            info: CallInfo {
+                run_id: d.run.into(),
+                task_id: spec.id.clone(),
+                replica,
+                ..Default::default()
+            },
+        };
+        // This call's version, to its end, whatever is swapped in meanwhile.
+        let role = self.role.current();
+        let outcome = self.runtime.run_role(&role, &inv, &task).await;
+        let judged = match &outcome {
+            Ok(Outcome::Candidate(c)) => self.judge(d.run, spec, d.round, c, d.services).await,
+            _ => Judged::default(),
+        };
+        Arrival {
+            slot,
+            replica,
+            by: served(&self.role, &role),
+            outcome,
+            judged,
+        }
+    }
+
+    /// Journals `replica` as cancelled for `reason`, with what its model
+    /// calls were charged (which stays charged).
+    fn cancelled(&self, d: &Draw<'_>, replica: u32, reason: String) {
+        d.lock_live().remove(&replica);
+        let (tokens, cost) = d.services.spent_by(replica);
+        d.ctx.observer.event(
+            d.run,
+            &Event::ReplicaCancelled {
+                task: d.spec.id.clone(),
+                round: d.round,
+                replica,
+                reason,
+                tokens,
+                cost,
+            },
+        );
     }
 
     /// A plugin call `by` failed with `what`; the task goes on.
@@ -616,19 +879,17 @@ impl Team {
         Vec::new()
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The verifiers' verdicts on `c`, asked all at once, in the team's
+    /// order of verifiers; a verifier that fails is left out and reported.
     async fn judge(
         &self,
         run: &str,
         spec: &TaskSpec,
-        ctx: &TaskContext,
         round: u32,
         c: &Candidate,
         services: &Arc<RoutedServices>,
-        g: &mut Gathered,
-    ) -> (Vec<crate::plugin::Verdict>, Vec<Served>) {
-        let (mut verdicts, mut judges) = (Vec::new(), Vec::new());
-        for v in &self.verifiers {
+    ) -> Judged {
+        let calls = self.verifiers.iter().map(|v| {
             let task = wit_task(run, spec, &v.config, round, c.replica, spec.replicas, &[]);
             let inv = Invocation {
                 grants: v.grants,
@@ -641,20 +902,118 @@ impl Team {
                     ..Default::default()
                 },
             };
-            let plugin = v.current();
-            match self.runtime.verify(&plugin, &inv, &task, c).await {
+            async move {
+                let plugin = v.current();
+                let out = self.runtime.verify(&plugin, &inv, &task, c).await;
+                (served(v, &plugin), plugin.name().to_string(), out)
+            }
+        });
+        let mut judged = Judged::default();
+        for (by, name, out) in futures::future::join_all(calls).await {
+            match out {
                 Ok(verdict) => {
-                    verdicts.push(verdict);
-                    judges.push(served(v, &plugin));
+                    judged.verdicts.push(verdict);
+                    judged.judges.push(by);
                 }
                 Err(e) => {
-                    let what = format!("verifier {} on replica {}: {e}", plugin.name(), c.replica);
-                    self.failed(run, spec, ctx, g, served(v, &plugin), what);
+                    let what = format!("verifier {name} on replica {}: {e}", c.replica);
+                    judged.failures.push((by, what));
                 }
             }
         }
-        (verdicts, judges)
+        judged
     }
+}
+
+/// What one draw of replicas shares while they run.
+struct Draw<'a> {
+    run: &'a str,
+    spec: &'a TaskSpec,
+    ctx: &'a TaskContext,
+    services: &'a Arc<RoutedServices>,
+    round: u32,
+    feedback: &'a [String],
+    /// Replicas running, with the slot (position in the round) each fills:
+    /// a hedged replica and its copy fill one slot.
+    live: Mutex<BTreeMap<u32, u32>>,
+    /// The next replica number to give out.
+    next: AtomicU32,
+    /// Copies started so far, and at most.
+    hedges: AtomicU32,
+    max_hedges: u32,
+    /// How long a replica runs before it is hedged; `None`: never.
+    hedge_after: Option<Duration>,
+}
+
+impl Draw<'_> {
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u32>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, replica: u32, slot: u32) {
+        self.lock_live().insert(replica, slot);
+    }
+
+    /// Slots of the draw still waiting for a ballot.
+    fn slots_out(&self) -> u32 {
+        self.lock_live().values().collect::<BTreeSet<_>>().len() as u32
+    }
+}
+
+/// One replica's outcome as it arrives, judged.
+struct Arrival {
+    slot: u32,
+    replica: u32,
+    by: Served,
+    outcome: Result<Outcome, PluginError>,
+    judged: Judged,
+}
+
+/// The verifiers' verdicts on a candidate and the versions behind them,
+/// and the verifiers that failed (who, and why).
+#[derive(Default)]
+struct Judged {
+    verdicts: Vec<Verdict>,
+    judges: Vec<Served>,
+    failures: Vec<(Served, String)>,
+}
+
+/// The leading answer among the ballots that passed every verifier: most
+/// ballots, then the smaller answer.
+fn leader(ballots: &[Ballot]) -> Option<String> {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for b in ballots {
+        if !b.candidate.answer.is_empty() && b.verdicts.iter().all(|v| v.pass) {
+            *counts.entry(&b.candidate.answer).or_insert(0) += 1;
+        }
+    }
+    let best = counts.values().copied().max()?;
+    counts
+        .into_iter()
+        .find(|(_, n)| *n == best)
+        .map(|(a, _)| a.to_string())
+}
+
+/// Whether the ballots so far settle a count-based vote whatever the `out`
+/// replicas still running answer: the leader's passing ballots outnumber
+/// every other answer's ballots (passing or not, so whether a voter counts
+/// failed ballots does not matter) plus `out`.
+fn decidable(ballots: &[Ballot], out: u32) -> bool {
+    let Some(lead) = leader(ballots) else {
+        return false;
+    };
+    let mut lead_n = 0u32;
+    let mut others: BTreeMap<&str, u32> = BTreeMap::new();
+    for b in ballots {
+        let a = b.candidate.answer.as_str();
+        if a == lead {
+            lead_n += b.verdicts.iter().all(|v| v.pass) as u32;
+        } else if !a.is_empty() {
+            *others.entry(a).or_insert(0) += 1;
+        }
+    }
+    let rival = others.values().copied().max().unwrap_or(0);
+    lead_n > rival + out
 }
 
 /// Which component served a call of `u`: `plugin`, the version it took.

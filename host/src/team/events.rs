@@ -71,6 +71,22 @@ pub enum Event {
         what: String,
         by: Served,
     },
+    /// One attempt of a model call that did not answer it: the router
+    /// retried after it failed, or cancelled it as a hedge's loser. The
+    /// attempt that answered is the call's [`Event::ModelCall`]; a call
+    /// that failed on every attempt ends in an [`Event::Failure`].
+    Attempt {
+        task: String,
+        replica: u32,
+        /// The replica's n-th call, from 0 (as in [`Event::ModelCall`]).
+        call: u32,
+        node: String,
+        outcome: AttemptEnd,
+        /// Why it failed (the node's error), when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
+        latency_ms: f64,
+    },
     /// A failed replica is drawn again.
     Retry { task: String, replica: u32 },
     /// A message went over the bus.
@@ -84,6 +100,16 @@ pub enum Event {
         task: String,
         round: u32,
         ballots: u32,
+        /// The replicas whose ballots were counted, in the order they
+        /// arrived (the round's first `ballots` ballots in the journal);
+        /// empty in journals written before early decisions.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        counted: Vec<u32>,
+        /// Replicas of the round still running when the voter was asked: 0
+        /// once all have reported; more when the ballots so far already
+        /// decided the vote (an early decision, see `consensus`).
+        #[serde(default)]
+        running: u32,
         /// The voter, as the team names it.
         voter: String,
         decision: String,
@@ -91,6 +117,46 @@ pub enum Event {
         /// written before hashes were recorded).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hash: Option<String>,
+    },
+    /// A replica was stopped before it answered: its plugin call and its
+    /// model calls in flight were dropped. Either the vote was decided
+    /// without it (an early decision) or a hedged copy of it answered
+    /// first. What its finished model calls were charged stays charged:
+    /// `tokens` and `cost` say how much that was.
+    ReplicaCancelled {
+        task: String,
+        round: u32,
+        replica: u32,
+        reason: String,
+        #[serde(default)]
+        tokens: u64,
+        #[serde(default)]
+        cost: f64,
+    },
+    /// A replica outlived the hedge delay (its nodes' observed latency
+    /// quantile), so a copy of it, replica `copy`, was started on another
+    /// node; the first of the two to answer is counted, the other is
+    /// cancelled ([`Event::ReplicaCancelled`]).
+    ReplicaHedged {
+        task: String,
+        round: u32,
+        replica: u32,
+        copy: u32,
+        after_ms: f64,
+    },
+    /// An idle slot started another copy of a task that had run for
+    /// `after_ms` (the scheduler's `hedge_tasks`).
+    TaskHedged {
+        task: String,
+        copy: u32,
+        after_ms: f64,
+    },
+    /// Another copy of the task finished first (`winner`), so this one was
+    /// aborted; its model calls are dropped.
+    TaskCopyCancelled {
+        task: String,
+        copy: u32,
+        winner: u32,
     },
     /// A coordinator's plan added subtasks to the job.
     Planned {
@@ -131,6 +197,39 @@ mod tests {
             },
         };
         assert_eq!(serde_json::to_value(&e).unwrap()["event"], e.name());
+    }
+
+    #[test]
+    fn cancelled_and_hedged_replicas_are_named_by_their_tags_and_old_votes_count_nothing_early() {
+        let e = Event::ReplicaCancelled {
+            task: "t".into(),
+            round: 0,
+            replica: 4,
+            reason: "the vote was decided 2 (3 of 3) without it".into(),
+            tokens: 12,
+            cost: 0.0,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            (v["event"].as_str(), v["tokens"].as_u64()),
+            (Some(e.name()), Some(12))
+        );
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        let e = Event::ReplicaHedged {
+            task: "t".into(),
+            round: 0,
+            replica: 0,
+            copy: 5,
+            after_ms: 900.0,
+        };
+        assert_eq!(serde_json::to_value(&e).unwrap()["event"], "replica-hedged");
+        let vote = r#"{"event":"vote","task":"t","round":0,"ballots":3,"voter":"majority","decision":"decided 4 (3 of 3)"}"#;
+        match serde_json::from_str::<Event>(vote).unwrap() {
+            Event::Vote {
+                counted, running, ..
+            } => assert_eq!((counted, running), (vec![], 0)),
+            other => panic!("read as {other:?}"),
+        }
     }
 
     #[test]
@@ -192,13 +291,26 @@ impl Event {
             Event::Ballot { .. } => "ballot",
             Event::Failure { .. } => "failure",
             Event::PluginFailure { .. } => "plugin-failure",
+            Event::Attempt { .. } => "attempt",
             Event::Retry { .. } => "retry",
             Event::Message { .. } => "message",
             Event::Vote { .. } => "vote",
+            Event::ReplicaCancelled { .. } => "replica-cancelled",
+            Event::ReplicaHedged { .. } => "replica-hedged",
+            Event::TaskHedged { .. } => "task-hedged",
+            Event::TaskCopyCancelled { .. } => "task-copy-cancelled",
             Event::Planned { .. } => "planned",
             Event::TaskEnded { .. } => "task-ended",
         }
     }
+}
+
+/// How an [`Event::Attempt`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttemptEnd {
+    Failed,
+    Cancelled,
 }
 
 /// Which component served a plugin call: the team's name for the plugin,

@@ -187,6 +187,7 @@ impl PreparedTeam {
                 max_calls: Some(caps.model.calls_per_task),
                 ..Limits::default()
             },
+            hedge_tasks: t.hedge_tasks,
         };
         let done = scheduler::run(
             run_id,

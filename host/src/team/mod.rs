@@ -5,17 +5,20 @@
 //! lists; [`simulate`] runs scheduling policies on them in virtual time;
 //! [`swap`] swaps a replaced plugin file in while a team serves. [`caps`]
 //! bounds what plugins can make the host do; [`plan`] checks the plans
-//! roles return.
+//! roles return. [`submit`] is a job's one entry point, with its journal.
 
 pub mod budget;
 pub mod bus;
 pub mod caps;
 pub mod consensus;
-pub mod dag;
+/// Task DAGs live in [`crate::dag`] (the spec reads them too); named here
+/// as well for the scheduler's callers.
+pub use crate::dag;
 pub mod events;
 pub mod job;
 pub mod plan;
 pub mod scheduler;
 mod services;
 pub mod simulate;
+pub mod submit;
 pub mod swap;

@@ -12,11 +12,19 @@
 //! cancellation stops every task in flight (their model calls are dropped)
 //! and gives each unfinished task that reason.
 //!
+//! With [`HedgeTasks`] (off by default), a slot with no ready task to run
+//! starts a copy of a running task that has run longer than `after`; the
+//! first copy to finish wins and the others are aborted, each reported as
+//! an [`Event::TaskCopyCancelled`]. This is the policy the simulator's
+//! critical-path numbers come from (`simulate::tests` checks that the two
+//! agree in virtual time).
+//!
 //! What lives elsewhere: running one task (consensus), the baseline
 //! policies in virtual time (simulate), what a task costs (budget).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
@@ -71,6 +79,82 @@ pub trait Executor: Send + Sync + 'static {
     ) -> BoxFuture<'static, TaskResult>;
 }
 
+/// When a task counts as a straggler worth a copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HedgeAfter {
+    /// After a fixed time.
+    Fixed(Duration),
+    /// After this quantile (0..1) of the run times of the job's tasks
+    /// finished so far; no copies until [`HedgeTasks::MIN_OBSERVED`] have
+    /// finished, since a quantile of fewer says little.
+    Quantile(f64),
+}
+
+impl std::str::FromStr for HedgeAfter {
+    type Err = String;
+
+    /// `"p90"` (a quantile of finished tasks' run times) or a duration
+    /// (`"20s"`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(q) = s.strip_prefix('p') {
+            let q: f64 = q
+                .parse()
+                .map_err(|_| format!("`{s}`: expected p1..p99 or a duration"))?;
+            if !(q > 0.0 && q < 100.0) {
+                return Err(format!("`{s}`: the quantile must be in p1..p99"));
+            }
+            return Ok(HedgeAfter::Quantile(q / 100.0));
+        }
+        humantime::parse_duration(s)
+            .map(HedgeAfter::Fixed)
+            .map_err(|e| format!("`{s}`: expected p1..p99 or a duration ({e})"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HedgeAfter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hedging of whole tasks (`[team] hedge_tasks = { after = "p90",
+/// max_copies = 2 }`). Off unless a spec asks: every copy is a full task's
+/// model calls, about a quarter more calls on the paper's DAGs for the
+/// makespans in BENCHMARKS.md, a trade a team author should choose.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeTasks {
+    /// How long a task runs before a copy of it may start.
+    pub after: HedgeAfter,
+    /// Copies of one task running at once, the first included (default 2:
+    /// one hedge).
+    #[serde(default = "HedgeTasks::default_max_copies")]
+    pub max_copies: usize,
+}
+
+impl HedgeTasks {
+    /// Finished tasks needed before a quantile is trusted.
+    pub const MIN_OBSERVED: usize = 3;
+
+    fn default_max_copies() -> usize {
+        2
+    }
+
+    /// The threshold now, given the run times of finished tasks (sorted).
+    fn threshold(&self, finished: &[Duration]) -> Option<Duration> {
+        match self.after {
+            HedgeAfter::Fixed(d) => Some(d),
+            HedgeAfter::Quantile(_) if finished.len() < Self::MIN_OBSERVED => None,
+            HedgeAfter::Quantile(q) => {
+                let k = ((finished.len() as f64 * q).ceil() as usize).clamp(1, finished.len());
+                Some(finished[k - 1])
+            }
+        }
+    }
+}
+
 /// Scheduler settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -81,6 +165,8 @@ pub struct Options {
     /// Budgets of each subtask a plan adds. Default: the default cap on a
     /// task's model calls ([`super::caps::ModelLimits::calls_per_task`]).
     pub subtask_limits: Limits,
+    /// Copies of straggling tasks on idle slots; `None` (the default): off.
+    pub hedge_tasks: Option<HedgeTasks>,
 }
 
 impl Default for Options {
@@ -92,6 +178,7 @@ impl Default for Options {
                 max_calls: Some(super::caps::ModelLimits::default().calls_per_task),
                 ..Limits::default()
             },
+            hedge_tasks: None,
         }
     }
 }
@@ -368,6 +455,18 @@ impl Graph {
     }
 }
 
+/// The copies of one running task.
+struct Copies {
+    /// Copies in flight and their numbers (0: the first).
+    live: Vec<(tokio::task::AbortHandle, u32)>,
+    /// Copies started so far.
+    made: u32,
+    started: tokio::time::Instant,
+    task: Arc<JobTask>,
+    inputs: Vec<(String, String)>,
+    meter: Arc<Meter>,
+}
+
 /// `result` with its plan refused for `why`: the task fails, naming the
 /// limit, and adds nothing to the job.
 fn refused(mut result: TaskResult, why: PlanError) -> TaskResult {
@@ -392,7 +491,13 @@ pub async fn run(
     let mut g = Graph::new(tasks);
     // The owner of every task in flight: dropping it aborts them all.
     let mut running: JoinSet<TaskResult> = JoinSet::new();
+    // Which task each copy in flight runs.
     let mut which: HashMap<tokio::task::Id, usize> = HashMap::new();
+    // Per running task: its copies (id, abort handle, copy number), when
+    // its first copy started, its meter and inputs (a copy shares both).
+    let mut copies: HashMap<usize, Copies> = HashMap::new();
+    // Run times of finished tasks, sorted: what a quantile is taken of.
+    let mut finished: Vec<Duration> = Vec::new();
     let deadline = meter.deadline();
     let expiry = async {
         match &deadline {
@@ -443,23 +548,125 @@ pub async fn run(
             let inputs = g.inputs(i);
             // Owned copy: the graph grows while the task runs.
             let task = Arc::new(g.tasks[i].clone());
-            let handle = running.spawn(executor.clone().execute(task, inputs, task_meter));
+            let handle = running.spawn(executor.clone().execute(
+                task.clone(),
+                inputs.clone(),
+                task_meter.clone(),
+            ));
             which.insert(handle.id(), i);
+            copies.insert(
+                i,
+                Copies {
+                    live: vec![(handle, 0)],
+                    made: 1,
+                    started: tokio::time::Instant::now(),
+                    task,
+                    inputs,
+                    meter: task_meter,
+                },
+            );
+        }
+        // Idle slots copy stragglers: the most critical first, then the
+        // one running longest.
+        let mut wake = None;
+        if let Some(h) = options.hedge_tasks {
+            let now = tokio::time::Instant::now();
+            let after = h.threshold(&finished);
+            while running.len() < options.max_parallel_tasks.max(1) {
+                let Some(after) = after else { break };
+                let pick = copies
+                    .iter()
+                    .filter(|(_, c)| c.live.len() < h.max_copies.max(1))
+                    .filter(|(_, c)| now >= c.started + after)
+                    .max_by(|(a, x), (b, y)| {
+                        g.remaining[**a]
+                            .cmp(&g.remaining[**b])
+                            .then(y.started.cmp(&x.started))
+                            .then(b.cmp(a))
+                    })
+                    .map(|(i, _)| *i);
+                let Some(i) = pick else { break };
+                let c = copies.get_mut(&i).expect("picked from the map");
+                let copy = c.made;
+                c.made += 1;
+                let handle = running.spawn(executor.clone().execute(
+                    c.task.clone(),
+                    c.inputs.clone(),
+                    c.meter.clone(),
+                ));
+                which.insert(handle.id(), i);
+                c.live.push((handle, copy));
+                observer.event(
+                    run_id,
+                    &Event::TaskHedged {
+                        task: g.tasks[i].id.clone(),
+                        copy,
+                        after_ms: (now - c.started).as_secs_f64() * 1e3,
+                    },
+                );
+            }
+            // With a slot still free, wake when the next task becomes a
+            // straggler.
+            if running.len() < options.max_parallel_tasks.max(1) {
+                wake = after.and_then(|after| {
+                    copies
+                        .values()
+                        .filter(|c| c.live.len() < h.max_copies.max(1))
+                        .map(|c| c.started + after)
+                        .filter(|&t| t > now)
+                        .min()
+                });
+            }
         }
         if running.is_empty() {
             break None;
         }
+        let straggler = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(joined) = running.join_next_with_id() => {
-                let (i, result) = match joined {
-                    Ok((id, r)) => (which.remove(&id).expect("spawned here"), r),
+                let (i, id, result) = match joined {
+                    Ok((id, r)) => match which.remove(&id) {
+                        Some(i) => (i, id, r),
+                        None => continue,
+                    },
                     Err(e) => {
+                        // A copy aborted as the loser of its task: already
+                        // reported.
+                        let Some(i) = which.remove(&e.id()) else { continue };
                         // A panic in the host's own code: fail that task only.
-                        let i = which.remove(&e.id()).expect("spawned here");
                         let why = format!("the task's executor panicked: {e}");
-                        (i, TaskResult::not_run(StopReason::Failed(why)))
+                        (i, e.id(), TaskResult::not_run(StopReason::Failed(why)))
                     }
                 };
+                let c = copies.get_mut(&i).expect("a running task has copies");
+                let won = c.live.iter().find(|(h, _)| h.id() == id).map(|(_, k)| *k).unwrap_or(0);
+                c.live.retain(|(h, _)| h.id() != id);
+                // A copy that did not decide leaves the task to the copies
+                // still running.
+                if result.stop != StopReason::Decided && !c.live.is_empty() {
+                    continue;
+                }
+                let c = copies.remove(&i).expect("looked up above");
+                for (h, copy) in c.live {
+                    h.abort();
+                    which.remove(&h.id());
+                    observer.event(
+                        run_id,
+                        &Event::TaskCopyCancelled {
+                            task: g.tasks[i].id.clone(),
+                            copy,
+                            winner: won,
+                        },
+                    );
+                }
+                let took = c.started.elapsed();
+                let at = finished.partition_point(|d| *d <= took);
+                finished.insert(at, took);
                 let result = match (&result.stop, &result.plan) {
                     (StopReason::Decided, Some(plan)) => {
                         let plan = plan.clone();
@@ -472,6 +679,7 @@ pub async fn run(
                 };
                 end(&mut g, i, result);
             }
+            _ = straggler => {}
             _ = &mut expiry => {
                 let why = deadline.as_ref().map(|d| d.1.clone()).unwrap_or_default();
                 break Some(StopReason::BudgetExhausted(why));

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use super::bus::{BusError, Envelope};
 use super::consensus::TaskContext;
-use super::events::Event;
-use crate::model::router::{CallTag, Route};
+use super::events::{AttemptEnd, Event};
+use crate::model::router::{AttemptOutcome, CallTag, Route};
 use crate::model::{self, ModelError, Router};
 use crate::plugin::bindings::{bus as wit_bus, llm};
 use crate::plugin::{CallInfo, HostServices};
@@ -45,6 +45,9 @@ pub(super) struct RoutedServices {
     /// Why a per-plugin-call cap stopped a model call of this task, if one
     /// did: the task's stop reason when its replicas then all fail.
     pub(super) capped: Mutex<Option<String>>,
+    /// Tokens and cost charged so far for each replica's model calls: what
+    /// a cancelled replica is journaled as having spent.
+    pub(super) spent: Mutex<std::collections::HashMap<u32, (u64, f64)>>,
 }
 
 impl RoutedServices {
@@ -56,6 +59,25 @@ impl RoutedServices {
             chats: AtomicU32::new(0),
             sends: AtomicU32::new(0),
         })
+    }
+
+    /// Tokens and cost charged so far for `replica`'s model calls.
+    pub(super) fn spent_by(&self, replica: u32) -> (u64, f64) {
+        self.spent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&replica)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Charges `tokens` and `cost` to the task's meter and to `replica`.
+    fn charge(&self, replica: u32, tokens: u64, cost: f64) {
+        self.ctx.meter.charge(tokens, cost);
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let e = spent.entry(replica).or_default();
+        e.0 += tokens;
+        e.1 += cost;
     }
 
     /// Why a per-plugin-call cap stopped one of this task's model calls,
@@ -261,9 +283,11 @@ impl HostServices for RoutedServices {
             .and_then(|m| m.get(&(call.task_id.clone(), call.replica, n)));
         if let Some(r) = recorded {
             // Resume: the reply is in the journal; no node is called.
-            self.ctx
-                .meter
-                .charge(u64::from(r.tokens_in) + u64::from(r.tokens_out), r.cost);
+            self.charge(
+                call.replica,
+                u64::from(r.tokens_in) + u64::from(r.tokens_out),
+                r.cost,
+            );
             self.ctx.observer.event(
                 &self.run,
                 &Event::ModelCall {
@@ -321,7 +345,33 @@ impl HostServices for RoutedServices {
                 .collect(),
             deadline: None,
         };
-        let routed = match self.router.chat(&route, &self.tag, &req).await {
+        let mut trail = Vec::new();
+        let result = self
+            .router
+            .chat_traced(&route, &self.tag, &req, &mut trail)
+            .await;
+        // Every attempt that did not answer, so that a trace sees the
+        // router's retries and cancelled hedges with their nodes and causes.
+        for a in trail {
+            let (outcome, cause) = match a.outcome {
+                AttemptOutcome::Served => continue,
+                AttemptOutcome::Failed(e) => (AttemptEnd::Failed, Some(e.to_string())),
+                AttemptOutcome::Cancelled => (AttemptEnd::Cancelled, None),
+            };
+            self.ctx.observer.event(
+                &self.run,
+                &Event::Attempt {
+                    task: call.task_id.clone(),
+                    replica: call.replica,
+                    call: n,
+                    node: a.node,
+                    outcome,
+                    cause,
+                    latency_ms: a.latency.as_secs_f64() * 1e3,
+                },
+            );
+        }
+        let routed = match result {
             Ok(r) => r,
             Err(e) => {
                 self.ctx.observer.event(
@@ -339,7 +389,8 @@ impl HostServices for RoutedServices {
         let (tin, tout) = (r.prompt_tokens, r.completion_tokens());
         let cost = self.router.cost_of(&r.node, tin.into(), tout.into());
         // A hedge that lost was sent the prompt too: its tokens are spent.
-        self.ctx.meter.charge(
+        self.charge(
+            call.replica,
             u64::from(tin) + u64::from(tout) + u64::from(routed.lost_tokens),
             cost + routed.lost_cost,
         );

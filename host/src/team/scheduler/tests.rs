@@ -257,3 +257,144 @@ async fn the_longest_chain_starts_first() {
     assert_eq!(order[0], "a", "{order:?}");
     assert_eq!(order.len(), 5);
 }
+
+/// Sleeps each copy of a task for the next of its scripted latencies
+/// (seconds), and answers with the copy's number.
+struct Scripted {
+    latencies: HashMap<String, Vec<f64>>,
+    copies: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Executor for Scripted {
+    fn execute(
+        self: Arc<Self>,
+        task: Arc<JobTask>,
+        _inputs: Vec<(String, String)>,
+        _meter: Arc<Meter>,
+    ) -> BoxFuture<'static, TaskResult> {
+        let k = {
+            let mut c = self.copies.lock().unwrap();
+            let k = c.entry(task.id.clone()).or_insert(0);
+            *k += 1;
+            *k - 1
+        };
+        let secs = self.latencies[&task.id][k];
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            let mut r = TaskResult::not_run(StopReason::Decided);
+            r.answer = Some(format!("copy {k}"));
+            r
+        })
+    }
+}
+
+async fn run_scripted(
+    latencies: &[(&str, &[f64])],
+    slots: usize,
+    hedge: Option<HedgeTasks>,
+) -> (Vec<(String, TaskResult)>, Duration, Vec<Event>) {
+    let exec = Arc::new(Scripted {
+        latencies: latencies
+            .iter()
+            .map(|(id, l)| (id.to_string(), l.to_vec()))
+            .collect(),
+        copies: Default::default(),
+    });
+    let tasks = latencies.iter().map(|(id, _)| task(id, &[])).collect();
+    let events = std::sync::Mutex::new(Vec::new());
+    let observer = |_: &str, e: &Event| {
+        if matches!(
+            e,
+            Event::TaskHedged { .. } | Event::TaskCopyCancelled { .. }
+        ) {
+            events.lock().unwrap().push(e.clone());
+        }
+    };
+    let start = tokio::time::Instant::now();
+    let done = run(
+        "r",
+        tasks,
+        exec,
+        Meter::job(Limits::default()),
+        Options {
+            max_parallel_tasks: slots,
+            hedge_tasks: hedge,
+            ..Options::default()
+        },
+        CancellationToken::new(),
+        &observer,
+    )
+    .await;
+    let took = start.elapsed();
+    (done, took, events.into_inner().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_slot_copies_a_straggler_and_the_first_copy_wins() {
+    let hedge = HedgeTasks {
+        after: HedgeAfter::Fixed(Duration::from_secs(5)),
+        max_copies: 2,
+    };
+    // "slow" takes 100 s on its first copy and 1 s on its second.
+    let script: &[(&str, &[f64])] = &[("slow", &[100.0, 1.0]), ("quick", &[1.0])];
+    let (done, took, events) = run_scripted(script, 2, Some(hedge)).await;
+    // Copied at 5 s, done at 6 s; the first copy is aborted and reported.
+    assert_eq!(took.as_secs(), 6, "{took:?}");
+    assert_eq!(done[0].1.answer.as_deref(), Some("copy 1"));
+    assert_eq!(
+        events,
+        vec![
+            Event::TaskHedged {
+                task: "slow".into(),
+                copy: 1,
+                after_ms: 5000.0
+            },
+            Event::TaskCopyCancelled {
+                task: "slow".into(),
+                copy: 0,
+                winner: 1
+            },
+        ]
+    );
+    // Without hedging the straggler sets the makespan.
+    let (_, took, events) = run_scripted(script, 2, None).await;
+    assert_eq!((took.as_secs(), events.len()), (100, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quantile_threshold_waits_for_enough_finished_tasks() {
+    let hedge = HedgeTasks {
+        after: "p50".parse().unwrap(),
+        max_copies: 2,
+    };
+    // Three 2 s tasks finish first; then the 100 s one is copied at its
+    // median run time (2 s after it started) and the copy takes 1 s.
+    let script: &[(&str, &[f64])] = &[
+        ("a", &[2.0]),
+        ("b", &[2.0]),
+        ("c", &[2.0]),
+        ("slow", &[100.0, 1.0]),
+    ];
+    let (done, took, events) = run_scripted(script, 4, Some(hedge)).await;
+    assert_eq!(took.as_secs(), 3, "{took:?}");
+    assert_eq!(done[3].1.answer.as_deref(), Some("copy 1"));
+    assert_eq!(events.len(), 2);
+}
+
+#[test]
+fn hedge_thresholds_parse_from_the_spec() {
+    assert_eq!(
+        "p90".parse::<HedgeAfter>().unwrap(),
+        HedgeAfter::Quantile(0.9)
+    );
+    assert_eq!(
+        "20s".parse::<HedgeAfter>().unwrap(),
+        HedgeAfter::Fixed(Duration::from_secs(20))
+    );
+    assert!("p100"
+        .parse::<HedgeAfter>()
+        .unwrap_err()
+        .contains("p1..p99"));
+    let t: HedgeTasks = toml::from_str("after = \"p90\"").unwrap();
+    assert_eq!(t.max_copies, 2);
+}

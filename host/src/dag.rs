@@ -3,6 +3,9 @@
 //! (unique ids, known dependencies, no cycles), with the numbers that bound
 //! how fast a team can go: the critical path, the parallel fraction p and
 //! Amdahl's bound for n workers.
+//!
+//! It sits at the crate's root, not in [`crate::team`], because a team spec
+//! (its `[dag]` table) and `conclave plan` read it without the runtime.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,120 @@
+//! The team runtime's one entry point for a job: [`PreparedTeam::submit`]
+//! takes the job and its journal, records the submission (or the resume)
+//! before any model is called, runs the job with the journal as a
+//! recorder beside it (and, when resuming, with the replies the journal
+//! already holds), and records how it ended.
+//!
+//! What lives elsewhere: reading a killed run back and repairing its tail
+//! is [`crate::journal::resume`], which hands what it read to this entry
+//! point; the journal never drives a job.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::consensus::Recorded;
+use super::events::{Both, Observer};
+use super::job::{JobResult, PreparedTeam};
+use crate::journal::{Entry, Journal, Recorder};
+
+/// One question for a team, under a run id (seeds derive from it, so on
+/// seeded nodes the same id gives the same run).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub run_id: String,
+    pub question: String,
+    /// Passed to `sim` nodes only.
+    pub gold: Option<String>,
+}
+
+impl Job {
+    pub fn new(run_id: &str, question: &str, gold: Option<&str>) -> Self {
+        Job {
+            run_id: run_id.to_string(),
+            question: question.to_string(),
+            gold: gold.map(String::from),
+        }
+    }
+}
+
+/// What a journal already holds of a job being resumed, as read by
+/// [`crate::journal::resume`].
+pub struct Resume {
+    /// The sequence number of the last good record.
+    pub after: u64,
+    /// The model replies journaled before the job stopped: answered from
+    /// here, not asked again.
+    pub replies: Arc<Recorded>,
+    /// What was wrong with the journal's tail (cut back), if anything.
+    pub repaired: Option<String>,
+}
+
+/// A job run with its journal: what it came to, and the first error
+/// writing the journal (the job itself goes on without it).
+pub struct Journaled {
+    pub result: JobResult,
+    pub journal_error: Option<String>,
+    /// What was wrong with the journal's tail when resuming, if anything.
+    pub repaired: Option<String>,
+}
+
+impl PreparedTeam {
+    /// Runs `job`, journaling every step in `journal`; with `resume`, goes
+    /// on from what the journal holds (its replies are reused). The
+    /// submission is durable before any model is called, so whatever
+    /// happens next the job can be resumed; the result is recorded last.
+    pub async fn submit(
+        &self,
+        job: &Job,
+        journal: Arc<dyn Journal>,
+        resume: Option<Resume>,
+        observer: Arc<dyn Observer>,
+        cancel: CancellationToken,
+    ) -> Journaled {
+        let (replies, repaired) = match resume {
+            None => {
+                let spec = self.spec();
+                journal.append(
+                    &job.run_id,
+                    Entry::JobSubmitted {
+                        team: spec.team.name.clone(),
+                        spec_path: spec.path.display().to_string(),
+                        spec: spec.source.clone(),
+                        question: job.question.clone(),
+                        gold: job.gold.clone(),
+                    },
+                );
+                (None, None)
+            }
+            Some(r) => {
+                journal.append(&job.run_id, Entry::Resumed { after: r.after });
+                (Some(r.replies), r.repaired)
+            }
+        };
+        let started = journal.flush().await.err().map(|e| e.to_string());
+        let recorder = Recorder::new(journal.clone());
+        let both: Arc<dyn Observer> = Arc::new(Both(recorder.clone(), observer));
+        let result = self
+            .run_with(
+                &job.run_id,
+                &job.question,
+                job.gold.as_deref(),
+                both,
+                cancel,
+                replies,
+            )
+            .await;
+        journal.append(
+            &job.run_id,
+            Entry::JobEnded {
+                result: result.clone(),
+            },
+        );
+        let ended = journal.flush().await.err().map(|e| e.to_string());
+        Journaled {
+            result,
+            journal_error: started.or(recorder.error()).or(ended),
+            repaired,
+        }
+    }
+}
