@@ -91,6 +91,17 @@ pub fn read_items(path: &Path, limit: usize) -> Result<Vec<(String, String)>, St
         .collect()
 }
 
+/// A task context whose voter is asked only once every replica of a draw
+/// has reported (`decide = "all"`): these benchmarks compare stopping
+/// rules, so a fixed vote of `cap` must really draw `cap` samples.
+fn every_ballot() -> crate::team::consensus::TaskContext {
+    let mut ctx = crate::team::consensus::TaskContext::standalone();
+    let mut caps = crate::team::caps::Caps::default();
+    caps.consensus.decide = crate::team::consensus::Decide::All;
+    ctx.caps = Arc::new(caps);
+    ctx
+}
+
 /// A fixed vote of `cap` samples (majority) against adaptive sampling
 /// (quorum: stop once the vote is decisive, at most `cap`) on the items of
 /// `data`, on a sim node of the given accuracy. `quorum_config` is the
@@ -154,7 +165,9 @@ pub async fn adaptive(
                 retries: 1,
                 inputs: vec![],
             };
-            let r = team.run_task("bench-adaptive", &spec).await;
+            let r = team
+                .run_task_in("bench-adaptive", &spec, &every_ballot())
+                .await;
             samples += r.samples;
             match (&r.stop, &r.answer) {
                 (StopReason::Decided, Some(a)) if answer::same(a, gold, Kind::Number) => right += 1,
@@ -283,7 +296,9 @@ pub async fn sweep(
                     retries: 1,
                     inputs: vec![],
                 };
-                let r = team.run_task("bench-sweep", &spec).await;
+                let r = team
+                    .run_task_in("bench-sweep", &spec, &every_ballot())
+                    .await;
                 samples.push(r.samples as f64);
                 match (&r.stop, &r.answer) {
                     (StopReason::Decided, Some(a)) if answer::same(a, gold, Kind::Number) => {
