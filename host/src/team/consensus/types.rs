@@ -1,0 +1,269 @@
+//! The vocabulary of one task's consensus: what a task asks for
+//! ([`TaskSpec`]), how the voter is asked and slow replicas chased
+//! ([`ConsensusConfig`]), the plugins a team uses ([`PluginUse`]), what a
+//! task shares with its job ([`TaskContext`]) and how it ends
+//! ([`TaskResult`], [`StopReason`]). The loop itself is in the parent module.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::{AnswerKind, Grants};
+use crate::team::budget::{Limits, Meter};
+use crate::team::bus::Bus;
+use crate::team::events::{Observer, Quiet};
+
+/// How the consensus loop asks its voter and chases slow replicas; one home
+/// for these numbers, set for a team in `[team] consensus = { ... }`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusConfig {
+    /// When the voter may decide before every replica has reported.
+    /// Default `early`.
+    pub decide: Decide,
+    /// Copies of replicas that run late. Off by default.
+    pub hedge: ReplicaHedge,
+}
+
+/// When the voter is asked.
+///
+/// `early` (the default): also while replicas are still running, as soon
+/// as the ballots so far make a decision possible: the leading answer
+/// (among ballots that passed their verifiers) has more ballots than any
+/// other answer (counting every ballot) could reach if every replica still
+/// running voted for it. A count that can no longer be overtaken is what
+/// `majority` and `quorum` would decide on all the ballots, so the team's
+/// semantics hold and a 5-replica majority decides once 3 agree. The voter
+/// still makes the decision: the host only takes it early if the voter
+/// decides for that same leader; any other answer (`need-more`, `revise`,
+/// another leader, as a `weighted` voter may give) waits for more ballots.
+/// Replicas still running are then cancelled.
+///
+/// `all`: the voter is asked once every replica of the draw has reported
+/// (the behaviour before early decisions, and the baseline of `conclave
+/// bench consensus`). Use it for a voter whose decision is not a count
+/// (`weighted`, `borda`) when every ballot must weigh in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decide {
+    #[default]
+    Early,
+    All,
+}
+
+/// Hedged replicas: a replica (a whole role call, with its model calls)
+/// that has run longer than `quantile` of its nodes' observed latencies
+/// gets a copy, a new replica started on a node the router finds healthy
+/// and less loaded; the first of the two to answer is counted and the
+/// other is cancelled. Off by default, as the router's per-call hedge is: a
+/// copy spends tokens, and a team on a node with a steady tail gains
+/// little from it. The router's `[router] hedge` copies one model call; this
+/// copies the replica, so it also rescues a replica stuck between calls or
+/// on a node that stalls without failing.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaHedge {
+    /// Off by default.
+    pub enabled: bool,
+    /// A replica is late once it has run past this quantile of the
+    /// nodes' recent model-call latencies (the largest over the nodes
+    /// that have enough of them). Default 0.9.
+    pub quantile: f64,
+    /// Most copies per draw of a task's replicas. Default 2.
+    pub max_extra: u32,
+    /// Latencies a node needs before its quantile is trusted. Default 20.
+    pub min_samples: usize,
+}
+
+impl Default for ReplicaHedge {
+    fn default() -> Self {
+        ReplicaHedge {
+            enabled: false,
+            quantile: 0.9,
+            max_extra: 2,
+            min_samples: 20,
+        }
+    }
+}
+
+/// A plugin as a team uses it: the component, its config and its grants.
+#[derive(Clone)]
+pub struct PluginUse {
+    /// The team's name for it (a built-in's, or a `[[plugin]]`'s).
+    pub name: String,
+    /// The component, swappable while the team serves (see
+    /// [`crate::team::swap`]): each call takes the current version at its start.
+    pub plugin: crate::team::swap::PluginSlot,
+    /// JSON given to the plugin as `task.config`.
+    pub config: String,
+    pub grants: Grants,
+    /// The spec's `limits` for it; the runtime's defaults when `None`.
+    pub limits: Option<crate::plugin::SandboxLimits>,
+}
+
+/// What one task asks for.
+#[derive(Clone, Debug)]
+pub struct TaskSpec {
+    pub id: String,
+    pub prompt: String,
+    pub answer_kind: AnswerKind,
+    /// The right answer, when an evaluation provides it (only `sim` nodes
+    /// look at it).
+    pub gold: Option<String>,
+    pub checker: Option<String>,
+    /// Samples in the first round.
+    pub replicas: u32,
+    /// Most samples over all rounds, not counting redraws of failed ones.
+    pub max_samples: u32,
+    /// Most rounds the voter may ask for with `revise` (1 = no revision).
+    pub max_rounds: u32,
+    /// Debate: rounds in which every replica sees the others' previous
+    /// answers, before the vote (0 = no debate).
+    pub debate_rounds: u32,
+    /// How often a failed replica is drawn again on another node.
+    pub retries: u32,
+    /// Decided answers of the tasks this one depends on, by task id: what
+    /// `blackboard.read` returns.
+    pub inputs: Vec<(String, String)>,
+}
+
+impl TaskSpec {
+    /// One sample, one round, one retry, no inputs.
+    pub fn new(id: &str, prompt: &str, answer_kind: AnswerKind) -> Self {
+        TaskSpec {
+            id: id.into(),
+            prompt: prompt.into(),
+            answer_kind,
+            gold: None,
+            checker: None,
+            replicas: 1,
+            max_samples: 1,
+            max_rounds: 1,
+            debate_rounds: 0,
+            retries: 1,
+            inputs: Vec::new(),
+        }
+    }
+}
+
+/// Why a task (or a job) stopped. Exactly one per task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "stop", content = "reason", rename_all = "kebab-case")]
+pub enum StopReason {
+    Decided,
+    NoConsensus(String),
+    BudgetExhausted(String),
+    Cancelled(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Decided => write!(f, "decided"),
+            StopReason::NoConsensus(w) => write!(f, "no consensus: {w}"),
+            StopReason::BudgetExhausted(w) => write!(f, "budget exhausted: {w}"),
+            StopReason::Cancelled(w) => write!(f, "cancelled: {w}"),
+            StopReason::Failed(w) => write!(f, "failed: {w}"),
+        }
+    }
+}
+
+/// A subtask of a coordinator's plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedSubtask {
+    pub id: String,
+    pub prompt: String,
+    /// Empty: the task's default subtask role.
+    pub role: String,
+    pub depends_on: Vec<String>,
+}
+
+/// The outcome of a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub stop: StopReason,
+    pub answer: Option<String>,
+    pub support: u32,
+    pub total: u32,
+    pub runner_up: Option<String>,
+    /// Samples drawn that reported (a candidate, a plan or a failure;
+    /// redraws and hedge copies included). A replica cancelled before it
+    /// reported (an early decision, a hedge that lost) is not a sample.
+    pub samples: u32,
+    pub rounds: u32,
+    /// Nodes whose candidates were counted, one per ballot.
+    pub nodes: Vec<String>,
+    /// Why replicas or verifiers failed, one line each.
+    pub failures: Vec<String>,
+    /// The plan a coordinator answered with, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Vec<PlannedSubtask>>,
+    /// Tokens (in plus out) and cost charged to this task.
+    pub tokens: u64,
+    pub cost: f64,
+}
+
+impl TaskResult {
+    /// A task that never ran, for `reason`.
+    pub fn not_run(stop: StopReason) -> Self {
+        TaskResult {
+            stop,
+            answer: None,
+            support: 0,
+            total: 0,
+            runner_up: None,
+            samples: 0,
+            rounds: 0,
+            nodes: Vec::new(),
+            failures: Vec::new(),
+            plan: None,
+            tokens: 0,
+            cost: 0.0,
+        }
+    }
+}
+
+/// What a task shares with the rest of its job: the run's bus, the meter
+/// its model calls are charged to, and who hears its events.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub bus: Arc<Bus>,
+    pub meter: Arc<Meter>,
+    pub observer: Arc<dyn Observer>,
+    /// Model replies already in the journal (resume): answered from here
+    /// instead of calling a node again.
+    pub recorded: Option<Arc<Recorded>>,
+    /// What the task's plugins may make the host do: plans, model calls,
+    /// messages ([`crate::team::caps`]).
+    pub caps: Arc<crate::team::caps::Caps>,
+    /// The roles a plan may name: the team's role plugins (empty: any).
+    pub roles: Arc<[String]>,
+}
+
+/// Model replies by (task, replica, the replica's n-th call).
+pub type Recorded = std::collections::HashMap<(String, u32, u32), RecordedCall>;
+
+/// A journaled model reply.
+#[derive(Clone, Debug)]
+pub struct RecordedCall {
+    pub node: String,
+    pub text: String,
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    pub cost: f64,
+}
+
+impl TaskContext {
+    /// A bus of its own, no limits, nobody listening.
+    pub fn standalone() -> Self {
+        TaskContext {
+            bus: Arc::new(Bus::new(64)),
+            meter: Meter::job(Limits::default()),
+            observer: Arc::new(Quiet),
+            recorded: None,
+            caps: Arc::default(),
+            roles: Arc::new([]),
+        }
+    }
+}
