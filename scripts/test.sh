@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: builds the guest components, then runs every test of
-# the workspace (host, SDK, built-in plugins natively, end-to-end tests), and
-# ends with one line totalling what cargo's test binaries reported.
+# the workspace (host, SDK, built-in plugins natively, end-to-end tests) and
+# the Python and JavaScript helpers' tests, and ends with one line totalling
+# what cargo's test binaries reported. The tests of Python and JavaScript
+# plugin templates need scripts/install-plugin-tools.sh; without it they are
+# skipped, unless CONCLAVE_REQUIRE_PLUGIN_TOOLS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh
@@ -9,6 +12,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# The Python and JavaScript plugin helpers against the Rust SDK's cases
+# (sdk/cases/helpers.json), which `cargo test` ran on the Rust side.
+python3 -m unittest discover -s sdk/python -t sdk/python || status=$?
+node --test sdk/js/ || status=$?
 passed=$(sed -n 's/^test result: .* \([0-9]*\) passed; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(sed -n 's/^test result: .*; \([0-9]*\) failed; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 ignored=$(sed -n 's/^test result: .*; \([0-9]*\) ignored; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')

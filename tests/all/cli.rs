@@ -209,6 +209,7 @@ fn plugins_check_stops_a_sleeping_describe_and_says_what_is_not_granted() {
     let o = d.conclave(&["plugins", "check", greedy.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let out = text(&o.stdout);
+    assert!(out.contains("on contract 0.1"), "{out}");
     assert!(out.contains("asks for: llm, bus, blackboard, log"), "{out}");
     assert!(out.contains("not granted by asking"), "{out}");
 }

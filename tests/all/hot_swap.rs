@@ -728,3 +728,41 @@ async fn serve_with_no_watch_keeps_the_version_it_loaded_and_trace_names_it() {
     assert_eq!(solver["hash"], hash_of(&plugin("solver")).as_str());
     assert_eq!(solver["calls"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_0_1_voter_is_replaced_by_its_0_2_build_while_the_team_runs() {
+    let dir = team_dir(&VOTED.replace("{latency}", ""), &fixture("majority-v1"));
+    let voter = dir.path().join("voter.wasm");
+    let team = prepare_file(&dir.path().join("team.toml")).await;
+    let _watch = team.watch(Duration::from_millis(30)).unwrap();
+    let old = status_of(&team, "vote");
+    assert_eq!(
+        (old.name.as_str(), old.contract.as_str()),
+        ("majority", "0.1")
+    );
+    let (r, _) = conclave_tests::run_job(&team, "on-0.1", "What is 2 + 2?", Some("4")).await;
+    assert!(r.answer.is_some(), "{r:?}");
+    replace_atomically(&voter, &std::fs::read(plugin("majority")).unwrap());
+    let new = eventually(Duration::from_secs(30), "the 0.2 build", || {
+        Some(status_of(&team, "vote")).filter(|s| s.contract == "0.2")
+    })
+    .await;
+    assert_eq!(new.sha256, hash_of(&plugin("majority")));
+    assert_eq!(new.refused, None);
+    let (r, events) = conclave_tests::run_job(&team, "on-0.2", "What is 2 + 2?", Some("4")).await;
+    assert!(r.answer.is_some(), "{r:?}");
+    let voted: Vec<Option<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Vote { hash, .. } => Some(hash.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!voted.is_empty());
+    assert!(
+        voted
+            .iter()
+            .all(|h| h.as_deref() == Some(new.sha256.as_str())),
+        "{voted:?}"
+    );
+}

@@ -4,7 +4,8 @@
 //! what would change); crash-resume at every record boundary of a killed
 //! process and after SIGKILLs at seeded times mid-call, every journaled
 //! model call reused and none made twice; damaged tails,
-//! unusable data directories, and two processes sharing one journal.
+//! unusable data directories, two processes sharing one journal, and the
+//! README's `sqlite3` query.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -166,6 +167,37 @@ fn a_run_is_journaled_whole_and_listed() {
     );
     let page = std::fs::read_to_string(html).unwrap();
     assert!(page.contains("<svg") && page.contains("whole-1"));
+}
+
+/// The SQL of the README's `sqlite3` example.
+fn readme_query() -> String {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let at = readme
+        .find("sqlite3 ~/.local/share/conclave/journal.sqlite")
+        .expect("the README has its sqlite3 example");
+    let rest = &readme[at..];
+    let open = rest.find('"').unwrap() + 1;
+    let close = open + rest[open..].find('"').unwrap();
+    rest[open..close].to_string()
+}
+
+#[test]
+fn the_readme_query_counts_the_calls_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = team_file(dir.path(), TEAM);
+    let out = run(&spec, dir.path(), "asked", &[]);
+    assert!(out.status.success());
+    let j = SqliteJournal::open(dir.path()).unwrap();
+    let (made, _) = calls(&j, "asked");
+    let rows: Vec<(String, i64)> = j.with_connection(|c| {
+        c.prepare(&readme_query())
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    });
+    assert_eq!(rows, vec![("sim".to_string(), made as i64)]);
 }
 
 #[test]
@@ -506,32 +538,56 @@ fn a_damaged_tail_is_cut_back_and_reported() {
     let j = SqliteJournal::open(dir.path()).unwrap();
     let kept = j.read("torn").unwrap().records.len();
     assert!(kept > 12, "{kept}");
+    // Records are stored in chunks (a transaction's records of a run in one
+    // row): damage cuts the run back to the start of the damaged chunk.
+    let chunk_of = |seq: i64| -> (i64, i64) {
+        j.with_connection(|c| {
+            c.query_row(
+                "SELECT first, count FROM chunks WHERE run = 'torn' AND first <= ?1 AND first + count > ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        })
+    };
+    let (first, count) = chunk_of(10);
     j.with_connection(|c| {
         c.execute(
-            "UPDATE records SET checksum = 0 WHERE run = 'torn' AND seq = 10",
-            [],
+            "UPDATE chunks SET checksum = 0 WHERE run = 'torn' AND first = ?1",
+            [first],
         )
         .unwrap()
     });
     let log = j.read("torn").unwrap();
-    assert_eq!(log.records.len(), 10, "nothing before the damage is lost");
+    assert_eq!(
+        log.records.len() as i64,
+        first,
+        "nothing before the damaged chunk is lost"
+    );
     let why = log.damaged.clone().unwrap();
+    let fails = if count == 1 {
+        format!("record {first} fails its checksum")
+    } else {
+        format!(
+            "records {first} to {} fail their checksum",
+            first + count - 1
+        )
+    };
     assert!(
-        why.contains("journal.sqlite: run torn: record 10 fails its checksum"),
+        why.contains(&format!("journal.sqlite: run torn: {fails}")),
         "{why}"
     );
+    let (first, _) = chunk_of(5);
     j.with_connection(|c| {
         c.execute(
-            "UPDATE records SET version = 99 WHERE run = 'torn' AND seq = 5",
-            [],
+            "UPDATE chunks SET version = 99 WHERE run = 'torn' AND first = ?1",
+            [first],
         )
         .unwrap()
     });
+    let unknown = format!("record {first} has format version 99; this build reads versions 1 to 2");
     let why = j.read("torn").unwrap().damaged.unwrap();
-    assert!(
-        why.contains("record 5 has format version 99; this build reads version 1"),
-        "{why}"
-    );
+    assert!(why.contains(&unknown), "{why}");
     drop(j);
     let resumed = conclave(&["resume", "torn", "--json"], dir.path(), &[]);
     assert!(
@@ -540,10 +596,7 @@ fn a_damaged_tail_is_cut_back_and_reported() {
         String::from_utf8_lossy(&resumed.stderr)
     );
     let err = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        err.contains("warning:") && err.contains("record 5 has format version 99"),
-        "{err}"
-    );
+    assert!(err.contains("warning:") && err.contains(&unknown), "{err}");
     let j = SqliteJournal::open(dir.path()).unwrap();
     let log = j.read("torn").unwrap();
     assert!(log.damaged.is_none());

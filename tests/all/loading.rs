@@ -119,8 +119,8 @@ async fn a_future_contract_version_is_refused() {
         PluginError::UnsupportedVersion {
             found, supported, ..
         } => {
-            assert_eq!(found, "0.2.0");
-            assert_eq!(supported, "0.1.0");
+            assert_eq!(found, "0.3.0");
+            assert_eq!(supported, "0.1.0 and 0.2.0");
         }
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

@@ -4,6 +4,7 @@
 mod builtins;
 mod cli;
 mod consensus;
+mod contract;
 mod embedded;
 mod eval;
 mod hostile;

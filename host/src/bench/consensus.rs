@@ -40,6 +40,8 @@ pub struct ConsensusBench {
     /// Sim nodes the team spreads its replicas over.
     pub nodes: usize,
     pub seed: u64,
+    /// The early team's hedge quantile (the default team's is 0.9).
+    pub hedge_quantile: f64,
 }
 
 /// A quantile with its 95% interval (order statistics).
@@ -132,6 +134,7 @@ async fn all_models(b: &ConsensusBench) -> Result<Vec<ModelReport>, String> {
             decide: Decide::Early,
             hedge: ReplicaHedge {
                 enabled: true,
+                quantile: b.hedge_quantile,
                 ..ReplicaHedge::default()
             },
         };
@@ -190,6 +193,8 @@ fn router(b: &ConsensusBench, model: &str) -> Result<Arc<Router>, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let config = RouterConfig {
         deadline: Duration::from_secs(3600),
+        // The node choice is seeded too, so that a run is repeatable.
+        seed: Some(b.seed),
         ..RouterConfig::default()
     };
     Ok(Arc::new(Router::new(nodes, config)))

@@ -8,6 +8,7 @@ pub mod amdahl;
 pub mod consensus;
 pub mod embedded;
 pub mod journal;
+pub mod languages;
 pub mod router;
 pub mod serve;
 pub mod team;
@@ -64,15 +65,22 @@ pub struct VoterCallReport {
     /// through the linker each time: the first prototype's way.
     pub naive: Latency,
     /// This runtime's way: pooling, copy-on-write images, `InstancePre`,
-    /// epoch deadlines, full checks of the output.
+    /// epoch deadlines, full checks of the output; a contract 0.1 voter,
+    /// every ballot copied into the guest whole.
     pub runtime: Latency,
+    /// The same way with a contract 0.2 voter: the ballot box (answers and
+    /// verifier names once, flat lists of numbers), texts left in the host.
+    pub runtime_v2: Latency,
     /// Decisions per second with `concurrency` calls in flight on all cores.
     pub concurrent_per_sec: f64,
     pub concurrency: usize,
     pub pooling: bool,
     /// Mean time of each phase of a call: new store, instantiate, the call
-    /// itself (arguments in, guest work, result out), dropping the store.
+    /// itself (arguments in, guest work, result out), dropping the store;
+    /// 0.1 voter.
     pub phases: [Duration; 4],
+    /// The same for the 0.2 voter (its ballot box is built in "new store").
+    pub phases_v2: [Duration; 4],
 }
 
 /// 16 realistic ballots: a short reasoning text, one verdict each.
@@ -133,10 +141,13 @@ fn naive_state() -> StoreState {
 }
 
 /// Measures one voter call on `ballots` ballots, fresh instance each time,
-/// the naive way and this runtime's way, `iterations` calls each, then the
-/// throughput with `concurrency` calls in flight.
+/// `iterations` calls each: a contract 0.1 voter (`voter_path`) the naive way
+/// and this runtime's way, and a contract 0.2 voter (`v2_path`, the same
+/// policy) this runtime's way, alternating in rounds so that drift hits all
+/// alike; then the 0.2 voter's throughput with `concurrency` calls in flight.
 pub async fn voter_calls(
     voter_path: &Path,
+    v2_path: &Path,
     iterations: usize,
     ballots: usize,
     concurrency: usize,
@@ -181,42 +192,66 @@ pub async fn voter_calls(
         naive.push(t.elapsed());
     }
 
-    // This runtime's way.
+    // This runtime's way, both contracts.
     let rt = Arc::new(PluginRuntime::new(RuntimeConfig {
         cache_dir: None,
         ..Default::default()
     })?);
     let plugin = rt.load_bytes(bytes, voter_path).await?;
-    let inv = Invocation::default();
-    for _ in 0..iterations / 10 + 1 {
-        rt.tally(&plugin, &inv, &task, &ballots_v).await?;
-    }
-    let mut ours = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let t = Instant::now();
-        rt.tally(&plugin, &inv, &task, &ballots_v).await?;
-        ours.push(t.elapsed());
-    }
-
-    let mut phases = [Duration::ZERO; 4];
-    for _ in 0..iterations {
-        let p = rt.tally_phases(&plugin, &inv, &task, &ballots_v).await?;
-        for (acc, d) in phases.iter_mut().zip(p) {
-            *acc += d;
+    let v2_bytes = std::fs::read(v2_path).map_err(|source| PluginError::Io {
+        path: v2_path.into(),
+        source,
+    })?;
+    let v2 = rt.load_bytes(v2_bytes, v2_path).await?;
+    for (p, want) in [(&plugin, "0.1"), (&v2, "0.2")] {
+        if p.contract() != want {
+            return Err(PluginError::Engine(format!(
+                "{} is a contract {} voter; this benchmark wants a {want} one there",
+                p.path().display(),
+                p.contract()
+            )));
         }
     }
-    let phases = phases.map(|d| d / iterations.max(1) as u32);
+    let shared = Arc::new(ballots_v.clone());
+    let inv = Invocation::default();
+    for _ in 0..iterations / 10 + 1 {
+        rt.tally_shared(&plugin, &inv, &task, &shared).await?;
+        rt.tally_shared(&v2, &inv, &task, &shared).await?;
+    }
+    let mut ours = Vec::with_capacity(iterations);
+    let mut ours_v2 = Vec::with_capacity(iterations);
+    let round = 1000;
+    for start in (0..iterations).step_by(round) {
+        let n = round.min(iterations - start);
+        for (p, out) in [(&plugin, &mut ours), (&v2, &mut ours_v2)] {
+            for _ in 0..n {
+                let t = Instant::now();
+                rt.tally_shared(p, &inv, &task, &shared).await?;
+                out.push(t.elapsed());
+            }
+        }
+    }
+
+    let (mut phases, mut phases_v2) = ([Duration::ZERO; 4], [Duration::ZERO; 4]);
+    for _ in 0..iterations {
+        for (p, acc) in [(&plugin, &mut phases), (&v2, &mut phases_v2)] {
+            let (d, _) = rt.tally_phases(p, &inv, &task, &shared).await?;
+            for (a, d) in acc.iter_mut().zip(d) {
+                *a += d;
+            }
+        }
+    }
+    let [phases, phases_v2] = [phases, phases_v2].map(|p| p.map(|d| d / iterations.max(1) as u32));
 
     // Throughput with many calls in flight on a multi-threaded runtime.
     let per_task = (iterations / concurrency.max(1)).max(1);
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (rt, plugin, task, ballots_v) =
-            (rt.clone(), plugin.clone(), task.clone(), ballots_v.clone());
+        let (rt, plugin, task, shared) = (rt.clone(), v2.clone(), task.clone(), shared.clone());
         handles.push(tokio::spawn(async move {
             for _ in 0..per_task {
-                rt.tally(&plugin, &Invocation::default(), &task, &ballots_v)
+                rt.tally_shared(&plugin, &Invocation::default(), &task, &shared)
                     .await?;
             }
             Ok::<_, PluginError>(())
@@ -232,9 +267,11 @@ pub async fn voter_calls(
         ballots,
         naive: Latency::of(naive),
         runtime: Latency::of(ours),
+        runtime_v2: Latency::of(ours_v2),
         concurrent_per_sec,
         concurrency,
         pooling: rt.is_pooling(),
         phases,
+        phases_v2,
     })
 }

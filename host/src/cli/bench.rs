@@ -6,13 +6,22 @@ pub async fn run(cmd: BenchCmd) -> u8 {
     match cmd {
         BenchCmd::Plugins {
             voter,
+            v1_voter,
             iterations,
             ballots,
             concurrency,
             json,
         } => {
             let voter = voter.unwrap_or_else(|| default_plugin_dir().join("majority.wasm"));
-            match conclave::bench::voter_calls(&voter, iterations, ballots, concurrency).await {
+            let v1_voter = v1_voter.unwrap_or_else(|| {
+                default_plugin_dir()
+                    .join("..")
+                    .join("fixtures")
+                    .join("majority-v1.wasm")
+            });
+            match conclave::bench::voter_calls(&v1_voter, &voter, iterations, ballots, concurrency)
+                .await
+            {
                 Ok(r) if json => {
                     println!(
                         "{}",
@@ -30,21 +39,95 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                         r.naive.p50, r.naive.p99
                     );
                     println!(
-                        "  conclave runtime (pooling: {}):    p50 {:>8.1?}  p99 {:>8.1?}",
-                        r.pooling, r.runtime.p50, r.runtime.p99
+                        "  conclave runtime, contract 0.1:        p50 {:>8.1?}  p99 {:>8.1?}  (pooling: {})",
+                        r.runtime.p50, r.runtime.p99, r.pooling
                     );
                     println!(
-                        "  speed-up at p50: {:.2}x",
-                        r.naive.p50.as_secs_f64() / r.runtime.p50.as_secs_f64().max(1e-12)
+                        "  conclave runtime, contract 0.2:        p50 {:>8.1?}  p99 {:>8.1?}",
+                        r.runtime_v2.p50, r.runtime_v2.p99
                     );
+                    let ratio = |a: std::time::Duration, b: std::time::Duration| {
+                        a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+                    };
                     println!(
-                        "  where the time goes (mean): store {:.1?}, instantiate {:.1?}, call {:.1?}, drop {:.1?}",
-                        r.phases[0], r.phases[1], r.phases[2], r.phases[3]
+                        "  p50 speed-up: runtime 0.1 over naive {:.2}x, 0.2 over 0.1 {:.2}x",
+                        ratio(r.naive.p50, r.runtime.p50),
+                        ratio(r.runtime.p50, r.runtime_v2.p50)
                     );
+                    for (name, p) in [("0.1", r.phases), ("0.2", r.phases_v2)] {
+                        println!(
+                            "  where the time goes, {name} (mean): store {:.1?}, instantiate {:.1?}, call {:.1?}, drop {:.1?}",
+                            p[0], p[1], p[2], p[3]
+                        );
+                    }
                     println!(
-                        "  decisions per second, {} in flight: {:.0}",
+                        "  decisions per second, contract 0.2, {} in flight: {:.0}",
                         r.concurrency, r.concurrent_per_sec
                     );
+                    exit::OK
+                }
+                Err(e) => {
+                    report(&e);
+                    exit::FAILURE
+                }
+            }
+        }
+        BenchCmd::Languages {
+            voters,
+            iterations,
+            ballots,
+            json,
+        } => {
+            let voters: Vec<(String, std::path::PathBuf)> = if voters.is_empty() {
+                let dir = default_plugin_dir().join("..").join("languages");
+                ["rust", "python", "js"]
+                    .iter()
+                    .map(|l| (l.to_string(), dir.join(format!("voter-{l}.wasm"))))
+                    .collect()
+            } else {
+                let mut out = Vec::new();
+                for v in voters {
+                    match v.split_once('=') {
+                        Some((l, p)) if !l.is_empty() && !p.is_empty() => {
+                            out.push((l.to_string(), p.into()))
+                        }
+                        _ => {
+                            eprintln!("error: --voter {v:?}: expected LABEL=PATH, for example python=majority.wasm");
+                            return exit::USAGE;
+                        }
+                    }
+                }
+                out
+            };
+            match conclave::bench::languages::costs(&voters, iterations, ballots).await {
+                Ok(r) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).expect("serialisable")
+                    );
+                    exit::OK
+                }
+                Ok(r) => {
+                    println!(
+                        "the same voter per language, {ballots} ballots, fresh instance per call, no compile cache:"
+                    );
+                    println!(
+                        "  {:<8} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9}  decision",
+                        "language", "file", "contract", "load", "first call", "p50 call", "memory"
+                    );
+                    for c in r {
+                        println!(
+                            "  {:<8} {:>7}KB {:>8} {:>10.1?} {:>10.1?} {:>10.1?} {:>7}KB  {}",
+                            c.language,
+                            c.file_bytes / 1024,
+                            c.contract,
+                            c.load,
+                            c.first_call,
+                            c.calls.p50,
+                            c.memory_bytes / 1024,
+                            c.decision
+                        );
+                    }
                     exit::OK
                 }
                 Err(e) => {
@@ -263,6 +346,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             models,
             latencies,
             seed,
+            hedge_quantile,
             json,
         } => {
             let b = conclave::bench::consensus::ConsensusBench {
@@ -273,6 +357,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 accuracy,
                 nodes,
                 seed,
+                hedge_quantile,
             };
             let reports = match conclave::bench::consensus::run(b) {
                 Ok(r) => r,

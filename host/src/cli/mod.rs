@@ -150,17 +150,18 @@ enum PluginsCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Create a new plugin crate that builds on the first try.
+    /// Create a new plugin (Rust, Python or JavaScript) that builds on the
+    /// first try with its language's own tool.
     New {
         name: String,
         #[arg(long, value_enum)]
         kind: Kind,
+        /// The language: rust (cargo), python (componentize-py) or js (jco).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
         /// Where to create it (default: the current directory).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The sdk/ folder of a Conclave checkout (default: this build's).
-        #[arg(long)]
-        sdk: Option<PathBuf>,
     },
 }
 
@@ -269,11 +270,31 @@ enum NodesCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// What a plugin's language costs: the same voter from Rust, Python and
+    /// JavaScript (file size, load, first call, p50 per call, memory).
+    Languages {
+        /// `LABEL=PATH` of a voter component, once per language
+        /// (default: the `plugins new --kind voter` template built in Rust,
+        /// Python and JavaScript, target/languages/voter-LANG.wasm, from
+        /// `scripts/build-language-voters.sh`).
+        #[arg(long = "voter", value_name = "LABEL=PATH")]
+        voters: Vec<String>,
+        #[arg(long, default_value_t = 2_000)]
+        iterations: usize,
+        #[arg(long, default_value_t = 16)]
+        ballots: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cost of one voter call on fresh instances, naive and ours.
     Plugins {
-        /// The voter component to call (default: the built-in majority).
+        /// The contract 0.2 voter to call (default: the built-in majority).
         #[arg(long)]
         voter: Option<PathBuf>,
+        /// The contract 0.1 voter measured beside it (default: the
+        /// `majority-v1` test fixture, the same policy on the 0.1 contract).
+        #[arg(long)]
+        v1_voter: Option<PathBuf>,
         #[arg(long, default_value_t = 20_000)]
         iterations: usize,
         #[arg(long, default_value_t = 16)]
@@ -370,6 +391,10 @@ enum BenchCmd {
         latencies: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The early team's hedge quantile: a replica past this quantile of
+        /// its node's latencies gets a copy.
+        #[arg(long, default_value_t = 0.9)]
+        hedge_quantile: f64,
         #[arg(long)]
         json: bool,
     },
@@ -409,6 +434,13 @@ enum Kind {
     Role,
     Verifier,
     Voter,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Lang {
+    Rust,
+    Python,
+    Js,
 }
 
 /// The built-in plugins: `CONCLAVE_PLUGIN_DIR`, else `plugins/` next to the

@@ -2,7 +2,7 @@
 
 use conclave::plugin::{PluginKind, Registry};
 
-use super::{default_plugin_dir, exit, report, runtime, Kind, PluginsCmd};
+use super::{default_plugin_dir, exit, report, runtime, Kind, Lang, PluginsCmd};
 
 pub async fn run(cmd: PluginsCmd) -> u8 {
     match cmd {
@@ -30,16 +30,17 @@ pub async fn run(cmd: PluginsCmd) -> u8 {
                 );
             } else {
                 println!(
-                    "{:<16} {:<9} {:<8} {:<28} DESCRIPTION",
-                    "NAME", "KIND", "VERSION", "CAPABILITIES"
+                    "{:<16} {:<9} {:<8} {:<8} {:<28} DESCRIPTION",
+                    "NAME", "KIND", "VERSION", "CONTRACT", "CAPABILITIES"
                 );
                 for p in reg.list() {
                     let caps: Vec<String> = p.capabilities.iter().map(|c| c.to_string()).collect();
                     println!(
-                        "{:<16} {:<9} {:<8} {:<28} {}",
+                        "{:<16} {:<9} {:<8} {:<8} {:<28} {}",
                         p.name,
                         p.kind,
                         p.version,
+                        p.contract,
                         caps.join(","),
                         p.description
                     );
@@ -73,11 +74,12 @@ pub async fn run(cmd: PluginsCmd) -> u8 {
                             .map(|c| conclave::Capability::from(*c).to_string())
                             .collect();
                         println!(
-                            "ok {}: {} {} {} (asks for: {}) sha256 {}",
+                            "ok {}: {} {} {} on contract {} (asks for: {}) sha256 {}",
                             f.display(),
                             conclave::plugin::sandbox::kind_name(p.kind()),
                             p.name(),
                             p.version(),
+                            p.contract(),
                             if caps.is_empty() {
                                 "nothing".into()
                             } else {
@@ -106,25 +108,29 @@ pub async fn run(cmd: PluginsCmd) -> u8 {
         PluginsCmd::New {
             name,
             kind,
+            lang,
             dir,
-            sdk,
         } => {
             let kind = match kind {
                 Kind::Role => PluginKind::Role,
                 Kind::Verifier => PluginKind::Verifier,
                 Kind::Voter => PluginKind::Voter,
             };
-            let sdk = sdk.unwrap_or_else(conclave::scaffold::default_sdk_path);
-            match conclave::scaffold::new_plugin(&name, kind, &dir, &sdk) {
-                Ok(files) => {
-                    for f in &files {
+            let lang = match lang {
+                Lang::Rust => conclave::scaffold::Lang::Rust,
+                Lang::Python => conclave::scaffold::Lang::Python,
+                Lang::Js => conclave::scaffold::Lang::Js,
+            };
+            match conclave::scaffold::new_plugin(&name, kind, lang, &dir) {
+                Ok(p) => {
+                    for f in &p.files {
                         println!("created {}", f.display());
                     }
-                    println!(
-                        "build it with: cd {} && cargo build --release\nthe component: target/wasm32-wasip2/release/{}.wasm",
-                        dir.join(&name).display(),
-                        name.replace('-', "_")
-                    );
+                    let root = p.root.display();
+                    println!("build:  cd {root} && {}", p.build);
+                    println!("test:   cd {root} && {}", p.test);
+                    println!("check:  conclave plugins check {root}/{}", p.wasm.display());
+                    println!("try it: conclave run {root}/team.toml \"What is 2 + 2?\"");
                     exit::OK
                 }
                 Err(e) => {

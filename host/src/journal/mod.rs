@@ -22,8 +22,12 @@ use serde::{Deserialize, Serialize};
 use crate::team::events::{Event, Observer};
 use crate::team::job::JobResult;
 
-/// The version of the record format this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The version of the record format this build writes; it reads this one
+/// and every one before it.
+///
+/// 1: one row per record. 2: records stored in chunks, several consecutive
+/// records of a run in one row (see [`sqlite`]); each record as in 1.
+pub const VERSION: u32 = 2;
 
 /// What a record says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,6 +50,19 @@ pub enum Entry {
     Event { event: Event },
     /// The job ended.
     JobEnded { result: JobResult },
+}
+
+/// An [`Entry::Event`] as it borrows its event, for serialising without a
+/// copy.
+#[derive(Serialize)]
+#[serde(tag = "entry", rename_all = "kebab-case")]
+enum EntryRef<'a> {
+    Event { event: &'a Event },
+}
+
+/// The JSON of `Entry::Event { event }`, made from a borrowed event.
+pub fn encode_event(event: &Event) -> serde_json::Result<String> {
+    serde_json::to_string(&EntryRef::Event { event })
 }
 
 /// One journaled record.
@@ -78,7 +95,9 @@ pub struct RunRow {
 pub struct RunLog {
     pub records: Vec<Record>,
     /// A record that could not be read (bad checksum, unknown version,
-    /// not JSON): everything from it on is left out, and the reason is here.
+    /// not JSON; the store may check several records as one, see
+    /// [`sqlite`]): everything from it on is left out, and the reason is
+    /// here.
     pub damaged: Option<String>,
 }
 
@@ -139,6 +158,17 @@ pub trait Journal: Send + Sync {
     /// number. Never blocks on the disk.
     fn append(&self, run: &str, entry: Entry) -> u64;
 
+    /// Queues `event` as the next record of `run` (an [`Entry::Event`]),
+    /// without copying it first where the journal can help it.
+    fn append_event(&self, run: &str, event: &Event) -> u64 {
+        self.append(
+            run,
+            Entry::Event {
+                event: event.clone(),
+            },
+        )
+    }
+
     /// Resolves once every record queued so far is durable (one sync
     /// serves every record queued before it: group commit).
     fn flush(&self) -> BoxFuture<'static, Result<(), JournalError>>;
@@ -176,12 +206,7 @@ impl Recorder {
 
 impl Observer for Recorder {
     fn event(&self, run: &str, event: &Event) {
-        self.journal.append(
-            run,
-            Entry::Event {
-                event: event.clone(),
-            },
-        );
+        self.journal.append_event(run, event);
     }
 
     fn flushed(&self) -> BoxFuture<'static, ()> {
@@ -202,4 +227,28 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The record encoding.
+    use super::*;
+
+    #[test]
+    fn an_event_encoded_from_a_borrow_is_the_entry_it_stands_for() {
+        let event = Event::Retry {
+            task: "t \"quoted\"".into(),
+            replica: 3,
+        };
+        let borrowed = encode_event(&event).unwrap();
+        let owned = serde_json::to_string(&Entry::Event {
+            event: event.clone(),
+        })
+        .unwrap();
+        assert_eq!(borrowed, owned);
+        assert_eq!(
+            serde_json::from_str::<Entry>(&borrowed).unwrap(),
+            Entry::Event { event }
+        );
+    }
 }

@@ -2,39 +2,58 @@
 //! directory (WAL mode, full sync at each commit, so a commit survives
 //! `kill -9` and power loss; several processes may write it at once).
 //!
+//! Records are stored in *chunks*: each transaction writes one row per run
+//! holding that run's records of the transaction, consecutive, as a JSON
+//! array. One row of a few dozen records costs the same SQLite work as one
+//! row of one record did, which is most of what a record used to cost (see
+//! BENCHMARKS.md, "The journal"). A view, `records`, shows one row per
+//! record as format 1 stored them, for queries by hand.
+//!
 //! Schema (open it with `sqlite3` and query it):
 //!
 //! ```sql
-//! CREATE TABLE records (
+//! CREATE TABLE chunks (
 //!   run      TEXT NOT NULL,     -- run id
-//!   seq      INTEGER NOT NULL,  -- 0, 1, 2, ... per run, no gaps
-//!   at_ms    INTEGER NOT NULL,  -- Unix milliseconds when appended
-//!   version  INTEGER NOT NULL,  -- record format (journal::VERSION)
-//!   kind     TEXT NOT NULL,     -- job-submitted, event:model-call, job-ended, ...
-//!   body     TEXT NOT NULL,     -- the record, JSON
+//!   first    INTEGER NOT NULL,  -- seq of its first record (0, 1, 2, ... per run, no gaps)
+//!   count    INTEGER NOT NULL,  -- records in it
+//!   version  INTEGER NOT NULL,  -- record format (journal::VERSION; 1: one format-1 record)
+//!   at_ms    INTEGER NOT NULL,  -- Unix milliseconds when its first record was appended
+//!   body     TEXT NOT NULL,     -- version 2: [[ms after at_ms, record], ...]; version 1: the record
 //!   checksum INTEGER NOT NULL,  -- first 8 bytes of SHA-256(body)
-//!   PRIMARY KEY (run, seq)) WITHOUT ROWID;
+//!   PRIMARY KEY (run, first)) WITHOUT ROWID;
 //! CREATE TABLE runs (
 //!   run TEXT PRIMARY KEY, team TEXT, question TEXT, started_ms INTEGER,
 //!   ended_ms INTEGER, stop TEXT, tokens INTEGER, cost REAL);
+//! CREATE VIEW records (run, seq, at_ms, version, kind, body);
+//!   -- one row per record; kind: job-submitted, event:model-call, job-ended, ...;
+//!   -- body: the record (an `Entry`), JSON
 //! ```
 //!
 //! For example, calls per node: `SELECT json_extract(body, '$.event.node'),
 //! count(*) FROM records WHERE kind = 'event:model-call' GROUP BY 1;`
 //!
-//! Writes go through one writer thread that commits whatever is queued in
-//! one transaction (group commit) and then answers every flush waiting on
-//! it.
+//! A file written by format 1 (a `records` table, one row per record) is
+//! converted when it is opened: each of its records becomes a chunk of one,
+//! with its version (1), body and checksum as they were, and reads as
+//! before.
+//!
+//! Records are serialised by the thread that appends them; one writer
+//! thread commits whatever is queued in one transaction (group commit) and
+//! then answers every flush waiting on it. While flushes come in faster
+//! than syncs (many runs or tasks deciding at once), a commit first waits
+//! up to the last commit's time (`MAX_GATHER` at most) so that more of
+//! them share its sync; a lone run's flush is never held back.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use futures::future::BoxFuture;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 use sha2::Digest;
 
 use super::{now_ms, Entry, Journal, JournalError, Record, RunLog, RunRow, VERSION};
+use crate::team::events::Event;
 
 /// The file's name in the data directory.
 pub const FILE: &str = "journal.sqlite";
@@ -44,9 +63,42 @@ pub const FILE: &str = "journal.sqlite";
 /// N-th record (that transaction is lost, as with `kill -9`).
 pub const CRASH_ENV: &str = "CONCLAVE_JOURNAL_CRASH_AT";
 
+/// The oldest record format this build reads (a chunk of one record).
+const OLDEST: u32 = 1;
+
+/// Longest a commit waits for more flushes to share its sync. It waits
+/// only while several flushes are answered by each commit (concurrent
+/// decisions), never for a lone run, and at most as long as the last
+/// commit took.
+const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 enum Msg {
-    Append(Box<Record>),
+    Append(Box<Pending>),
     Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// A record on its way to the disk, already serialised.
+struct Pending {
+    run: Arc<str>,
+    seq: u64,
+    at_ms: u64,
+    /// The entry's JSON (or why it could not be made).
+    entry: Result<String, String>,
+    /// What the record changes in the `runs` table.
+    runs: Option<RunsUpdate>,
+}
+
+enum RunsUpdate {
+    Submitted {
+        team: String,
+        question: String,
+    },
+    Resumed,
+    Ended {
+        stop: String,
+        tokens: i64,
+        cost: f64,
+    },
 }
 
 /// A journal in one SQLite file.
@@ -54,7 +106,10 @@ pub struct SqliteJournal {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    next: Mutex<HashMap<String, u64>>,
+    /// Per run: its id as queued records share it, and its next seq. Held
+    /// while a record is queued, so that a run's records reach the writer
+    /// in seq order.
+    next: Mutex<HashMap<String, (Arc<str>, u64)>>,
     reader: Mutex<Connection>,
     /// Transactions committed (each one sync).
     commits: Arc<std::sync::atomic::AtomicU64>,
@@ -72,28 +127,82 @@ fn connect(path: &Path) -> Result<Connection, String> {
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-  run TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
-  version INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
-  checksum INTEGER NOT NULL, PRIMARY KEY (run, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+  run TEXT NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+  version INTEGER NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
+  checksum INTEGER NOT NULL, PRIMARY KEY (run, first)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
   run TEXT PRIMARY KEY, team TEXT NOT NULL, question TEXT NOT NULL,
   started_ms INTEGER NOT NULL, ended_ms INTEGER, stop TEXT,
   tokens INTEGER NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0);
 ";
 
-/// The checksum of a record's body.
+/// Format 1's table, converted to chunks of one record.
+const FROM_VERSION_1: &str = "
+INSERT INTO chunks (run, first, count, version, at_ms, body, checksum)
+  SELECT run, seq, 1, version, at_ms, body, checksum FROM records;
+DROP TABLE records;
+";
+
+/// One row per record, for queries by hand (nothing in Conclave reads it).
+const VIEW: &str = "
+CREATE VIEW IF NOT EXISTS records (run, seq, at_ms, version, kind, body) AS
+  SELECT c.run, c.first + e.key, c.at_ms + json_extract(e.value, '$[0]'), c.version,
+         CASE json_extract(e.value, '$[1].entry')
+           WHEN 'event' THEN 'event:' || json_extract(e.value, '$[1].event.event')
+           ELSE json_extract(e.value, '$[1].entry') END,
+         json_extract(e.value, '$[1]')
+    FROM chunks AS c, json_each(c.body) AS e
+   WHERE c.version >= 2 AND json_valid(c.body)
+  UNION ALL
+  SELECT run, first, at_ms, version,
+         CASE json_extract(body, '$.entry')
+           WHEN 'event' THEN 'event:' || json_extract(body, '$.event.event')
+           ELSE json_extract(body, '$.entry') END,
+         body
+    FROM chunks WHERE version < 2;
+";
+
+/// Creates the tables and the view, converting a format-1 file first.
+fn prepare_schema(conn: &mut Connection) -> Result<(), String> {
+    let t = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    t.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+    let old: Option<String> = t
+        .query_row(
+            "SELECT type FROM sqlite_master WHERE name = 'records'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    if old.as_deref() == Some("table") {
+        t.execute_batch(FROM_VERSION_1)
+            .map_err(|e| format!("converting a format-1 journal: {e}"))?;
+    }
+    t.execute_batch(VIEW).map_err(|e| e.to_string())?;
+    t.commit().map_err(|e| e.to_string())
+}
+
+/// The checksum of a chunk's (or a format-1 record's) body.
 pub fn checksum(body: &str) -> i64 {
     let d = sha2::Sha256::digest(body.as_bytes());
     i64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-fn kind(entry: &Entry) -> String {
+fn runs_update(entry: &Entry) -> Option<RunsUpdate> {
     match entry {
-        Entry::JobSubmitted { .. } => "job-submitted".into(),
-        Entry::Resumed { .. } => "resumed".into(),
-        Entry::JobEnded { .. } => "job-ended".into(),
-        Entry::Event { event } => format!("event:{}", event.name()),
+        Entry::JobSubmitted { team, question, .. } => Some(RunsUpdate::Submitted {
+            team: team.clone(),
+            question: question.clone(),
+        }),
+        Entry::Resumed { .. } => Some(RunsUpdate::Resumed),
+        Entry::JobEnded { result } => Some(RunsUpdate::Ended {
+            stop: result.stop.to_string(),
+            tokens: (result.tokens_in + result.tokens_out) as i64,
+            cost: result.cost,
+        }),
+        Entry::Event { .. } => None,
     }
 }
 
@@ -109,10 +218,8 @@ impl SqliteJournal {
             path: dir.to_path_buf(),
             reason: format!("cannot create the data directory: {e}"),
         })?;
-        let writer_conn = connect(&path).map_err(open_err)?;
-        writer_conn
-            .execute_batch(SCHEMA)
-            .map_err(|e| open_err(e.to_string()))?;
+        let mut writer_conn = connect(&path).map_err(open_err)?;
+        prepare_schema(&mut writer_conn).map_err(open_err)?;
         let reader = connect(&path).map_err(open_err)?;
         let (tx, rx) = mpsc::channel();
         let crash_at: Option<u64> = std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok());
@@ -157,6 +264,38 @@ impl SqliteJournal {
     pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
         f(&self.reader.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// Queues a serialised record as the next of `run`.
+    fn queue(&self, run: &str, entry: Result<String, String>, runs: Option<RunsUpdate>) -> u64 {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        if !next.contains_key(run) {
+            let n = self
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .query_row(
+                    "SELECT max(first + count) FROM chunks WHERE run = ?1",
+                    params![run],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
+                .ok()
+                .flatten()
+                .map_or(0, |m| m as u64);
+            next.insert(run.to_string(), (Arc::from(run), n));
+        }
+        let (id, n) = next.get_mut(run).expect("inserted above");
+        let seq = *n;
+        *n += 1;
+        // Queued under the lock: a run's records reach the writer in order.
+        self.send(Msg::Append(Box::new(Pending {
+            run: id.clone(),
+            seq,
+            at_ms: now_ms(),
+            entry,
+            runs,
+        })));
+        seq
+    }
 }
 
 impl Drop for SqliteJournal {
@@ -176,18 +315,52 @@ fn write_loop(
     commits: &std::sync::atomic::AtomicU64,
 ) {
     let mut written = 0u64;
+    // How long the last commit took, and whether several flushes waited on
+    // it (runs deciding at once).
+    let mut last_commit = std::time::Duration::ZERO;
+    let mut concurrent = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        if concurrent {
+            // Decisions are coming in faster than syncs: let the ones due
+            // within one more commit's time share this sync (each sync
+            // costs about as much CPU as a hundred records).
+            std::thread::sleep(last_commit.min(MAX_GATHER));
+        }
         while let Ok(m) = rx.try_recv() {
             batch.push(m);
         }
+        concurrent = batch.iter().filter(|m| matches!(m, Msg::Flush(_))).count() > 1;
+        let t0 = std::time::Instant::now();
         let result = write_batch(&mut conn, &batch, &mut written, crash_at);
+        last_commit = t0.elapsed();
         commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for m in batch {
             if let Msg::Flush(tx) = m {
                 let _ = tx.send(result.clone());
             }
         }
+    }
+}
+
+/// Consecutive records of one run, being built for one row.
+struct Chunk {
+    run: Arc<str>,
+    first: u64,
+    count: u64,
+    at_ms: u64,
+    body: String,
+}
+
+impl Chunk {
+    fn push(&mut self, p: &Pending, entry: &str) {
+        use std::fmt::Write;
+        self.body.push(if self.count == 0 { '[' } else { ',' });
+        // Milliseconds after the chunk's first record (the clock may step
+        // back: signed).
+        let after = p.at_ms as i64 - self.at_ms as i64;
+        let _ = write!(self.body, "[{after},{entry}]");
+        self.count += 1;
     }
 }
 
@@ -198,84 +371,147 @@ fn write_batch(
     crash_at: Option<u64>,
 ) -> Result<(), String> {
     let t = conn.transaction().map_err(|e| e.to_string())?;
+    // The chunks of this transaction; a run's open one is the last of its.
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut open: HashMap<Arc<str>, usize> = HashMap::new();
     for m in batch {
-        let Msg::Append(r) = m else { continue };
+        let Msg::Append(p) = m else { continue };
         *written += 1;
         if crash_at.is_some_and(|n| *written >= n) {
             // Fault injection: die mid-transaction.
             std::process::abort();
         }
-        let body = serde_json::to_string(&r.entry).map_err(|e| e.to_string())?;
-        t.prepare_cached(
-            "INSERT INTO records (run, seq, at_ms, version, kind, body, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .and_then(|mut q| {
-            q.execute(params![r.run, r.seq as i64, r.at_ms as i64, VERSION, kind(&r.entry), body, checksum(&body)])
-        })
-        .map_err(|e| format!("record {} of {}: {e}", r.seq, r.run))?;
-        match &r.entry {
-            Entry::JobSubmitted { team, question, .. } => {
+        let entry = p
+            .entry
+            .as_deref()
+            .map_err(|e| format!("record {} of {}: {e}", p.seq, p.run))?;
+        let i = match open.get(&p.run) {
+            Some(&i) if chunks[i].first + chunks[i].count == p.seq => i,
+            _ => {
+                chunks.push(Chunk {
+                    run: p.run.clone(),
+                    first: p.seq,
+                    count: 0,
+                    at_ms: p.at_ms,
+                    body: String::with_capacity(4096),
+                });
+                open.insert(p.run.clone(), chunks.len() - 1);
+                chunks.len() - 1
+            }
+        };
+        chunks[i].push(p, entry);
+        match &p.runs {
+            Some(RunsUpdate::Submitted { team, question }) => {
                 t.execute(
                     "INSERT OR IGNORE INTO runs (run, team, question, started_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![r.run, team, question, r.at_ms as i64],
+                    params![&*p.run, team, question, p.at_ms as i64],
                 )
                 .map_err(|e| e.to_string())?;
             }
-            Entry::Resumed { .. } => {
+            Some(RunsUpdate::Resumed) => {
                 t.execute(
                     "UPDATE runs SET ended_ms = NULL, stop = NULL WHERE run = ?1",
-                    params![r.run],
+                    params![&*p.run],
                 )
                 .map_err(|e| e.to_string())?;
             }
-            Entry::JobEnded { result } => {
+            Some(RunsUpdate::Ended { stop, tokens, cost }) => {
                 t.execute(
                     "UPDATE runs SET ended_ms = ?2, stop = ?3, tokens = ?4, cost = ?5 WHERE run = ?1",
-                    params![
-                        r.run,
-                        r.at_ms as i64,
-                        result.stop.to_string(),
-                        (result.tokens_in + result.tokens_out) as i64,
-                        result.cost
-                    ],
+                    params![&*p.run, p.at_ms as i64, stop, tokens, cost],
                 )
                 .map_err(|e| e.to_string())?;
             }
-            Entry::Event { .. } => {}
+            None => {}
+        }
+    }
+    {
+        let mut insert = t
+            .prepare_cached(
+                "INSERT INTO chunks (run, first, count, version, at_ms, body, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(|e| e.to_string())?;
+        for mut c in chunks {
+            c.body.push(']');
+            insert
+                .execute(params![
+                    &*c.run,
+                    c.first as i64,
+                    c.count as i64,
+                    VERSION,
+                    c.at_ms as i64,
+                    c.body,
+                    checksum(&c.body)
+                ])
+                .map_err(|e| {
+                    format!(
+                        "records {} to {} of {}: {e}",
+                        c.first,
+                        c.first + c.count - 1,
+                        c.run
+                    )
+                })?;
         }
     }
     t.commit().map_err(|e| e.to_string())
 }
 
+/// The records of one chunk, or why they cannot be read.
+fn decode(
+    version: u32,
+    first: u64,
+    count: u64,
+    at_ms: u64,
+    body: &str,
+) -> Result<Vec<(u64, Entry)>, String> {
+    let unreadable = |e: String| {
+        if count == 1 {
+            format!("record {first} cannot be read: {e}")
+        } else {
+            format!(
+                "records {first} to {} cannot be read: {e}",
+                first + count - 1
+            )
+        }
+    };
+    match version {
+        1 => {
+            if count != 1 {
+                return Err(unreadable(format!(
+                    "a format-1 row holds one record, not {count}"
+                )));
+            }
+            let entry =
+                serde_json::from_str::<Entry>(body).map_err(|e| unreadable(e.to_string()))?;
+            Ok(vec![(at_ms, entry)])
+        }
+        _ => {
+            // [[ms after the chunk's at_ms, entry], ...]
+            let stored: Vec<(i64, Entry)> =
+                serde_json::from_str(body).map_err(|e| unreadable(e.to_string()))?;
+            if stored.len() as u64 != count {
+                return Err(unreadable(format!(
+                    "it holds {} records, not {count}",
+                    stored.len()
+                )));
+            }
+            Ok(stored
+                .into_iter()
+                .map(|(after, entry)| (at_ms.saturating_add_signed(after), entry))
+                .collect())
+        }
+    }
+}
+
 impl Journal for SqliteJournal {
     fn append(&self, run: &str, entry: Entry) -> u64 {
-        let seq = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let n = match next.get(run) {
-                Some(n) => *n,
-                None => self
-                    .reader
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .query_row(
-                        "SELECT max(seq) FROM records WHERE run = ?1",
-                        params![run],
-                        |row| row.get::<_, Option<i64>>(0),
-                    )
-                    .ok()
-                    .flatten()
-                    .map_or(0, |m| m as u64 + 1),
-            };
-            next.insert(run.to_string(), n + 1);
-            n
-        };
-        self.send(Msg::Append(Box::new(Record {
-            run: run.to_string(),
-            seq,
-            at_ms: now_ms(),
-            entry,
-        })));
-        seq
+        let json = serde_json::to_string(&entry).map_err(|e| e.to_string());
+        self.queue(run, json, runs_update(&entry))
+    }
+
+    fn append_event(&self, run: &str, event: &Event) -> u64 {
+        let json = super::encode_event(event).map_err(|e| e.to_string());
+        self.queue(run, json, None)
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<(), JournalError>> {
@@ -325,11 +561,21 @@ impl Journal for SqliteJournal {
     fn read(&self, run: &str) -> Result<RunLog, JournalError> {
         let c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut q = c
-            .prepare("SELECT seq, at_ms, version, body, checksum FROM records WHERE run = ?1 ORDER BY seq")
+            .prepare_cached(
+                "SELECT first, count, at_ms, version, body, checksum FROM chunks WHERE run = ?1 ORDER BY first",
+            )
             .map_err(|e| self.read_err(e))?;
-        let rows: Vec<(i64, i64, i64, String, i64)> = q
+        type Row = (i64, i64, i64, i64, String, i64);
+        let rows: Vec<Row> = q
             .query_map(params![run], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(|e| self.read_err(e))?
             .collect::<Result<_, _>>()
@@ -342,55 +588,115 @@ impl Journal for SqliteJournal {
         }
         let mut records = Vec::new();
         let mut damaged = None;
-        for (i, (seq, at, version, body, sum)) in rows.into_iter().enumerate() {
-            let why = if seq != i as i64 {
-                Some(format!("record {i} is missing (the next is {seq})"))
-            } else if version != i64::from(VERSION) {
-                Some(format!(
-                    "record {seq} has format version {version}; this build reads version {VERSION}"
+        for (first, count, at, version, body, sum) in rows {
+            let next = records.len() as i64;
+            let why = if first != next {
+                Err(format!("record {next} is missing (the next is {first})"))
+            } else if count < 1 {
+                Err(format!(
+                    "record {first} is stored as a chunk of {count} records"
+                ))
+            } else if !(i64::from(OLDEST)..=i64::from(VERSION)).contains(&version) {
+                Err(format!(
+                    "record {first} has format version {version}; this build reads versions {OLDEST} to {VERSION}"
                 ))
             } else if checksum(&body) != sum {
-                Some(format!("record {seq} fails its checksum"))
+                Err(if count == 1 {
+                    format!("record {first} fails its checksum")
+                } else {
+                    format!(
+                        "records {first} to {} fail their checksum (one chunk)",
+                        first + count - 1
+                    )
+                })
             } else {
-                match serde_json::from_str::<Entry>(&body) {
-                    Ok(entry) => {
+                decode(version as u32, first as u64, count as u64, at as u64, &body)
+            };
+            match why {
+                Ok(entries) => {
+                    for (i, (at_ms, entry)) in entries.into_iter().enumerate() {
                         records.push(Record {
                             run: run.to_string(),
-                            seq: seq as u64,
-                            at_ms: at as u64,
+                            seq: first as u64 + i as u64,
+                            at_ms,
                             entry,
                         });
-                        None
                     }
-                    Err(e) => Some(format!("record {seq} cannot be read: {e}")),
                 }
-            };
-            if let Some(why) = why {
-                damaged = Some(format!(
-                    "{}: run {run}: {why}; kept the {} records before it",
-                    self.path.display(),
-                    records.len()
-                ));
-                break;
+                Err(why) => {
+                    damaged = Some(format!(
+                        "{}: run {run}: {why}; kept the {} records before it",
+                        self.path.display(),
+                        records.len()
+                    ));
+                    break;
+                }
             }
         }
         Ok(RunLog { records, damaged })
     }
 
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError> {
-        let c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        c.execute(
-            "DELETE FROM records WHERE run = ?1 AND seq >= ?2",
+        let mut c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let write_err = |e: String| JournalError::Write {
+            path: self.path.clone(),
+            reason: e,
+        };
+        let t = c.transaction().map_err(|e| write_err(e.to_string()))?;
+        t.execute(
+            "DELETE FROM chunks WHERE run = ?1 AND first >= ?2",
             params![run, keep as i64],
         )
-        .map_err(|e| JournalError::Write {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| write_err(e.to_string()))?;
+        // A chunk across the cut keeps its records before it.
+        let across: Option<(i64, i64, String, i64)> = t
+            .query_row(
+                "SELECT first, version, body, checksum FROM chunks WHERE run = ?1 AND first < ?2 AND first + count > ?2",
+                params![run, keep as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .ok();
+        if let Some((first, version, body, sum)) = across {
+            let kept = keep as i64 - first;
+            let cut = match version {
+                2.. if checksum(&body) == sum => {
+                    serde_json::from_str::<Vec<serde_json::Value>>(&body)
+                        .ok()
+                        .and_then(|mut v| {
+                            v.truncate(kept as usize);
+                            serde_json::to_string(&v).ok()
+                        })
+                }
+                _ => None,
+            };
+            match cut {
+                Some(body) => t.execute(
+                    "UPDATE chunks SET count = ?3, body = ?4, checksum = ?5 WHERE run = ?1 AND first = ?2",
+                    params![run, first, kept, body, checksum(&body)],
+                ),
+                // Damaged or unreadable: reading stops before it anyway.
+                None => t.execute(
+                    "DELETE FROM chunks WHERE run = ?1 AND first = ?2",
+                    params![run, first],
+                ),
+            }
+            .map_err(|e| write_err(e.to_string()))?;
+        }
+        let end = t
+            .query_row(
+                "SELECT max(first + count) FROM chunks WHERE run = ?1",
+                params![run],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map_err(|e| write_err(e.to_string()))?
+            .map_or(0, |m| m as u64);
+        t.commit().map_err(|e| write_err(e.to_string()))?;
+        // The reader's lock goes first: `queue` takes `next`, then `reader`.
+        drop(c);
         self.next
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(run.to_string(), keep);
+            .insert(run.to_string(), (Arc::from(run), end));
         Ok(())
     }
 }
@@ -400,4 +706,148 @@ pub fn default_dir() -> PathBuf {
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from("."))
         .join("conclave")
+}
+
+#[cfg(test)]
+mod tests {
+    //! Chunks: written, read back, cut, shown one row per record; and a
+    //! format-1 file converted when opened.
+    use super::*;
+    use crate::team::events::Event;
+
+    fn retry(replica: u32) -> Event {
+        Event::Retry {
+            task: "t".into(),
+            replica,
+        }
+    }
+
+    fn replicas(log: &RunLog) -> Vec<u32> {
+        log.events()
+            .map(|(_, e)| match e {
+                Event::Retry { replica, .. } => *replica,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn records_queued_together_share_a_row_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(dir.path()).unwrap();
+        for i in 0..5 {
+            assert_eq!(j.append_event("a", &retry(i)), u64::from(i));
+        }
+        j.append_event("b", &retry(9));
+        j.flush().await.unwrap();
+        for i in 5..7 {
+            j.append_event("a", &retry(i));
+        }
+        j.flush().await.unwrap();
+        let log = j.read("a").unwrap();
+        assert!(log.damaged.is_none());
+        assert_eq!(replicas(&log), (0..7).collect::<Vec<_>>());
+        assert!(log
+            .records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == i as u64));
+        let rows: i64 = j.with_connection(|c| {
+            c.query_row("SELECT count(*) FROM chunks WHERE run = 'a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        });
+        assert!(rows < 7, "{rows} rows for 7 records");
+        // The view: one row per record, with its kind and body.
+        let (n, kind, seq6): (i64, String, i64) = j.with_connection(|c| {
+            c.query_row(
+                "SELECT count(*), min(kind), max(seq) FROM records WHERE run = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+        });
+        assert_eq!((n, kind.as_str(), seq6), (7, "event:retry", 6));
+        let third: i64 = j.with_connection(|c| {
+            c.query_row(
+                "SELECT json_extract(body, '$.event.replica') FROM records WHERE run = 'a' AND seq = 3",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        });
+        assert_eq!(third, 3);
+    }
+
+    #[tokio::test]
+    async fn a_cut_inside_a_row_keeps_the_records_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteJournal::open(dir.path()).unwrap();
+        for i in 0..6 {
+            j.append_event("a", &retry(i));
+        }
+        j.flush().await.unwrap();
+        j.truncate("a", 4).unwrap();
+        assert_eq!(replicas(&j.read("a").unwrap()), vec![0, 1, 2, 3]);
+        assert_eq!(j.append_event("a", &retry(7)), 4);
+        j.flush().await.unwrap();
+        assert_eq!(replicas(&j.read("a").unwrap()), vec![0, 1, 2, 3, 7]);
+        j.truncate("a", 0).unwrap();
+        assert!(matches!(j.read("a"), Err(JournalError::NoRun { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_format_1_file_is_converted_and_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join(FILE)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE records (
+                   run TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+                   version INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+                   checksum INTEGER NOT NULL, PRIMARY KEY (run, seq)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            for i in 0..3u32 {
+                let body = serde_json::to_string(&Entry::Event { event: retry(i) }).unwrap();
+                c.execute(
+                    "INSERT INTO records VALUES ('old', ?1, ?2, 1, 'event:retry', ?3, ?4)",
+                    params![i, 1000 + i, body, checksum(&body)],
+                )
+                .unwrap();
+            }
+        }
+        let j = SqliteJournal::open(dir.path()).unwrap();
+        let log = j.read("old").unwrap();
+        assert!(log.damaged.is_none(), "{:?}", log.damaged);
+        assert_eq!(replicas(&log), vec![0, 1, 2]);
+        assert_eq!(log.records[2].at_ms, 1002);
+        // It goes on in the new format.
+        assert_eq!(j.append_event("old", &retry(3)), 3);
+        j.flush().await.unwrap();
+        assert_eq!(replicas(&j.read("old").unwrap()), vec![0, 1, 2, 3]);
+        let kinds: Vec<(i64, String)> = j.with_connection(|c| {
+            c.prepare("SELECT version, kind FROM records WHERE run = 'old' ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        });
+        assert_eq!(
+            kinds,
+            [
+                (1, "event:retry"),
+                (1, "event:retry"),
+                (1, "event:retry"),
+                (2, "event:retry")
+            ]
+            .map(|(v, k)| (v, k.to_string()))
+        );
+        drop(j);
+        // Opening it again finds nothing left to convert.
+        let j = SqliteJournal::open(dir.path()).unwrap();
+        assert_eq!(j.read("old").unwrap().records.len(), 4);
+    }
 }

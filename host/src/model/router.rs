@@ -75,6 +75,10 @@ pub struct RouterConfig {
     pub deadline: Duration,
     pub hedge: HedgeConfig,
     pub breaker: BreakerConfig,
+    /// Seeds the random part of the node choice (power of two choices), so
+    /// that a run on sim nodes in virtual time is repeatable. Default: a
+    /// fresh seed per process.
+    pub seed: Option<u64>,
 }
 
 impl Default for RouterConfig {
@@ -86,6 +90,7 @@ impl Default for RouterConfig {
             deadline: Duration::from_secs(120),
             hedge: HedgeConfig::default(),
             breaker: BreakerConfig::default(),
+            seed: None,
         }
     }
 }
@@ -118,6 +123,30 @@ impl NodeHandle {
     }
 }
 
+/// Where the router writes the node each attempt of a call goes to, as it
+/// picks it: how a caller learns which node a call still running is on.
+#[derive(Clone, Debug, Default)]
+pub struct NodeCell(Arc<Mutex<Option<String>>>);
+
+impl NodeCell {
+    /// The node of the latest attempt, if one has been picked.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, node: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.to_string());
+    }
+}
+
+impl PartialEq for NodeCell {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for NodeCell {}
+
 /// Where a call may go.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
@@ -130,6 +159,8 @@ pub struct Route {
     pub avoid: Vec<String>,
     /// A deadline for this call instead of the router's.
     pub deadline: Option<Duration>,
+    /// Told the node of each attempt as it is picked.
+    pub picked: Option<NodeCell>,
 }
 
 /// Who a call is for, for the accounts.
@@ -194,6 +225,8 @@ struct Slot {
 /// Chooses nodes, retries, hedges and accounts. Share it behind an `Arc`.
 pub struct Router {
     slots: Vec<Slot>,
+    /// The node choice's generator when `config.seed` is set.
+    picks: Option<Mutex<rand::rngs::StdRng>>,
     config: RouterConfig,
     accounts: Mutex<Accounts>,
     calls: AtomicU64,
@@ -252,6 +285,9 @@ impl Router {
             .collect();
         Router {
             slots,
+            picks: config
+                .seed
+                .map(|s| Mutex::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(s))),
             config,
             accounts: Mutex::new(Accounts::default()),
             calls: AtomicU64::new(0),
@@ -401,9 +437,18 @@ impl Router {
                 0 => return Pick::None(format!("no healthy node: {}", why.join("; "))),
                 1 => pool[0],
                 n => {
-                    let mut rng = rand::rng();
-                    let a = pool[rng.random_range(0..n)];
-                    let mut b = pool[rng.random_range(0..n - 1)];
+                    let (x, y) = match &self.picks {
+                        Some(r) => {
+                            let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+                            (r.random_range(0..n), r.random_range(0..n - 1))
+                        }
+                        None => {
+                            let mut r = rand::rng();
+                            (r.random_range(0..n), r.random_range(0..n - 1))
+                        }
+                    };
+                    let a = pool[x];
+                    let mut b = pool[y];
                     if b == a {
                         b = pool[n - 1];
                     }
@@ -544,17 +589,37 @@ impl Router {
     /// The largest of the nodes' latency quantile `q` over their recent
     /// successful calls, among the nodes with at least `min_samples` of
     /// them (`None` when none has): how long a call may run on any node
-    /// before it is late. The consensus loop hedges a whole replica past it.
+    /// before it is late. The consensus loop hedges a replica past its own
+    /// node's quantile, and past this one while its node has too few calls
+    /// to tell.
     pub fn latency_quantile(&self, q: f64, min_samples: usize) -> Option<Duration> {
+        self.quantiles(q, min_samples).max()
+    }
+
+    /// Node `node`'s latency quantile `q` over its recent successful calls,
+    /// once it has at least `min_samples` of them.
+    pub fn node_latency_quantile(
+        &self,
+        node: &str,
+        q: f64,
+        min_samples: usize,
+    ) -> Option<Duration> {
         self.slots
             .iter()
-            .filter_map(|s| {
-                s.health
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .quantile(q, min_samples)
-            })
-            .max()
+            .find(|s| s.node.backend.name() == node)?
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quantile(q, min_samples)
+    }
+
+    fn quantiles(&self, q: f64, min_samples: usize) -> impl Iterator<Item = Duration> + '_ {
+        self.slots.iter().filter_map(move |s| {
+            s.health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .quantile(q, min_samples)
+        })
     }
 
     fn hedge_delay(&self, i: usize) -> Option<Duration> {
@@ -713,6 +778,9 @@ impl Router {
                 }
             };
             tried.push(i);
+            if let Some(cell) = &route.picked {
+                cell.set(self.slots[i].node.backend.name());
+            }
             let (served, result, latency, hedged, loser) = self
                 .hedged(i, route, request, &tried, deadline, trail)
                 .await;

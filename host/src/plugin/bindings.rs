@@ -7,7 +7,7 @@
 /// Bindings for the `role` world (and the shared interfaces).
 pub mod role {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1",
         world: "role",
         imports: {
             "conclave:plugin/llm.chat": async | trappable,
@@ -21,7 +21,7 @@ pub mod role {
 /// Bindings for the `verifier` world.
 pub mod verifier {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1",
         world: "verifier",
         imports: { default: trappable },
         exports: { default: async },
@@ -36,13 +36,29 @@ pub mod verifier {
 /// Bindings for the `voter` world.
 pub mod voter {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1",
         world: "voter",
         imports: { default: trappable },
         exports: { default: async },
         with: {
             "conclave:plugin/types": super::role::conclave::plugin::types,
             "conclave:plugin/log": super::role::conclave::plugin::log,
+        },
+    });
+}
+
+/// Bindings for the 0.2 `voter` world: the lean ballot box, texts read
+/// through the `ballot-texts` import. Its 0.1 types and `log` are the role
+/// world's, so a `Task` or `Decision` is one Rust type for both contracts.
+pub mod voter_v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2",
+        world: "voter",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "conclave:plugin/types@0.1.0": super::role::conclave::plugin::types,
+            "conclave:plugin/log@0.1.0": super::role::conclave::plugin::log,
         },
     });
 }

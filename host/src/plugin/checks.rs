@@ -203,6 +203,18 @@ pub fn plan_order(subtasks: &[super::Subtask]) -> Result<Vec<usize>, String> {
 /// The panic message a Rust guest printed to stderr (`panicked at FILE:L:C:
 /// MESSAGE`), or the last lines of stderr when it is not a panic.
 pub(crate) fn panic_message(stderr: &str) -> String {
+    // A Python plugin's exception: componentize-py prints the traceback,
+    // then its own runtime panics with a message that names no cause. The
+    // traceback says what went wrong.
+    if let Some(pos) = stderr.rfind("Traceback (most recent call last):") {
+        let rest = &stderr[pos..];
+        // Up to the line where the runtime's panic begins.
+        let end = rest
+            .find("panicked at ")
+            .map(|p| rest[..p].rfind('\n').unwrap_or(p))
+            .unwrap_or(rest.len());
+        return tail(&rest[..end]);
+    }
     if let Some(pos) = stderr.find("panicked at ") {
         let rest = &stderr[pos..];
         let lines: Vec<&str> = rest
@@ -211,8 +223,12 @@ pub(crate) fn panic_message(stderr: &str) -> String {
             .collect();
         return lines.join(" ").trim().to_string();
     }
-    // The last lines: where a Python traceback or a JavaScript error ends
-    // with what went wrong. At most 12 lines and 2 KiB.
+    tail(stderr)
+}
+
+/// The last lines: where a traceback or a JavaScript error ends with what
+/// went wrong. At most 12 lines and 2 KiB, joined with ` | `.
+fn tail(stderr: &str) -> String {
     let tail: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -337,5 +353,11 @@ mod tests {
         let s = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom here\nnote: run with `RUST_BACKTRACE=1`";
         assert_eq!(panic_message(s), "panicked at src/lib.rs:9:5: boom here");
         assert_eq!(panic_message("a\n\nb"), "a | b");
+        // componentize-py: the traceback, then its runtime's own panic.
+        let py = "Traceback (most recent call last):\n  File \"app.py\", line 3, in tally\nValueError: bad ballot\nthread '<unnamed>' panicked at runtime/src/lib.rs:1293:29:\nPython function threw an unexpected exception\n";
+        assert_eq!(
+            panic_message(py),
+            "Traceback (most recent call last): |   File \"app.py\", line 3, in tally | ValueError: bad ballot"
+        );
     }
 }

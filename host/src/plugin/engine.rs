@@ -42,7 +42,7 @@ pub fn build(config: &RuntimeConfig) -> Result<(Engine, bool), PluginError> {
             .max_memory_size(config.max_memory_bytes.max(limits.memory_bytes) as usize)
             // Keep a little of each memory resident between uses: resetting
             // it with memset is cheaper than faulting fresh pages back in.
-            .linear_memory_keep_resident(128 << 10)
+            .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(64 << 10);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&c) {

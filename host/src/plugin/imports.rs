@@ -189,6 +189,9 @@ pub struct StoreState {
     /// The node of the last completion this call received: the host's own
     /// record of where a role's candidate came from.
     pub last_node: Option<String>,
+    /// The ballots of a 0.2 voter's `tally` call, whose texts the voter
+    /// reads through `ballot-texts`.
+    pub ballots: Option<Arc<Vec<super::Ballot>>>,
     pub http: super::wasi::DenyHttp,
     pub http_hooks: super::wasi::DenyHooks,
 }
@@ -230,6 +233,7 @@ impl StoreState {
             stdout,
             stderr,
             last_node: None,
+            ballots: None,
             http: super::wasi::DenyHttp::default(),
             http_hooks: super::wasi::DenyHooks,
         }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
-use super::bindings::{role, verifier, voter};
+use super::bindings::{role, verifier, voter, voter_v2};
 use super::checks::{check_descriptor, check_header};
 use super::sandbox::{kind_name, Plugin, PluginInner, Pre};
-use super::{cache, Descriptor, PluginError, PluginKind, PluginRuntime, WIT_VERSION};
+use super::{cache, Descriptor, PluginError, PluginKind, PluginRuntime, WIT_VERSIONS};
 
 impl PluginRuntime {
     /// Reads, compiles (through the cache), checks and describes the
@@ -94,7 +94,7 @@ impl PluginRuntime {
         let world = match plugin.0.pre {
             Pre::Role(_) => PluginKind::Role,
             Pre::Verifier(_) => PluginKind::Verifier,
-            Pre::Voter(_) => PluginKind::Voter,
+            Pre::Voter(_) | Pre::VoterV2(_) => PluginKind::Voter,
         };
         if descriptor.kind != world {
             return Err(PluginError::WorldMismatch {
@@ -126,19 +126,21 @@ impl PluginRuntime {
             .exports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
+        let mut newest = None;
         for name in imports.iter().chain(&exports) {
             if let Some(rest) = name.strip_prefix("conclave:plugin/") {
                 let found = rest
                     .split_once('@')
                     .map(|(_, v)| v)
                     .unwrap_or("(unversioned)");
-                if found != WIT_VERSION {
+                if !WIT_VERSIONS.contains(&found) {
                     return Err(PluginError::UnsupportedVersion {
                         path: origin.to_path_buf(),
                         found: found.to_string(),
-                        supported: WIT_VERSION.into(),
+                        supported: WIT_VERSIONS.join(" and "),
                     });
                 }
+                newest = newest.max(Some(found));
             }
         }
         let has = |n: &str| exports.iter().any(|e| e == n);
@@ -176,10 +178,12 @@ impl PluginRuntime {
         if !has("describe") {
             return Err(mismatch(world, "it does not export `describe`".into()));
         }
+        if world == "voter" {
+            return self.voter_pre(component, newest, origin);
+        }
         let linker = match world {
             "role" => &self.role_linker,
-            "verifier" => &self.verifier_linker,
-            _ => &self.voter_linker,
+            _ => &self.verifier_linker,
         };
         let pre = linker
             .instantiate_pre(component)
@@ -188,12 +192,59 @@ impl PluginRuntime {
             "role" => {
                 Pre::Role(role::RolePre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?)
             }
-            "verifier" => Pre::Verifier(
+            _ => Pre::Verifier(
                 verifier::VerifierPre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?,
             ),
-            _ => Pre::Voter(
-                voter::VoterPre::new(pre).map_err(|e| mismatch(world, format!("{e:#}")))?,
-            ),
+        })
+    }
+
+    /// A voter's contract is told by the shape of its `tally`: a list of
+    /// ballots (0.1) or a ballot box (0.2). Its imports alone cannot tell: a
+    /// 0.2 voter that reads no texts imports nothing of 0.2.
+    fn voter_pre(
+        &self,
+        component: &Component,
+        newest: Option<&str>,
+        origin: &Path,
+    ) -> Result<Pre, PluginError> {
+        use wasmtime::component::types::{ComponentItem, Type};
+        let tally = component
+            .component_type()
+            .exports(&self.engine)
+            .find(|(n, _)| *n == "tally")
+            .map(|(_, item)| item.ty);
+        let v2 = match &tally {
+            Some(ComponentItem::ComponentFunc(f)) => {
+                matches!(f.params().nth(1), Some((_, Type::Record(_))))
+            }
+            _ => false,
+        };
+        let result = if v2 {
+            self.voter_v2_linker
+                .instantiate_pre(component)
+                .and_then(|pre| voter_v2::VoterPre::new(pre).map(Pre::VoterV2))
+        } else {
+            self.voter_linker
+                .instantiate_pre(component)
+                .and_then(|pre| voter::VoterPre::new(pre).map(Pre::Voter))
+        };
+        let e = match result {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        let contract = if v2 { "0.2" } else { "0.1" };
+        let hint = match newest {
+            Some("0.2.0") if !v2 => {
+                " (it imports conclave:plugin@0.2.0, but its `tally` takes a list of 0.1 ballots)"
+                    .to_string()
+            }
+            _ => String::new(),
+        };
+        let reason = format!("as a {contract} voter{hint}: {e:#}");
+        Err(PluginError::WorldMismatch {
+            path: origin.to_path_buf(),
+            world: "voter".into(),
+            reason,
         })
     }
 }

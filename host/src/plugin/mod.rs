@@ -13,6 +13,7 @@
 //! reaching models (the model nodes). Model calls and messages arrive through
 //! the [`HostServices`] a caller passes with each call.
 
+pub mod ballot_box;
 pub mod bindings;
 pub mod cache;
 pub mod checks;
@@ -42,8 +43,14 @@ pub use error::{PluginError, TrapKind};
 pub use registry::{PluginInfo, Registry};
 pub use sandbox::{Plugin, PluginRuntime};
 
-/// The version of the `conclave:plugin` WIT package this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The newest version of the `conclave:plugin` WIT package this host
+/// implements; the built-ins and `conclave plugins new` target it.
+pub const WIT_VERSION: &str = "0.2.0";
+
+/// Every version of the `conclave:plugin` WIT package this host loads.
+/// 0.2 changes only the voter world (`wit/0.2/conclave.wit`); its role and
+/// verifier worlds are 0.1's.
+pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// A host import a plugin can be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -24,6 +24,8 @@ pub struct PluginInfo {
     pub name: String,
     pub version: String,
     pub kind: String,
+    /// The `conclave:plugin` contract it was built against (`0.1`, `0.2`).
+    pub contract: String,
     pub capabilities: Vec<Capability>,
     pub description: String,
     pub path: PathBuf,
@@ -36,6 +38,7 @@ impl From<&Plugin> for PluginInfo {
             name: p.name().to_string(),
             version: p.version().to_string(),
             kind: kind_name(p.kind()).to_string(),
+            contract: p.contract().to_string(),
             capabilities: p
                 .descriptor()
                 .capabilities

@@ -16,7 +16,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
-use super::bindings::{role, verifier, voter};
+use super::bindings::{role, verifier, voter, voter_v2};
 use super::checks::{check_decision, check_plan, panic_message};
 use super::engine::{self, Ticker};
 use super::guard::{guard, WallReached};
@@ -58,6 +58,7 @@ pub(super) enum Pre {
     Role(role::RolePre<StoreState>),
     Verifier(verifier::VerifierPre<StoreState>),
     Voter(voter::VoterPre<StoreState>),
+    VoterV2(voter_v2::VoterPre<StoreState>),
 }
 
 pub(super) struct PluginInner {
@@ -109,6 +110,15 @@ impl Plugin {
     pub fn kind(&self) -> PluginKind {
         self.0.descriptor.kind
     }
+    /// The version of the `conclave:plugin` contract it was built against
+    /// (`0.1`, `0.2`). 0.2 changes only voters, so a 0.2 role or verifier
+    /// is indistinguishable from a 0.1 one and shows as `0.1`.
+    pub fn contract(&self) -> &'static str {
+        match self.0.pre {
+            Pre::VoterV2(_) => "0.2",
+            _ => "0.1",
+        }
+    }
     /// SHA-256 of the component file.
     pub fn hash(&self) -> &str {
         &self.0.hash
@@ -137,6 +147,7 @@ pub struct PluginRuntime {
     pub(super) role_linker: Linker<StoreState>,
     pub(super) verifier_linker: Linker<StoreState>,
     pub(super) voter_linker: Linker<StoreState>,
+    pub(super) voter_v2_linker: Linker<StoreState>,
     pub(super) slots: tokio::sync::Semaphore,
     pub(super) _ticker: Ticker,
 }
@@ -158,7 +169,8 @@ impl PluginRuntime {
                 "verifier" => {
                     verifier::Verifier::add_to_linker::<StoreState, Me>(&mut linker, |s| s)
                 }
-                _ => voter::Voter::add_to_linker::<StoreState, Me>(&mut linker, |s| s),
+                "voter" => voter::Voter::add_to_linker::<StoreState, Me>(&mut linker, |s| s),
+                _ => voter_v2::Voter::add_to_linker::<StoreState, Me>(&mut linker, |s| s),
             }
             .map_err(e)?;
             Ok(linker)
@@ -168,6 +180,7 @@ impl PluginRuntime {
             role_linker: mk("role")?,
             verifier_linker: mk("verifier")?,
             voter_linker: mk("voter")?,
+            voter_v2_linker: mk("voter 0.2")?,
             slots: tokio::sync::Semaphore::new(config.max_concurrent_calls.max(1) as usize),
             engine,
             pooling,
@@ -198,6 +211,9 @@ impl PluginRuntime {
 
     /// Waits for a call slot, at most `slot_wait`.
     async fn slot(&self, plugin: &Plugin) -> Result<tokio::sync::SemaphorePermit<'_>, PluginError> {
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(self.config.slot_wait, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(closed()),
@@ -216,6 +232,7 @@ impl PluginRuntime {
         if info.plugin.is_empty() {
             info.plugin = plugin.id();
         }
+        let seed = super::wasi::seed(&info);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -224,13 +241,9 @@ impl PluginRuntime {
             .allow_ip_name_lookup(false)
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
-            .secure_random(SeededRandom::new(&info, "secure"))
-            .insecure_random(SeededRandom::new(&info, "insecure"))
-            .insecure_random_seed(u128::from_le_bytes(
-                super::wasi::seed(&info, "insecure-seed")[..16]
-                    .try_into()
-                    .expect("16 bytes"),
-            ))
+            .secure_random(SeededRandom::new(seed, SeededRandom::SECURE))
+            .insecure_random(SeededRandom::new(seed, SeededRandom::INSECURE))
+            .insecure_random_seed(SeededRandom::insecure_seed(seed))
             .max_random_size(limits.import_bytes as u64);
         let memory_cap = limits.memory_bytes.min(self.config.max_memory_bytes);
         let setup = CallSetup {
@@ -436,6 +449,11 @@ impl PluginRuntime {
                         .call_describe(&mut *store_ref)
                         .await
                 }
+                Pre::VoterV2(pre) => {
+                    instantiate!(self, pre, store_ref)?
+                        .call_describe(&mut *store_ref)
+                        .await
+                }
             }
         })
         .await;
@@ -444,6 +462,60 @@ impl PluginRuntime {
 
     /// Asks a voter for a decision on `ballots`.
     pub async fn tally(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        task: &Task,
+        ballots: &[Ballot],
+    ) -> Result<Decision, PluginError> {
+        match &plugin.0.pre {
+            Pre::Voter(_) => self.tally_v1(plugin, inv, task, ballots).await,
+            Pre::VoterV2(_) => {
+                let shared = Arc::new(ballots.to_vec());
+                self.tally_shared(plugin, inv, task, &shared).await
+            }
+            _ => Err(wrong_kind(plugin, PluginKind::Voter)),
+        }
+    }
+
+    /// [`tally`](Self::tally) on ballots the caller already shares: a 0.2
+    /// voter reads their texts from the `Arc` on demand, without the host
+    /// copying them first. Once the call returns the runtime holds no clone,
+    /// so a caller that moved its `Vec` in gets it back with
+    /// `Arc::try_unwrap`.
+    pub async fn tally_shared(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        task: &Task,
+        ballots: &Arc<Vec<Ballot>>,
+    ) -> Result<Decision, PluginError> {
+        let pre = match &plugin.0.pre {
+            Pre::VoterV2(pre) => pre,
+            Pre::Voter(_) => return self.tally_v1(plugin, inv, task, ballots).await,
+            _ => return Err(wrong_kind(plugin, PluginKind::Voter)),
+        };
+        let _slot = self.slot(plugin).await?;
+        let boxed = super::ballot_box::ballot_box(ballots);
+        let mut store = self.new_store(inv, plugin);
+        store.data_mut().ballots = Some(ballots.clone());
+        let clock = store.data().clock.clone();
+        let store_ref = &mut store;
+        let result = guard(&clock, async move {
+            instantiate!(self, pre, store_ref)?
+                .call_tally(&mut *store_ref, task, &boxed)
+                .await
+        })
+        .await;
+        let finished = self.finish(plugin, &store, result);
+        drop(store);
+        let decision = finished?.map_err(|error| self.guest_error(plugin, inv, error))?;
+        self.fits(plugin, inv, "its decision", sizes::decision(&decision))?;
+        check_decision(plugin, &decision, ballots.len())?;
+        Ok(decision)
+    }
+
+    async fn tally_v1(
         &self,
         plugin: &Plugin,
         inv: &Invocation,
@@ -472,33 +544,50 @@ impl PluginRuntime {
     }
 
     /// Times the phases of one voter call (store, instantiate, call, drop),
-    /// for the benchmark's "where the time goes".
+    /// for the benchmark's "where the time goes", and says how many bytes of
+    /// linear memory the instance held at the end of the call.
     #[doc(hidden)]
     pub async fn tally_phases(
         &self,
         plugin: &Plugin,
         inv: &Invocation,
         task: &Task,
-        ballots: &[Ballot],
-    ) -> Result<[Duration; 4], PluginError> {
-        let Pre::Voter(pre) = &plugin.0.pre else {
-            return Err(wrong_kind(plugin, PluginKind::Voter));
-        };
+        ballots: &Arc<Vec<Ballot>>,
+    ) -> Result<([Duration; 4], u64), PluginError> {
         let t0 = Instant::now();
         let mut store = self.new_store(inv, plugin);
-        let t1 = Instant::now();
-        let i = pre.instantiate_async(&mut store).await;
-        let t2 = Instant::now();
-        let result = match i {
-            Ok(i) => i.call_tally(&mut store, task, ballots).await,
-            Err(e) => Err(e),
+        let t1;
+        let t2;
+        let result = match &plugin.0.pre {
+            Pre::Voter(pre) => {
+                t1 = Instant::now();
+                let i = pre.instantiate_async(&mut store).await;
+                t2 = Instant::now();
+                match i {
+                    Ok(i) => i.call_tally(&mut store, task, ballots).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Pre::VoterV2(pre) => {
+                let boxed = super::ballot_box::ballot_box(ballots);
+                store.data_mut().ballots = Some(ballots.clone());
+                t1 = Instant::now();
+                let i = pre.instantiate_async(&mut store).await;
+                t2 = Instant::now();
+                match i {
+                    Ok(i) => i.call_tally(&mut store, task, &boxed).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => return Err(wrong_kind(plugin, PluginKind::Voter)),
         };
         let t3 = Instant::now();
         self.finish(plugin, &store, result)?
             .map_err(|error| self.guest_error(plugin, inv, error))?;
+        let memory = store.data().limiter.memory_used;
         drop(store);
         let t4 = Instant::now();
-        Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+        Ok(([t1 - t0, t2 - t1, t3 - t2, t4 - t3], memory))
     }
 
     /// Asks a verifier to judge `candidate`.

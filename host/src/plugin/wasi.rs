@@ -45,14 +45,14 @@ impl HostMonotonicClock for FrozenClock {
 }
 
 /// The seed of one call's random streams: SHA-256 over the call's
-/// identity, with `stream` telling the secure and insecure streams apart.
-pub fn seed(info: &CallInfo, stream: &str) -> [u8; 32] {
+/// identity, computed once per call; the streams differ by ChaCha stream
+/// number ([`SeededRandom::SECURE`] and the others).
+pub fn seed(info: &CallInfo) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [
         info.run_id.as_str(),
         info.task_id.as_str(),
         info.plugin.as_str(),
-        stream,
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
@@ -62,13 +62,45 @@ pub fn seed(info: &CallInfo, stream: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A deterministic random stream for `wasi:random`.
-pub struct SeededRandom(rand_chacha::ChaCha12Rng);
+/// A deterministic random stream for `wasi:random`, started on first use
+/// (most calls draw nothing, and a fresh store is made for every call).
+pub struct SeededRandom {
+    seed: [u8; 32],
+    stream: u64,
+    rng: Option<rand_chacha::ChaCha12Rng>,
+}
 
 impl SeededRandom {
-    /// The stream named `stream` of the call `info`.
-    pub fn new(info: &CallInfo, stream: &str) -> Self {
-        SeededRandom(rand_chacha::ChaCha12Rng::from_seed(seed(info, stream)))
+    /// The stream behind `wasi:random/random`.
+    pub const SECURE: u64 = 1;
+    /// The stream behind `wasi:random/insecure`.
+    pub const INSECURE: u64 = 2;
+    /// The stream `wasi:random/insecure-seed` is drawn from.
+    pub const INSECURE_SEED: u64 = 3;
+
+    /// Stream `stream` of the call whose [`seed`] is `seed`.
+    pub fn new(seed: [u8; 32], stream: u64) -> Self {
+        SeededRandom {
+            seed,
+            stream,
+            rng: None,
+        }
+    }
+
+    fn rng(&mut self) -> &mut rand_chacha::ChaCha12Rng {
+        let (seed, stream) = (self.seed, self.stream);
+        self.rng.get_or_insert_with(|| {
+            let mut r = rand_chacha::ChaCha12Rng::from_seed(seed);
+            r.set_stream(stream);
+            r
+        })
+    }
+
+    /// The value of `wasi:random/insecure-seed` for the call `seed`.
+    pub fn insecure_seed(seed: [u8; 32]) -> u128 {
+        let mut r = SeededRandom::new(seed, Self::INSECURE_SEED);
+        let r = r.rng();
+        u128::from(r.next_u64()) | (u128::from(r.next_u64()) << 64)
     }
 }
 
@@ -76,15 +108,15 @@ impl TryRng for SeededRandom {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok(self.0.next_u32())
+        Ok(self.rng().next_u32())
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        Ok(self.0.next_u64())
+        Ok(self.rng().next_u64())
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        self.0.fill_bytes(dst);
+        self.rng().fill_bytes(dst);
         Ok(())
     }
 }
@@ -135,22 +167,20 @@ mod tests {
         }
     }
 
+    fn draw(call: u32, stream: u64) -> Vec<u64> {
+        let mut r = SeededRandom::new(seed(&info(call)), stream);
+        (0..4).map(|_| r.next_u64()).collect()
+    }
+
     #[test]
     fn the_same_call_draws_the_same_numbers_and_another_call_others() {
-        let a: Vec<u64> = {
-            let mut r = SeededRandom::new(&info(0), "secure");
-            (0..4).map(|_| r.next_u64()).collect()
-        };
-        let b: Vec<u64> = {
-            let mut r = SeededRandom::new(&info(0), "secure");
-            (0..4).map(|_| r.next_u64()).collect()
-        };
-        let c: Vec<u64> = {
-            let mut r = SeededRandom::new(&info(1), "secure");
-            (0..4).map(|_| r.next_u64()).collect()
-        };
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_ne!(seed(&info(0), "secure"), seed(&info(0), "insecure"));
+        let a = draw(0, SeededRandom::SECURE);
+        assert_eq!(a, draw(0, SeededRandom::SECURE));
+        assert_ne!(a, draw(1, SeededRandom::SECURE));
+        assert_ne!(a, draw(0, SeededRandom::INSECURE));
+        assert_ne!(
+            SeededRandom::insecure_seed(seed(&info(0))),
+            SeededRandom::insecure_seed(seed(&info(1)))
+        );
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! The `[[node]]` tables are parsed here (see [`crate::model::node`] for each
 //! backend's fields); [`team`] reads whole team specs: nodes, plugins and
-//! tasks.
+//! tasks; [`config`] holds the typed settings a spec gives the runtime
+//! (consensus, task hedging), so that nothing here needs the runtime.
 
+pub mod config;
 pub mod team;
 
 use std::path::{Path, PathBuf};

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::config::{ConsensusConfig, HedgeTasks};
 use super::{line_col, parse_nodes, table_position, SpecError};
 use crate::model::node::{suggest, NodeSpec};
 use crate::model::RouterConfig;
@@ -57,10 +58,9 @@ pub struct TeamSection {
     #[serde(default)]
     pub max_parallel_tasks: Option<usize>,
     /// Copies of straggling tasks on idle slots, e.g. `{ after = "p90",
-    /// max_copies = 2 }` (default: off; see
-    /// [`crate::team::scheduler::HedgeTasks`]).
+    /// max_copies = 2 }` (default: off; see [`HedgeTasks`]).
     #[serde(default)]
-    pub hedge_tasks: Option<crate::team::scheduler::HedgeTasks>,
+    pub hedge_tasks: Option<HedgeTasks>,
     /// Messages each replica's mailbox holds (default 64).
     #[serde(default)]
     pub bus_capacity: Option<usize>,
@@ -78,7 +78,7 @@ pub struct TeamSection {
     #[serde(default)]
     pub max_calls: Option<u64>,
     // Caps on what plugins can make the host do; the defaults and what
-    // each bounds are documented in `crate::team::caps`.
+    // each bounds are documented in the runtime's `caps` module.
     /// Subtasks in one plan (default 64, at most 10,000).
     #[serde(default)]
     pub max_plan_subtasks: Option<usize>,
@@ -128,10 +128,10 @@ pub struct TeamSection {
     pub max_request_stops: Option<usize>,
     /// When each task's voter is asked (`decide = "early"` or `"all"`) and
     /// whether late replicas are hedged (`hedge = { enabled = true,
-    /// quantile = 0.9, max_extra = 2 }`); see
-    /// [`crate::team::consensus::ConsensusConfig`] for the defaults.
+    /// quantile = 0.9, max_extra = 2 }`); see [`ConsensusConfig`] for the
+    /// defaults.
     #[serde(default)]
-    pub consensus: crate::team::consensus::ConsensusConfig,
+    pub consensus: ConsensusConfig,
 }
 
 /// `[dag]`: tasks read from a task-list JSON file

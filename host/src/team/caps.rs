@@ -108,3 +108,42 @@ impl Caps {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Caps as a team spec sets them, and their defaults.
+    use super::*;
+    use crate::spec::team::TeamSpec;
+
+    const OK: &str = "[team]\nname = \"t\"\n\n[[node]]\nname = \"s\"\nbackend = \"sim\"\n\n[[plugin]]\nname = \"solver\"\ngrants = [\"llm\"]\n\n[[task]]\nid = \"a\"\nrole = \"solver\"\nvoter = \"majority\"\nreplicas = 3\n";
+
+    #[test]
+    fn caps_are_read_from_team_and_task() {
+        let text = OK.replace(
+            "name = \"t\"\n",
+            "name = \"t\"\nmax_plan_subtasks = 8\nmax_plan_depth = 0\nmax_job_tasks = 50\nmax_message_bytes = 1024\nmax_calls_per_plugin_call = 4\nmax_task_calls = 32\nmax_request_stops = 0\n",
+        ) + "max_calls = 7\n";
+        let s = TeamSpec::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let caps = Caps::of(&s.team);
+        assert_eq!(
+            (
+                caps.plan.max_subtasks,
+                caps.plan.max_depth,
+                caps.plan.max_job_tasks,
+                caps.bus.message_bytes,
+                caps.bus.capacity,
+                caps.model.calls_per_plugin_call,
+                caps.model.calls_per_task,
+                caps.model.request_stops,
+                s.tasks[0].max_calls,
+            ),
+            (8, 0, 50, 1024, 64, 4, 32, 0, Some(7))
+        );
+        let d = Caps::of(&TeamSection::default());
+        assert_eq!(d, Caps::default());
+        assert_eq!(
+            (d.plan.max_subtasks, d.plan.max_depth, d.plan.max_job_tasks),
+            (64, 3, 1000)
+        );
+    }
+}

@@ -108,6 +108,7 @@ impl Team {
             calls: Mutex::default(),
             capped: Mutex::default(),
             spent: Mutex::default(),
+            nodes: Mutex::default(),
         });
         let mut g = Gathered::default();
         let mut feedback: Vec<String> = Vec::new();
@@ -193,7 +194,8 @@ impl Team {
             let decision = match early {
                 Some(voted) => voted,
                 None => {
-                    let (voted, vote) = self.vote(run, spec, ctx, round, &g, 0, &feedback).await;
+                    let (voted, vote) =
+                        self.vote(run, spec, ctx, round, &mut g, 0, &feedback).await;
                     if let Some(vote) = vote {
                         ctx.observer.event(run, &vote);
                     }
@@ -258,7 +260,7 @@ impl Team {
         spec: &TaskSpec,
         ctx: &TaskContext,
         round: u32,
-        g: &Gathered,
+        g: &mut Gathered,
         running: u32,
         feedback: &[String],
     ) -> (Result<Decision, String>, Option<Event>) {
@@ -275,7 +277,12 @@ impl Team {
             },
         };
         let voter = self.voter.current();
-        let decision = match self.runtime.tally(&voter, &inv, &vt, &g.ballots).await {
+        // The ballots move into an `Arc` for the call (a 0.2 voter reads
+        // their texts from it on demand) and move back after: no copy.
+        let shared = std::sync::Arc::new(std::mem::take(&mut g.ballots));
+        let result = self.runtime.tally_shared(&voter, &inv, &vt, &shared).await;
+        g.ballots = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+        let decision = match result {
             Ok(d) => d,
             Err(e) => {
                 let what = format!("voter: {e}");
@@ -341,6 +348,8 @@ impl Team {
             } else {
                 None
             },
+            quantile: hedge.quantile.clamp(0.0, 1.0),
+            min_samples: hedge.min_samples,
             max_hedges: hedge.max_extra,
         };
         let early = config.decide == Decide::Early && round >= spec.debate_rounds;
@@ -452,16 +461,41 @@ impl Team {
     /// failure waits for the other), the other cancelled.
     async fn hedged(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
         let mut first = Box::pin(self.replica(d, slot, replica));
-        let Some(after) = d.hedge_after else {
+        let Some(fallback) = d.hedge_after else {
             return first.await;
         };
         let started = tokio::time::Instant::now();
-        tokio::select! {
-            // An answer and the hedge delay at the same instant: the answer.
-            biased;
-            a = &mut first => return a,
-            _ = tokio::time::sleep(after) => {}
-        }
+        // The delay is the quantile of the node the replica is waiting on,
+        // which the router tells once it picks one (and again on a retry
+        // or the role's next call): until then, and while that node has
+        // too few calls to tell, the slowest node's quantile.
+        let late_node = loop {
+            let node = d.services.node_of(replica);
+            let after = node
+                .as_deref()
+                .and_then(|n| {
+                    self.router
+                        .node_latency_quantile(n, d.quantile, d.min_samples)
+                })
+                .unwrap_or(fallback);
+            let Some(wait) = after
+                .checked_sub(started.elapsed())
+                .filter(|w| !w.is_zero())
+            else {
+                break node;
+            };
+            tokio::select! {
+                // An answer and the hedge delay at the same instant: the answer.
+                biased;
+                a = &mut first => return a,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // Past the delay of the node it was on: hedge, unless it has
+            // since moved to a node whose delay is longer.
+            if d.services.node_of(replica) == node {
+                break node;
+            }
+        };
         let granted = d
             .hedges
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -472,6 +506,9 @@ impl Team {
             return first.await;
         }
         let copy = d.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(node) = &late_node {
+            d.services.avoid(node);
+        }
         d.ctx.bus.open(&format!("{}/{copy}", d.spec.id));
         d.ctx.observer.event(
             d.run,
@@ -688,8 +725,13 @@ struct Draw<'a> {
     /// Copies started so far, and at most.
     hedges: AtomicU32,
     max_hedges: u32,
-    /// How long a replica runs before it is hedged; `None`: never.
+    /// How long a replica runs before it is hedged when its node's own
+    /// quantile is not known yet (the slowest node's); `None`: never.
     hedge_after: Option<Duration>,
+    /// The quantile of its node's latencies past which a replica is hedged,
+    /// and the successful calls a node needs before its quantile counts.
+    quantile: f64,
+    min_samples: usize,
 }
 
 impl Draw<'_> {

@@ -79,78 +79,19 @@ pub trait Executor: Send + Sync + 'static {
     ) -> BoxFuture<'static, TaskResult>;
 }
 
-/// When a task counts as a straggler worth a copy.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum HedgeAfter {
-    /// After a fixed time.
-    Fixed(Duration),
-    /// After this quantile (0..1) of the run times of the job's tasks
-    /// finished so far; no copies until [`HedgeTasks::MIN_OBSERVED`] have
-    /// finished, since a quantile of fewer says little.
-    Quantile(f64),
-}
+/// Read from the team spec; defined with it so a spec loads without the runtime.
+pub use crate::spec::config::{HedgeAfter, HedgeTasks};
 
-impl std::str::FromStr for HedgeAfter {
-    type Err = String;
-
-    /// `"p90"` (a quantile of finished tasks' run times) or a duration
-    /// (`"20s"`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if let Some(q) = s.strip_prefix('p') {
-            let q: f64 = q
-                .parse()
-                .map_err(|_| format!("`{s}`: expected p1..p99 or a duration"))?;
-            if !(q > 0.0 && q < 100.0) {
-                return Err(format!("`{s}`: the quantile must be in p1..p99"));
-            }
-            return Ok(HedgeAfter::Quantile(q / 100.0));
-        }
-        humantime::parse_duration(s)
-            .map(HedgeAfter::Fixed)
-            .map_err(|e| format!("`{s}`: expected p1..p99 or a duration ({e})"))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for HedgeAfter {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Hedging of whole tasks (`[team] hedge_tasks = { after = "p90",
-/// max_copies = 2 }`). Off unless a spec asks: every copy is a full task's
-/// model calls, about a quarter more calls on the paper's DAGs for the
-/// makespans in BENCHMARKS.md, a trade a team author should choose.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HedgeTasks {
-    /// How long a task runs before a copy of it may start.
-    pub after: HedgeAfter,
-    /// Copies of one task running at once, the first included (default 2:
-    /// one hedge).
-    #[serde(default = "HedgeTasks::default_max_copies")]
-    pub max_copies: usize,
-}
-
-impl HedgeTasks {
-    /// Finished tasks needed before a quantile is trusted.
-    pub const MIN_OBSERVED: usize = 3;
-
-    fn default_max_copies() -> usize {
-        2
-    }
-
-    /// The threshold now, given the run times of finished tasks (sorted).
-    fn threshold(&self, finished: &[Duration]) -> Option<Duration> {
-        match self.after {
-            HedgeAfter::Fixed(d) => Some(d),
-            HedgeAfter::Quantile(_) if finished.len() < Self::MIN_OBSERVED => None,
-            HedgeAfter::Quantile(q) => {
-                let k = ((finished.len() as f64 * q).ceil() as usize).clamp(1, finished.len());
-                Some(finished[k - 1])
-            }
+/// When a straggler may get a copy now, given the run times of the tasks
+/// finished so far (sorted): `None` while a quantile has too few of them
+/// ([`HedgeTasks::MIN_OBSERVED`]).
+fn hedge_threshold(h: &HedgeTasks, finished: &[Duration]) -> Option<Duration> {
+    match h.after {
+        HedgeAfter::Fixed(d) => Some(d),
+        HedgeAfter::Quantile(_) if finished.len() < HedgeTasks::MIN_OBSERVED => None,
+        HedgeAfter::Quantile(q) => {
+            let k = ((finished.len() as f64 * q).ceil() as usize).clamp(1, finished.len());
+            Some(finished[k - 1])
         }
     }
 }
@@ -571,7 +512,7 @@ pub async fn run(
         let mut wake = None;
         if let Some(h) = options.hedge_tasks {
             let now = tokio::time::Instant::now();
-            let after = h.threshold(&finished);
+            let after = hedge_threshold(&h, &finished);
             while running.len() < options.max_parallel_tasks.max(1) {
                 let Some(after) = after else { break };
                 let pick = copies

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::bus::{BusError, Envelope};
 use super::consensus::TaskContext;
 use super::events::{AttemptEnd, Event};
-use crate::model::router::{AttemptOutcome, CallTag, Route};
+use crate::model::router::{AttemptOutcome, CallTag, NodeCell, Route};
 use crate::model::{self, ModelError, Router};
 use crate::plugin::bindings::{bus as wit_bus, llm};
 use crate::plugin::{CallInfo, HostServices};
@@ -48,6 +48,9 @@ pub(super) struct RoutedServices {
     /// Tokens and cost charged so far for each replica's model calls: what
     /// a cancelled replica is journaled as having spent.
     pub(super) spent: Mutex<std::collections::HashMap<u32, (u64, f64)>>,
+    /// Where each replica's latest model call went, as the router picked
+    /// it: the node a straggler is waiting on.
+    pub(super) nodes: Mutex<std::collections::HashMap<u32, NodeCell>>,
 }
 
 impl RoutedServices {
@@ -59,6 +62,34 @@ impl RoutedServices {
             chats: AtomicU32::new(0),
             sends: AtomicU32::new(0),
         })
+    }
+
+    /// The node `replica`'s latest model call went to, if it has made one.
+    pub(super) fn node_of(&self, replica: u32) -> Option<String> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&replica)
+            .and_then(NodeCell::get)
+    }
+
+    /// Keeps the task's later model calls off `node` while another node can
+    /// serve them (as a node that already answered is): a hedged replica's
+    /// copy must not queue behind the straggler it is racing.
+    pub(super) fn avoid(&self, node: &str) {
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string());
+    }
+
+    fn node_cell(&self, replica: u32) -> NodeCell {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(replica)
+            .or_default()
+            .clone()
     }
 
     /// Tokens and cost charged so far for `replica`'s model calls.
@@ -344,6 +375,7 @@ impl HostServices for RoutedServices {
                 .cloned()
                 .collect(),
             deadline: None,
+            picked: Some(self.node_cell(call.replica)),
         };
         let mut trail = Vec::new();
         let result = self

@@ -123,6 +123,8 @@ pub struct PluginStatus {
     pub version: String,
     /// `role`, `verifier` or `voter`.
     pub kind: String,
+    /// The `conclave:plugin` contract it is built against (`0.1`, `0.2`).
+    pub contract: String,
     /// SHA-256 of the component file serving new calls.
     pub sha256: String,
     pub path: PathBuf,
@@ -144,6 +146,7 @@ impl PluginStatus {
             name: p.name().to_string(),
             version: p.version().to_string(),
             kind: kind_name(p.kind()).to_string(),
+            contract: p.contract().to_string(),
             sha256: p.hash().to_string(),
             path: p.path().to_path_buf(),
             loaded_at: humantime::format_rfc3339_millis(

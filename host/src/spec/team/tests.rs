@@ -148,36 +148,6 @@ fn a_dag_file_that_cannot_be_read_is_named() {
 }
 
 #[test]
-fn caps_are_read_from_team_and_task() {
-    let text = OK.replace(
-        "name = \"t\"\n",
-        "name = \"t\"\nmax_plan_subtasks = 8\nmax_plan_depth = 0\nmax_job_tasks = 50\nmax_message_bytes = 1024\nmax_calls_per_plugin_call = 4\nmax_task_calls = 32\nmax_request_stops = 0\n",
-    ) + "max_calls = 7\n";
-    let s = TeamSpec::parse(&text, Path::new("t.toml")).unwrap();
-    let caps = crate::team::caps::Caps::of(&s.team);
-    assert_eq!(
-        (
-            caps.plan.max_subtasks,
-            caps.plan.max_depth,
-            caps.plan.max_job_tasks,
-            caps.bus.message_bytes,
-            caps.bus.capacity,
-            caps.model.calls_per_plugin_call,
-            caps.model.calls_per_task,
-            caps.model.request_stops,
-            s.tasks[0].max_calls,
-        ),
-        (8, 0, 50, 1024, 64, 4, 32, 0, Some(7))
-    );
-    let d = crate::team::caps::Caps::of(&TeamSection::default());
-    assert_eq!(d, crate::team::caps::Caps::default());
-    assert_eq!(
-        (d.plan.max_subtasks, d.plan.max_depth, d.plan.max_job_tasks),
-        (64, 3, 1000)
-    );
-}
-
-#[test]
 fn caps_that_cannot_work_name_their_key_and_line() {
     let e = err(&OK.replace("name = \"t\"\n", "name = \"t\"\nmax_task_calls = 0\n"));
     assert!(

@@ -13,78 +13,8 @@ use crate::team::budget::{Limits, Meter};
 use crate::team::bus::Bus;
 use crate::team::events::{Observer, Quiet};
 
-/// How the consensus loop asks its voter and chases slow replicas; one home
-/// for these numbers, set for a team in `[team] consensus = { ... }`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ConsensusConfig {
-    /// When the voter may decide before every replica has reported.
-    /// Default `early`.
-    pub decide: Decide,
-    /// Copies of replicas that run late. Off by default.
-    pub hedge: ReplicaHedge,
-}
-
-/// When the voter is asked.
-///
-/// `early` (the default): also while replicas are still running, as soon
-/// as the ballots so far make a decision possible: the leading answer
-/// (among ballots that passed their verifiers) has more ballots than any
-/// other answer (counting every ballot) could reach if every replica still
-/// running voted for it. A count that can no longer be overtaken is what
-/// `majority` and `quorum` would decide on all the ballots, so the team's
-/// semantics hold and a 5-replica majority decides once 3 agree. The voter
-/// still makes the decision: the host only takes it early if the voter
-/// decides for that same leader; any other answer (`need-more`, `revise`,
-/// another leader, as a `weighted` voter may give) waits for more ballots.
-/// Replicas still running are then cancelled.
-///
-/// `all`: the voter is asked once every replica of the draw has reported
-/// (the behaviour before early decisions, and the baseline of `conclave
-/// bench consensus`). Use it for a voter whose decision is not a count
-/// (`weighted`, `borda`) when every ballot must weigh in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Decide {
-    #[default]
-    Early,
-    All,
-}
-
-/// Hedged replicas: a replica (a whole role call, with its model calls)
-/// that has run longer than `quantile` of its nodes' observed latencies
-/// gets a copy, a new replica started on a node the router finds healthy
-/// and less loaded; the first of the two to answer is counted and the
-/// other is cancelled. Off by default, as the router's per-call hedge is: a
-/// copy spends tokens, and a team on a node with a steady tail gains
-/// little from it. The router's `[router] hedge` copies one model call; this
-/// copies the replica, so it also rescues a replica stuck between calls or
-/// on a node that stalls without failing.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReplicaHedge {
-    /// Off by default.
-    pub enabled: bool,
-    /// A replica is late once it has run past this quantile of the
-    /// nodes' recent model-call latencies (the largest over the nodes
-    /// that have enough of them). Default 0.9.
-    pub quantile: f64,
-    /// Most copies per draw of a task's replicas. Default 2.
-    pub max_extra: u32,
-    /// Latencies a node needs before its quantile is trusted. Default 20.
-    pub min_samples: usize,
-}
-
-impl Default for ReplicaHedge {
-    fn default() -> Self {
-        ReplicaHedge {
-            enabled: false,
-            quantile: 0.9,
-            max_extra: 2,
-            min_samples: 20,
-        }
-    }
-}
+/// Read from the team spec; defined with it so a spec loads without the runtime.
+pub use crate::spec::config::{ConsensusConfig, Decide, ReplicaHedge};
 
 /// A plugin as a team uses it: the component, its config and its grants.
 #[derive(Clone)]

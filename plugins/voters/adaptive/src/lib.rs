@@ -103,13 +103,14 @@ impl Voter for Adaptive {
         }
     }
 
-    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+    fn tally(task: Task, ballots: BallotBox) -> Result<Decision, PluginError> {
         let c: Config = task.parse_config()?;
         let votes: Vec<Vote> = ballots
+            .views()
             .iter()
-            .filter(|b| c.count_failed || b.verdicts.iter().all(|v| v.pass))
+            .filter(|b| c.count_failed || b.passed())
             .map(|b| Vote {
-                answer: b.candidate.answer.clone(),
+                answer: b.answer.to_string(),
                 weight: 1.0,
                 score: 1.0,
             })

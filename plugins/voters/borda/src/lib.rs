@@ -26,18 +26,13 @@ impl Voter for Borda {
         }
     }
 
-    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+    fn tally(task: Task, ballots: BallotBox) -> Result<Decision, PluginError> {
         let c: Config = task.parse_config()?;
         let rankings: Vec<Vec<String>> = ballots
+            .views()
             .iter()
-            .filter(|b| c.count_failed || b.verdicts.iter().all(|v| v.pass))
-            .map(|b| {
-                if b.candidate.ranking.is_empty() {
-                    vec![b.candidate.answer.clone()]
-                } else {
-                    b.candidate.ranking.clone()
-                }
-            })
+            .filter(|b| c.count_failed || b.passed())
+            .map(|b| b.ranked())
             .filter(|r| r.iter().any(|a| !a.is_empty()))
             .collect();
         let counts = borda(&rankings);

@@ -5,7 +5,6 @@
 //! higher mean verifier score, then to the smaller answer text, so the result
 //! never depends on the order the ballots arrived in.
 
-use conclave_sdk::vote::{tally, Vote};
 use conclave_sdk::voter::*;
 
 #[derive(serde::Deserialize, Default)]
@@ -21,15 +20,6 @@ struct Config {
 
 struct Majority;
 
-/// Mean score of a ballot's verdicts (1 when it has none).
-pub(crate) fn mean_score(b: &Ballot) -> f64 {
-    if b.verdicts.is_empty() {
-        1.0
-    } else {
-        b.verdicts.iter().map(|v| v.score).sum::<f64>() / b.verdicts.len() as f64
-    }
-}
-
 impl Voter for Majority {
     fn describe() -> Descriptor {
         Descriptor {
@@ -41,30 +31,24 @@ impl Voter for Majority {
         }
     }
 
-    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+    fn tally(task: Task, ballots: BallotBox) -> Result<Decision, PluginError> {
         let config: Config = task.parse_config()?;
-        let votes: Vec<Vote> = ballots
-            .iter()
-            .filter(|b| config.count_failed || b.verdicts.iter().all(|v| v.pass))
-            .map(|b| Vote {
-                answer: b.candidate.answer.clone(),
-                weight: 1.0,
-                score: mean_score(b),
-            })
-            .collect();
-        if config.revise_on_fail && votes.is_empty() && !ballots.is_empty() {
-            let reasons: Vec<String> = ballots
+        let (counts, total) = ballots.plurality(config.count_failed);
+        let views = (config.revise_on_fail && total == 0).then(|| ballots.views());
+        if let Some(views) =
+            views.filter(|v| !v.is_empty() && !v.iter().any(|b| config.count_failed || b.passed()))
+        {
+            // Only the failed marks' reasons are read from the host.
+            let reasons: Vec<String> = views
                 .iter()
-                .flat_map(|b| b.verdicts.iter().filter(|v| !v.pass))
-                .map(|v| format!("{}: {}", v.verifier, v.reason))
+                .flat_map(|b| b.marks.iter().filter(|m| !m.pass))
+                .map(|m| format!("{}: {}", m.verifier, m.reason()))
                 .collect();
             return Ok(Decision::Revise(format!(
                 "Every answer failed verification. {}",
                 reasons.join(" ")
             )));
         }
-        let counts = tally(&votes);
-        let total = votes.iter().filter(|v| !v.answer.is_empty()).count() as u32;
         Ok(decide(&counts, total, || {
             format!("none of {} ballots had a countable answer", ballots.len())
         }))

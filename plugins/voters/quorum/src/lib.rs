@@ -55,7 +55,7 @@ impl Voter for Quorum {
         }
     }
 
-    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+    fn tally(task: Task, ballots: BallotBox) -> Result<Decision, PluginError> {
         let c: Config = task.parse_config()?;
         if !(c.share > 0.0 && c.share <= 1.0) {
             return Err(PluginError::InvalidConfig(format!(
@@ -70,10 +70,11 @@ impl Voter for Quorum {
         }
         let drawn = ballots.len() as u32;
         let votes: Vec<Vote> = ballots
+            .views()
             .iter()
-            .filter(|b| c.count_failed || b.verdicts.iter().all(|v| v.pass))
+            .filter(|b| c.count_failed || b.passed())
             .map(|b| Vote {
-                answer: b.candidate.answer.clone(),
+                answer: b.answer.to_string(),
                 weight: 1.0,
                 score: 1.0,
             })

@@ -37,29 +37,23 @@ impl Voter for Weighted {
         }
     }
 
-    fn tally(task: Task, ballots: Vec<Ballot>) -> Result<Decision, PluginError> {
+    fn tally(task: Task, ballots: BallotBox) -> Result<Decision, PluginError> {
         let c: Config = task.parse_config()?;
         let votes: Vec<Vote> = ballots
+            .views()
             .iter()
             .map(|b| {
-                let score = if b.verdicts.is_empty() {
+                let score = if b.marks.is_empty() {
                     1.0
                 } else {
-                    b.verdicts
-                        .iter()
-                        .map(|v| v.score.clamp(0.0, 1.0))
-                        .sum::<f64>()
-                        / b.verdicts.len() as f64
+                    b.marks.iter().map(|m| m.score.clamp(0.0, 1.0)).sum::<f64>()
+                        / b.marks.len() as f64
                 };
-                let failed = b.verdicts.iter().any(|v| !v.pass);
-                let confidence = b
-                    .candidate
-                    .confidence
-                    .unwrap_or(c.default_confidence)
-                    .clamp(0.0, 1.0);
+                let failed = !b.passed();
+                let confidence = b.confidence.unwrap_or(c.default_confidence).clamp(0.0, 1.0);
                 let weight = confidence * score * if failed { c.fail_weight } else { 1.0 };
                 Vote {
-                    answer: b.candidate.answer.clone(),
+                    answer: b.answer.to_string(),
                     weight,
                     score,
                 }
