@@ -15,6 +15,7 @@ pub mod health;
 pub mod latency;
 pub mod node;
 pub mod openai;
+pub mod route;
 pub mod router;
 pub mod sim;
 

@@ -10,12 +10,10 @@
 //! plan instead: the task is then decided by that plan, and the scheduler
 //! runs its subtasks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::future::{select, Either};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::bus::Envelope;
@@ -28,8 +26,10 @@ use crate::plugin::{
     PluginRuntime, Task, Verdict,
 };
 
+mod draw;
 mod types;
 
+use draw::Draw;
 pub use types::*;
 
 /// A role, its verifiers and its voter, over a router.
@@ -456,97 +456,6 @@ impl Team {
         None
     }
 
-    /// One replica, with a copy started on another node if it runs past
-    /// the hedge delay; the first of the two to answer is returned (a
-    /// failure waits for the other), the other cancelled.
-    async fn hedged(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
-        let mut first = Box::pin(self.replica(d, slot, replica));
-        let Some(fallback) = d.hedge_after else {
-            return first.await;
-        };
-        let started = tokio::time::Instant::now();
-        // The delay is the quantile of the node the replica is waiting on,
-        // which the router tells once it picks one (and again on a retry
-        // or the role's next call): until then, and while that node has
-        // too few calls to tell, the slowest node's quantile.
-        let late_node = loop {
-            let node = d.services.node_of(replica);
-            let after = node
-                .as_deref()
-                .and_then(|n| {
-                    self.router
-                        .node_latency_quantile(n, d.quantile, d.min_samples)
-                })
-                .unwrap_or(fallback);
-            let Some(wait) = after
-                .checked_sub(started.elapsed())
-                .filter(|w| !w.is_zero())
-            else {
-                break node;
-            };
-            tokio::select! {
-                // An answer and the hedge delay at the same instant: the answer.
-                biased;
-                a = &mut first => return a,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            // Past the delay of the node it was on: hedge, unless it has
-            // since moved to a node whose delay is longer.
-            if d.services.node_of(replica) == node {
-                break node;
-            }
-        };
-        let granted = d
-            .hedges
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < d.max_hedges).then_some(n + 1)
-            })
-            .is_ok();
-        if !granted {
-            return first.await;
-        }
-        let copy = d.next.fetch_add(1, Ordering::Relaxed);
-        if let Some(node) = &late_node {
-            d.services.avoid(node);
-        }
-        d.ctx.bus.open(&format!("{}/{copy}", d.spec.id));
-        d.ctx.observer.event(
-            d.run,
-            &Event::ReplicaHedged {
-                task: d.spec.id.clone(),
-                round: d.round,
-                replica,
-                copy,
-                after_ms: started.elapsed().as_secs_f64() * 1e3,
-            },
-        );
-        d.start(copy, slot);
-        let second = Box::pin(self.replica(d, slot, copy));
-        let (won, other, loser) = match select(first, second).await {
-            Either::Left((a, other)) => (a, Either::Right(other), copy),
-            Either::Right((a, other)) => (a, Either::Left(other), replica),
-        };
-        if let Err(e) = &won.outcome {
-            // The first to end failed: the other may still answer.
-            d.lock_live().remove(&won.replica);
-            d.ctx.observer.event(
-                d.run,
-                &Event::PluginFailure {
-                    task: d.spec.id.clone(),
-                    what: format!("replica {}: {e}", won.replica),
-                    by: won.by.clone(),
-                },
-            );
-            return match other {
-                Either::Left(f) | Either::Right(f) => f.await,
-            };
-        }
-        drop(other);
-        let why = format!("hedged: replica {} answered first", won.replica);
-        self.cancelled(d, loser, why);
-        won
-    }
-
     /// One replica's role call and, when it answers with a candidate, the
     /// verifiers' judgement of it (all of them at once).
     async fn replica(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
@@ -706,46 +615,6 @@ impl Team {
             }
         }
         judged
-    }
-}
-
-/// What one draw of replicas shares while they run.
-struct Draw<'a> {
-    run: &'a str,
-    spec: &'a TaskSpec,
-    ctx: &'a TaskContext,
-    services: &'a Arc<RoutedServices>,
-    round: u32,
-    feedback: &'a [String],
-    /// Replicas running, with the slot (position in the round) each fills:
-    /// a hedged replica and its copy fill one slot.
-    live: Mutex<BTreeMap<u32, u32>>,
-    /// The next replica number to give out.
-    next: AtomicU32,
-    /// Copies started so far, and at most.
-    hedges: AtomicU32,
-    max_hedges: u32,
-    /// How long a replica runs before it is hedged when its node's own
-    /// quantile is not known yet (the slowest node's); `None`: never.
-    hedge_after: Option<Duration>,
-    /// The quantile of its node's latencies past which a replica is hedged,
-    /// and the successful calls a node needs before its quantile counts.
-    quantile: f64,
-    min_samples: usize,
-}
-
-impl Draw<'_> {
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, u32>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn start(&self, replica: u32, slot: u32) {
-        self.lock_live().insert(replica, slot);
-    }
-
-    /// Slots of the draw still waiting for a ballot.
-    fn slots_out(&self) -> u32 {
-        self.lock_live().values().collect::<BTreeSet<_>>().len() as u32
     }
 }
 
