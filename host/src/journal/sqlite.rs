@@ -49,11 +49,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use futures::future::BoxFuture;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use sha2::Digest;
 
 use super::{now_ms, Entry, Journal, JournalError, Record, RunLog, RunRow, VERSION};
 use crate::team::events::Event;
+
+mod schema;
+use schema::{connect, prepare_schema};
 
 /// The file's name in the data directory.
 pub const FILE: &str = "journal.sqlite";
@@ -113,75 +116,6 @@ pub struct SqliteJournal {
     reader: Mutex<Connection>,
     /// Transactions committed (each one sync).
     commits: Arc<std::sync::atomic::AtomicU64>,
-}
-
-fn connect(path: &Path) -> Result<Connection, String> {
-    let c = Connection::open(path).map_err(|e| e.to_string())?;
-    c.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    c.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| e.to_string())?;
-    c.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| e.to_string())?;
-    Ok(c)
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS chunks (
-  run TEXT NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
-  version INTEGER NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
-  checksum INTEGER NOT NULL, PRIMARY KEY (run, first)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (
-  run TEXT PRIMARY KEY, team TEXT NOT NULL, question TEXT NOT NULL,
-  started_ms INTEGER NOT NULL, ended_ms INTEGER, stop TEXT,
-  tokens INTEGER NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0);
-";
-
-/// Format 1's table, converted to chunks of one record.
-const FROM_VERSION_1: &str = "
-INSERT INTO chunks (run, first, count, version, at_ms, body, checksum)
-  SELECT run, seq, 1, version, at_ms, body, checksum FROM records;
-DROP TABLE records;
-";
-
-/// One row per record, for queries by hand (nothing in Conclave reads it).
-const VIEW: &str = "
-CREATE VIEW IF NOT EXISTS records (run, seq, at_ms, version, kind, body) AS
-  SELECT c.run, c.first + e.key, c.at_ms + json_extract(e.value, '$[0]'), c.version,
-         CASE json_extract(e.value, '$[1].entry')
-           WHEN 'event' THEN 'event:' || json_extract(e.value, '$[1].event.event')
-           ELSE json_extract(e.value, '$[1].entry') END,
-         json_extract(e.value, '$[1]')
-    FROM chunks AS c, json_each(c.body) AS e
-   WHERE c.version >= 2 AND json_valid(c.body)
-  UNION ALL
-  SELECT run, first, at_ms, version,
-         CASE json_extract(body, '$.entry')
-           WHEN 'event' THEN 'event:' || json_extract(body, '$.event.event')
-           ELSE json_extract(body, '$.entry') END,
-         body
-    FROM chunks WHERE version < 2;
-";
-
-/// Creates the tables and the view, converting a format-1 file first.
-fn prepare_schema(conn: &mut Connection) -> Result<(), String> {
-    let t = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| e.to_string())?;
-    t.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
-    let old: Option<String> = t
-        .query_row(
-            "SELECT type FROM sqlite_master WHERE name = 'records'",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
-    if old.as_deref() == Some("table") {
-        t.execute_batch(FROM_VERSION_1)
-            .map_err(|e| format!("converting a format-1 journal: {e}"))?;
-    }
-    t.execute_batch(VIEW).map_err(|e| e.to_string())?;
-    t.commit().map_err(|e| e.to_string())
 }
 
 /// The checksum of a chunk's (or a format-1 record's) body.
@@ -709,145 +643,4 @@ pub fn default_dir() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    //! Chunks: written, read back, cut, shown one row per record; and a
-    //! format-1 file converted when opened.
-    use super::*;
-    use crate::team::events::Event;
-
-    fn retry(replica: u32) -> Event {
-        Event::Retry {
-            task: "t".into(),
-            replica,
-        }
-    }
-
-    fn replicas(log: &RunLog) -> Vec<u32> {
-        log.events()
-            .map(|(_, e)| match e {
-                Event::Retry { replica, .. } => *replica,
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn records_queued_together_share_a_row_and_read_back_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SqliteJournal::open(dir.path()).unwrap();
-        for i in 0..5 {
-            assert_eq!(j.append_event("a", &retry(i)), u64::from(i));
-        }
-        j.append_event("b", &retry(9));
-        j.flush().await.unwrap();
-        for i in 5..7 {
-            j.append_event("a", &retry(i));
-        }
-        j.flush().await.unwrap();
-        let log = j.read("a").unwrap();
-        assert!(log.damaged.is_none());
-        assert_eq!(replicas(&log), (0..7).collect::<Vec<_>>());
-        assert!(log
-            .records
-            .iter()
-            .enumerate()
-            .all(|(i, r)| r.seq == i as u64));
-        let rows: i64 = j.with_connection(|c| {
-            c.query_row("SELECT count(*) FROM chunks WHERE run = 'a'", [], |r| {
-                r.get(0)
-            })
-            .unwrap()
-        });
-        assert!(rows < 7, "{rows} rows for 7 records");
-        // The view: one row per record, with its kind and body.
-        let (n, kind, seq6): (i64, String, i64) = j.with_connection(|c| {
-            c.query_row(
-                "SELECT count(*), min(kind), max(seq) FROM records WHERE run = 'a'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap()
-        });
-        assert_eq!((n, kind.as_str(), seq6), (7, "event:retry", 6));
-        let third: i64 = j.with_connection(|c| {
-            c.query_row(
-                "SELECT json_extract(body, '$.event.replica') FROM records WHERE run = 'a' AND seq = 3",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-        });
-        assert_eq!(third, 3);
-    }
-
-    #[tokio::test]
-    async fn a_cut_inside_a_row_keeps_the_records_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SqliteJournal::open(dir.path()).unwrap();
-        for i in 0..6 {
-            j.append_event("a", &retry(i));
-        }
-        j.flush().await.unwrap();
-        j.truncate("a", 4).unwrap();
-        assert_eq!(replicas(&j.read("a").unwrap()), vec![0, 1, 2, 3]);
-        assert_eq!(j.append_event("a", &retry(7)), 4);
-        j.flush().await.unwrap();
-        assert_eq!(replicas(&j.read("a").unwrap()), vec![0, 1, 2, 3, 7]);
-        j.truncate("a", 0).unwrap();
-        assert!(matches!(j.read("a"), Err(JournalError::NoRun { .. })));
-    }
-
-    #[tokio::test]
-    async fn a_format_1_file_is_converted_and_reads_as_before() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let c = Connection::open(dir.path().join(FILE)).unwrap();
-            c.execute_batch(
-                "CREATE TABLE records (
-                   run TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
-                   version INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
-                   checksum INTEGER NOT NULL, PRIMARY KEY (run, seq)) WITHOUT ROWID;",
-            )
-            .unwrap();
-            for i in 0..3u32 {
-                let body = serde_json::to_string(&Entry::Event { event: retry(i) }).unwrap();
-                c.execute(
-                    "INSERT INTO records VALUES ('old', ?1, ?2, 1, 'event:retry', ?3, ?4)",
-                    params![i, 1000 + i, body, checksum(&body)],
-                )
-                .unwrap();
-            }
-        }
-        let j = SqliteJournal::open(dir.path()).unwrap();
-        let log = j.read("old").unwrap();
-        assert!(log.damaged.is_none(), "{:?}", log.damaged);
-        assert_eq!(replicas(&log), vec![0, 1, 2]);
-        assert_eq!(log.records[2].at_ms, 1002);
-        // It goes on in the new format.
-        assert_eq!(j.append_event("old", &retry(3)), 3);
-        j.flush().await.unwrap();
-        assert_eq!(replicas(&j.read("old").unwrap()), vec![0, 1, 2, 3]);
-        let kinds: Vec<(i64, String)> = j.with_connection(|c| {
-            c.prepare("SELECT version, kind FROM records WHERE run = 'old' ORDER BY seq")
-                .unwrap()
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
-        });
-        assert_eq!(
-            kinds,
-            [
-                (1, "event:retry"),
-                (1, "event:retry"),
-                (1, "event:retry"),
-                (2, "event:retry")
-            ]
-            .map(|(v, k)| (v, k.to_string()))
-        );
-        drop(j);
-        // Opening it again finds nothing left to convert.
-        let j = SqliteJournal::open(dir.path()).unwrap();
-        assert_eq!(j.read("old").unwrap().records.len(), 4);
-    }
-}
+mod tests;

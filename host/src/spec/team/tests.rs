@@ -1,5 +1,6 @@
 //! Every validation error, with its message and position.
 use super::*;
+use crate::plugin::Capability;
 
 const OK: &str = "[team]\nname = \"t\"\n\n[[node]]\nname = \"s\"\nbackend = \"sim\"\n\n[[plugin]]\nname = \"solver\"\ngrants = [\"llm\"]\n\n[[task]]\nid = \"a\"\nrole = \"solver\"\nvoter = \"majority\"\nreplicas = 3\n";
 
