@@ -11,6 +11,7 @@ pub mod dag;
 pub mod eval;
 pub mod journal;
 pub mod model;
+pub mod otel;
 pub mod plugin;
 pub mod scaffold;
 pub mod server;

@@ -332,7 +332,7 @@ async fn a_call_held_open_across_a_swap_finishes_on_its_version_and_the_next_get
     let data = tempfile::tempdir().unwrap();
     let journal = SqliteJournal::open(data.path()).unwrap();
     let server = conclave::server::Server::bind(
-        team.clone(),
+        conclave::server::Teams::of(vec![team.clone()]).unwrap(),
         journal.clone(),
         conclave::server::ServerConfig::new("127.0.0.1:0".parse().unwrap()),
     )

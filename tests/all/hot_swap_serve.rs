@@ -18,9 +18,9 @@ use crate::hot_swap::{hash_of, team_dir, VOTED};
 
 /// `conclave serve` in a process of its own, killed when dropped; what it
 /// writes to standard error is kept.
-struct Serving {
+pub(crate) struct Serving {
     child: std::process::Child,
-    base: String,
+    pub(crate) base: String,
     log: Arc<std::sync::Mutex<String>>,
 }
 
@@ -33,14 +33,15 @@ impl Drop for Serving {
 
 impl Serving {
     fn start(dir: &Path, data: &Path, args: &[&str]) -> Self {
+        Self::start_specs(dir, data, &["team.toml"], args)
+    }
+
+    /// `conclave serve SPECS...` in `dir`, journaling in `data`.
+    pub(crate) fn start_specs(dir: &Path, data: &Path, specs: &[&str], args: &[&str]) -> Self {
         let mut child = std::process::Command::new(conclave_bin())
-            .args([
-                "serve",
-                "team.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .arg("serve")
+            .args(specs)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(args)
             .current_dir(dir)
@@ -77,7 +78,7 @@ impl Serving {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 

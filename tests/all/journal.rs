@@ -442,7 +442,14 @@ fn two_processes_share_one_journal() {
         let b = s.spawn(|| spawn("twin-b"));
         (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
     });
-    assert!(a.status.success() && b.status.success());
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let j = SqliteJournal::open(dir.path()).unwrap();
     for id in ["twin-a", "twin-b"] {
         let log = j.read(id).unwrap();

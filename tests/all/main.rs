@@ -3,6 +3,7 @@
 
 mod builtins;
 mod cli;
+mod clients;
 mod consensus;
 mod contract;
 mod embedded;
@@ -15,9 +16,12 @@ mod job;
 mod journal;
 mod journal_crash;
 mod loading;
+mod otel;
 mod patterns;
 mod router;
 mod scaffold;
 mod scheduler;
+mod serve_teams;
 mod server;
 mod spec_sandbox;
+mod ui;

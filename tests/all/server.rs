@@ -56,9 +56,13 @@ async fn start_team(team: &str, configure: impl FnOnce(&mut ServerConfig)) -> Ru
     let journal = SqliteJournal::open(data.path()).unwrap();
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
     configure(&mut config);
-    let server = Server::bind(Arc::new(team), journal.clone(), config)
-        .await
-        .unwrap();
+    let server = Server::bind(
+        conclave::server::Teams::of(vec![Arc::new(team)]).unwrap(),
+        journal.clone(),
+        config,
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(server.serve(shutdown.clone()));
@@ -234,10 +238,14 @@ async fn without_a_token_only_loopback_is_served() {
     let data = tempfile::tempdir().unwrap();
     let journal = SqliteJournal::open(data.path()).unwrap();
     let config = ServerConfig::new("0.0.0.0:0".parse().unwrap());
-    let e = Server::bind(Arc::new(team), journal, config)
-        .await
-        .err()
-        .unwrap();
+    let e = Server::bind(
+        conclave::server::Teams::of(vec![Arc::new(team)]).unwrap(),
+        journal,
+        config,
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(matches!(e, ServerError::NoToken(_)));
     assert!(e
         .to_string()
@@ -376,7 +384,7 @@ fn events(text: &str) -> Vec<&str> {
 /// A team whose one node fails every call, with no retries anywhere.
 const FAILING: &str = r#"
 [team]
-name = "failing"
+name = "served"
 
 [router]
 retries = 0

@@ -76,7 +76,8 @@ pub async fn run(plugins: &std::path::Path, requests: usize) -> Result<Vec<Row>,
     let journal = SqliteJournal::open(&dir.join("data")).map_err(|e| e.to_string())?;
     let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("an address"));
     config.max_concurrency = 64;
-    let server = Server::bind(team.clone(), journal.clone(), config)
+    let teams = crate::server::Teams::of(vec![team.clone()]).expect("one team");
+    let server = Server::bind(teams, journal.clone(), config)
         .await
         .map_err(|e| e.to_string())?;
     let url = format!("http://{}/v1/chat/completions", server.local_addr());

@@ -47,6 +47,24 @@ pub mod exit {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Export a span per run, task, replica, plugin call and model call to
+    /// this OpenTelemetry collector, over OTLP/HTTP (protobuf). A base URL
+    /// (`http://localhost:4318`) gets `/v1/traces` appended; a URL with a
+    /// path is used as given. Exports are batched off the run's path: a
+    /// collector that is down loses spans, with a warning, never a run.
+    #[arg(
+        long,
+        global = true,
+        env = "CONCLAVE_OTLP_ENDPOINT",
+        value_name = "URL",
+        value_parser = otlp_endpoint
+    )]
+    otlp_endpoint: Option<String>,
+}
+
+/// `--otlp-endpoint`: an http(s) URL, made the traces URL.
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    conclave::otel::traces_url(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -66,7 +84,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve a team as an OpenAI-compatible model.
+    /// Serve teams as OpenAI-compatible models (the request's `model`
+    /// picks the team).
     Serve(ServeArgs),
     /// Score teams on a dataset, side by side.
     Eval(EvalArgs),
@@ -225,8 +244,10 @@ struct EvalArgs {
 /// `conclave serve`'s arguments.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// The team spec.
-    spec: PathBuf,
+    /// Team specs, or folders of them (each `*.toml` in a folder): the
+    /// request's `model` picks the team by its `[team] name`.
+    #[arg(required = true, value_name = "TEAM")]
+    specs: Vec<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -247,8 +268,12 @@ struct ServeArgs {
     /// Longest a request may take, waiting for a slot included.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     deadline: std::time::Duration,
-    /// Do not watch the team's plugin files: a replaced file is not
-    /// swapped in until the server restarts.
+    /// Finished runs the `/ui` page and `/v1/runs` keep (runs in progress
+    /// are always shown).
+    #[arg(long, default_value_t = 100)]
+    keep_runs: usize,
+    /// Do not watch the team specs and their plugin files: a changed spec
+    /// or a replaced plugin is not taken up until the server restarts.
     #[arg(long)]
     no_watch: bool,
     #[arg(long, env = "CONCLAVE_DATA_DIR")]
@@ -494,14 +519,39 @@ fn runtime() -> Result<Arc<PluginRuntime>, conclave::PluginError> {
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONCLAVE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let cli = Cli::parse();
+    // Log lines: events at `CONCLAVE_LOG` (default warn), never the spans
+    // kept for OpenTelemetry.
+    let log = tracing_subscriber::EnvFilter::try_from_env("CONCLAVE_LOG")
+        .unwrap_or_else(|_| "warn".into())
+        .add_directive(
+            format!("{}=off", conclave::otel::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    let exporter = match cli
+        .otlp_endpoint
+        .as_deref()
+        .map(conclave::otel::Exporter::start)
+    {
+        None => None,
+        Some(Ok(e)) => Some(e),
+        Some(Err(e)) => {
+            eprintln!("error: --otlp-endpoint: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(log),
+        )
+        .with(exporter.as_ref().map(|e| e.layer()))
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -512,7 +562,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    ExitCode::from(rt.block_on(run(cli)))
+    let code = rt.block_on(run(cli));
+    // The work is over (its spans ended) before the last spans are sent.
+    drop(rt);
+    if let Some(e) = exporter {
+        e.shutdown();
+    }
+    ExitCode::from(code)
 }
 
 async fn run(cli: Cli) -> u8 {

@@ -1,14 +1,14 @@
-//! `conclave serve`: a team as an OpenAI-compatible model.
+//! `conclave serve`: teams as OpenAI-compatible models.
 
-use std::sync::Arc;
-
-use super::team::{load_team, open_journal};
-use super::{exit, report, ServeArgs};
+use super::team::open_journal;
+use super::{default_plugin_dir, exit, report, runtime, ServeArgs};
+use conclave::server::TeamsError;
+use conclave::team::job::JobError;
 
 /// `conclave serve`.
 pub async fn serve(args: ServeArgs) -> u8 {
     let ServeArgs {
-        spec,
+        specs,
         listen,
         token_env,
         max_concurrency,
@@ -16,6 +16,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
         max_body,
         deadline,
         no_watch,
+        keep_runs,
         data_dir,
     } = args;
     let token = match &token_env {
@@ -28,9 +29,29 @@ pub async fn serve(args: ServeArgs) -> u8 {
         },
         None => None,
     };
-    let team = match load_team(&spec, None).await {
-        Ok(t) => Arc::new(t),
-        Err(code) => return code,
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&e);
+            return exit::FAILURE;
+        }
+    };
+    let teams = match conclave::server::Teams::load(&specs, rt, &default_plugin_dir()).await {
+        Ok(t) => t,
+        Err(e) => {
+            report(&e);
+            return match e {
+                TeamsError::Team { source, .. }
+                    if matches!(*source, JobError::Plugin { .. } | JobError::Limits { .. }) =>
+                {
+                    exit::BAD_PLUGIN
+                }
+                TeamsError::Team { .. }
+                | TeamsError::Duplicate { .. }
+                | TeamsError::EmptyFolder { .. } => exit::BAD_SPEC,
+                TeamsError::Folder { .. } | TeamsError::None => exit::USAGE,
+            };
+        }
     };
     let journal = match open_journal(data_dir.as_deref()) {
         Ok(j) => j,
@@ -42,7 +63,8 @@ pub async fn serve(args: ServeArgs) -> u8 {
     config.max_queue = max_queue;
     config.max_body = max_body;
     config.deadline = deadline;
-    let server = match conclave::server::Server::bind(team.clone(), journal, config).await {
+    config.runs_kept = keep_runs;
+    let server = match conclave::server::Server::bind(teams.clone(), journal, config).await {
         Ok(s) => s,
         Err(e) => {
             report(&e);
@@ -53,12 +75,12 @@ pub async fn serve(args: ServeArgs) -> u8 {
     let _watch = if no_watch {
         None
     } else {
-        match team.watch(conclave::team::swap::DEFAULT_SETTLE) {
+        match teams.watch(conclave::team::swap::DEFAULT_SETTLE, true) {
             Ok(w) => {
                 eprintln!(
-                    "watching {} plugin files in {} folders: a replaced file is swapped in for new calls (--no-watch turns this off)",
-                    w.files(),
-                    w.dirs().len()
+                    "watching {} team specs and {} plugin files: a changed spec or a replaced plugin is taken up for new requests (--no-watch turns this off)",
+                    w.specs(),
+                    w.plugin_files()
                 );
                 Some(w)
             }
@@ -69,10 +91,13 @@ pub async fn serve(args: ServeArgs) -> u8 {
             }
         }
     };
-    let name = team.spec().team.name.clone();
+    let names = teams.names();
     eprintln!(
-        "serving team {name:?} at http://{}/v1 (model {name:?}); Ctrl-C or SIGTERM stops after the requests in flight",
-        server.local_addr()
+        "serving {} at http://{}/v1 (model {}; {} nodes); Ctrl-C or SIGTERM stops after the requests in flight",
+        if names.len() == 1 { "a team".to_string() } else { format!("{} teams", names.len()) },
+        server.local_addr(),
+        names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
+        teams.nodes(),
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();

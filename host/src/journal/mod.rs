@@ -43,6 +43,9 @@ pub enum Entry {
         spec: String,
         question: String,
         gold: Option<String>,
+        /// What the client asked of every model call (unset: nothing).
+        #[serde(default, skip_serializing_if = "crate::model::Sampling::is_default")]
+        sampling: crate::model::Sampling,
     },
     /// A run was resumed after the record `after`.
     Resumed { after: u64 },
@@ -111,6 +114,7 @@ impl RunLog {
                 spec,
                 question,
                 gold,
+                ..
             } => Some((
                 team.as_str(),
                 spec_path.as_str(),
@@ -120,6 +124,17 @@ impl RunLog {
             )),
             _ => None,
         })
+    }
+
+    /// What the submission asked of every model call.
+    pub fn sampling(&self) -> crate::model::Sampling {
+        self.records
+            .iter()
+            .find_map(|r| match &r.entry {
+                Entry::JobSubmitted { sampling, .. } => Some(sampling.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// The result, if the run ended.

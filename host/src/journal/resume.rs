@@ -103,7 +103,7 @@ pub async fn resume(
         .await
         .map_err(team_err)?;
     let after = log.records.last().map(|r| r.seq).unwrap_or(0);
-    let job = Job::new(run_id, question, gold);
+    let job = Job::new(run_id, question, gold).with_sampling(log.sampling());
     let resume = Resume {
         after,
         replies: Arc::new(recorded(&log)),

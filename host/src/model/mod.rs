@@ -15,6 +15,7 @@ pub mod health;
 pub mod latency;
 pub mod node;
 pub mod openai;
+pub mod pool;
 pub mod route;
 pub mod router;
 pub mod sim;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use node::{NodeError, NodeSpec};
+pub use pool::NodePool;
 pub use router::{Router, RouterConfig};
 
 /// One chat message.
@@ -76,6 +78,56 @@ impl ChatRequest {
     /// Number of samples asked for (at least 1).
     pub fn samples(&self) -> u32 {
         self.n.max(1)
+    }
+}
+
+/// What the client of a served request asked of every model call of its
+/// run (`max_tokens`, `temperature`, `seed`, `stop` of an OpenAI chat
+/// request), over what the team's plugins ask. Journaled with the job, so
+/// a resumed run samples as the first did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Each call generates at most this many tokens (the smaller of this
+    /// and what the plugin asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Every call samples at this temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Every call samples with this nucleus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Seeds derive from this instead of the run id: the same seed gives
+    /// the same run on seeded nodes, whatever the run id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Added to every call's stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+impl Sampling {
+    /// Whether it changes nothing.
+    pub fn is_default(&self) -> bool {
+        *self == Sampling::default()
+    }
+
+    /// Applies it to one call's request.
+    pub fn apply(&self, r: &mut ChatRequest) {
+        if let Some(m) = self.max_tokens {
+            r.max_tokens = Some(r.max_tokens.map_or(m, |asked| asked.min(m)));
+        }
+        if let Some(t) = self.temperature {
+            r.temperature = Some(t);
+        }
+        if let Some(p) = self.top_p {
+            r.top_p = Some(p);
+        }
+        for s in &self.stop {
+            if !r.stop.contains(s) {
+                r.stop.push(s.clone());
+            }
+        }
     }
 }
 
@@ -162,6 +214,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `openai`, `embedded` or `sim`.
     fn kind(&self) -> &'static str;
+
+    /// The model it serves, as telemetry names it (`gen_ai.request.model`
+    /// on a model call's span): an `openai` node's `model`, an `embedded`
+    /// node's GGUF file name; by default its kind (`sim`).
+    fn model(&self) -> &str {
+        self.kind()
+    }
 
     /// Whether this node is the simulator (its output is not a model's).
     fn is_simulated(&self) -> bool {

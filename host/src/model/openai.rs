@@ -310,6 +310,10 @@ impl Backend for OpenAiBackend {
         "openai"
     }
 
+    fn model(&self) -> &str {
+        &self.config.model
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
         let resp = self
             .client

@@ -14,7 +14,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -34,7 +34,9 @@ pub use super::route::{
 
 type TokenLimiter = governor::DefaultDirectRateLimiter;
 
-struct Slot {
+/// A node as the router keeps it: its load, health and token rate. Shared
+/// by every router that routes to the node (see [`super::pool`]).
+pub(super) struct Slot {
     node: NodeHandle,
     outstanding: AtomicU32,
     health: Mutex<Health>,
@@ -42,9 +44,24 @@ struct Slot {
     freed: tokio::sync::Notify,
 }
 
+impl Slot {
+    pub(super) fn new(node: NodeHandle, breaker: &super::health::BreakerConfig) -> Self {
+        Slot {
+            limiter: node
+                .tokens_per_minute
+                .and_then(NonZeroU32::new)
+                .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))),
+            health: Mutex::new(Health::new(breaker.clone())),
+            outstanding: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
+            node,
+        }
+    }
+}
+
 /// Chooses nodes, retries, hedges and accounts. Share it behind an `Arc`.
 pub struct Router {
-    slots: Vec<Slot>,
+    slots: Vec<Arc<Slot>>,
     /// The node choice's generator when `config.seed` is set.
     picks: Option<Mutex<rand::rngs::StdRng>>,
     config: RouterConfig,
@@ -92,17 +109,13 @@ impl Router {
     pub fn new(nodes: Vec<NodeHandle>, config: RouterConfig) -> Self {
         let slots = nodes
             .into_iter()
-            .map(|node| Slot {
-                limiter: node
-                    .tokens_per_minute
-                    .and_then(NonZeroU32::new)
-                    .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n))),
-                health: Mutex::new(Health::new(config.breaker.clone())),
-                outstanding: AtomicU32::new(0),
-                freed: tokio::sync::Notify::new(),
-                node,
-            })
+            .map(|node| Arc::new(Slot::new(node, &config.breaker)))
             .collect();
+        Router::with_slots(slots, config)
+    }
+
+    /// A router over nodes that other routers may share.
+    pub(super) fn with_slots(slots: Vec<Arc<Slot>>, config: RouterConfig) -> Self {
         Router {
             slots,
             picks: config
@@ -118,6 +131,11 @@ impl Router {
     /// The router's settings.
     pub fn config(&self) -> &RouterConfig {
         &self.config
+    }
+
+    /// Whether any node is the simulator.
+    pub fn simulated(&self) -> bool {
+        self.slots.iter().any(|s| s.node.backend.is_simulated())
     }
 
     /// Names of the nodes, in spec order.
@@ -557,12 +575,39 @@ impl Router {
     /// [`Router::chat`], adding every attempt it makes to `trail` as it
     /// ends (served, failed, or cancelled as a hedge's loser), in order, so
     /// that a caller can journal retries whether the call succeeds or not.
+    ///
+    /// Each call is a `chat {model}` span (see [`crate::otel`]) under the
+    /// current span, when a subscriber enables it.
     pub async fn chat_traced(
         &self,
         route: &Route,
         tag: &CallTag,
         request: &ChatRequest,
         trail: &mut Vec<Attempt>,
+    ) -> Result<Routed, ModelError> {
+        let span = crate::otel::chat_span(request);
+        // Not entered: its name (`chat {model}`) is known once a node is
+        // picked, and an exported span's name is fixed when it is entered.
+        let result = self.route_call(route, tag, request, trail, &span).await;
+        if !span.is_disabled() {
+            let served = result.as_ref().ok().and_then(|r| {
+                self.slots
+                    .iter()
+                    .find(|s| s.node.backend.name() == r.response.node)
+            });
+            crate::otel::record_chat(&span, &result, served.map(|s| s.node.backend.model()));
+        }
+        result
+    }
+
+    /// [`Router::chat_traced`]'s work; the span is told each node picked.
+    async fn route_call(
+        &self,
+        route: &Route,
+        tag: &CallTag,
+        request: &ChatRequest,
+        trail: &mut Vec<Attempt>,
+        span: &tracing::Span,
     ) -> Result<Routed, ModelError> {
         let start = Instant::now();
         let deadline = start + route.deadline.unwrap_or(self.config.deadline);
@@ -600,6 +645,9 @@ impl Router {
             tried.push(i);
             if let Some(cell) = &route.picked {
                 cell.set(self.slots[i].node.backend.name());
+            }
+            if !span.is_disabled() {
+                crate::otel::record_pick(span, &*self.slots[i].node.backend, attempt == 0);
             }
             let (served, result, latency, hedged, loser) = self
                 .hedged(i, route, request, &tried, deadline, trail)

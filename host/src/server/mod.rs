@@ -1,9 +1,12 @@
-//! A team served as an OpenAI-compatible model: `POST /v1/chat/completions`
-//! (plain and streaming), `GET /v1/models`, `GET /v1/plugins` (the plugin
-//! versions serving), `/healthz` and `/metrics` (Prometheus text). Any
-//! OpenAI client can ask a team as if it were one model; each reply carries
-//! the usual fields plus a `conclave` object with the support, the
-//! runner-up, the stop reason and the run id.
+//! Teams served as OpenAI-compatible models: `POST /v1/chat/completions`
+//! (plain and streaming; the request's `model` picks the team, see
+//! [`teams`]), `GET /v1/models` and `/v1/models/{id}`, `GET /v1/plugins`
+//! (the plugin versions serving), `/healthz`, `/metrics` (Prometheus
+//! text) and `/ui` (runs in progress and recent, see `board`). Any OpenAI
+//! client can ask a team as if it were one model; each reply carries the
+//! usual fields plus a `conclave` object with the support, the runner-up,
+//! the stop reason and the run id. Every request field is used, refused
+//! with a 400 naming it, or documented as ignored (`reply::ChatBody`).
 //!
 //! What a run's stop reason becomes: `decided` is a 200 with the answer;
 //! `no consensus` is a 200 whose message has no content and a `refusal`
@@ -22,10 +25,15 @@
 //! request from its arrival (504), and a graceful shutdown that lets
 //! requests in flight finish.
 
+mod board;
 mod metrics;
 mod reply;
+pub mod teams;
+mod ui;
 
-use reply::{conclave, created, message, question, refusal, usage, Ballots, ChatBody, Refused};
+pub use teams::{Served, Teams, TeamsError};
+
+use reply::{conclave, created, message, refusal, usage, Asked, Ballots, ChatBody, Refused};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,7 +54,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
-use crate::team::events::{Event, Observer};
+use crate::team::events::{Both, Event, Observer};
 use crate::team::job::{JobResult, PreparedTeam};
 
 /// How the server behaves; one home for its numbers.
@@ -65,6 +73,9 @@ pub struct ServerConfig {
     /// Longest a request may take from its arrival, waiting for a slot
     /// included. Default 10 minutes.
     pub deadline: Duration,
+    /// Finished runs the run board (`/ui`, `/v1/runs`) keeps besides the
+    /// runs in progress. Default 100.
+    pub runs_kept: usize,
 }
 
 impl ServerConfig {
@@ -77,6 +88,7 @@ impl ServerConfig {
             max_concurrency: 16,
             max_queue: None,
             deadline: Duration::from_secs(600),
+            runs_kept: 100,
         }
     }
 
@@ -108,7 +120,7 @@ pub enum ServerError {
 }
 
 struct App {
-    team: Arc<PreparedTeam>,
+    teams: Arc<Teams>,
     journal: Arc<dyn Journal>,
     config: ServerConfig,
     /// SHA-256 of the token: what a given token's digest is compared with,
@@ -118,6 +130,8 @@ struct App {
     /// Requests waiting for a slot.
     waiting: AtomicUsize,
     metrics: metrics::Metrics,
+    /// Runs in progress and recent, for `/ui`.
+    board: Arc<board::Board>,
 }
 
 /// A bound server, ready to serve.
@@ -129,7 +143,7 @@ pub struct Server {
 impl Server {
     /// Checks the config and binds the address.
     pub async fn bind(
-        team: Arc<PreparedTeam>,
+        teams: Arc<Teams>,
         journal: Arc<dyn Journal>,
         config: ServerConfig,
     ) -> Result<Self, ServerError> {
@@ -145,7 +159,8 @@ impl Server {
         Ok(Server {
             listener,
             app: Arc::new(App {
-                team,
+                board: board::Board::new(config.runs_kept),
+                teams,
                 journal,
                 token_digest: config.token.as_ref().map(|t| Sha256::digest(t).into()),
                 slots: Arc::new(Semaphore::new(config.slots())),
@@ -165,14 +180,21 @@ impl Server {
     /// flight finish.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let max_body = self.app.config.max_body;
+        let auth: board::Auth = {
+            let digest = self.app.token_digest;
+            Arc::new(move |headers: &HeaderMap| authorised_by(digest.as_ref(), headers))
+        };
+        let board = self.app.board.clone().routes(auth);
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
+            .route("/v1/models/{id}", get(model))
             .route("/v1/plugins", get(plugins))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(max_body))
-            .with_state(self.app);
+            .with_state(self.app)
+            .merge(board);
         axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
@@ -195,7 +217,12 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
 /// one). Digests of both are compared in constant time, so the time taken
 /// tells nothing about the token, its length included.
 fn authorised(app: &App, headers: &HeaderMap) -> bool {
-    let Some(want) = &app.token_digest else {
+    authorised_by(app.token_digest.as_ref(), headers)
+}
+
+/// [`authorised`], given the token's digest (`None`: no token is needed).
+fn authorised_by(digest: Option<&[u8; 32]>, headers: &HeaderMap) -> bool {
+    let Some(want) = digest else {
         return true;
     };
     let given = headers
@@ -215,15 +242,72 @@ fn unauthorised() -> Response {
     )
 }
 
+/// A served team as an OpenAI model object, with where it came from.
+fn model_object(app: &App, s: &Served) -> serde_json::Value {
+    json!({
+        "id": s.name(),
+        "object": "model",
+        "created": s.loaded_ms / 1000,
+        "owned_by": "conclave",
+        "conclave": {
+            "spec": s.path,
+            "loaded_at_ms": s.loaded_ms,
+            "refused": app.teams.refusal(&s.path),
+        },
+    })
+}
+
 async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !authorised(&app, &headers) {
         return unauthorised();
     }
-    axum::Json(json!({
-        "object": "list",
-        "data": [{"id": app.team.spec().team.name, "object": "model", "created": 0, "owned_by": "conclave"}],
-    }))
-    .into_response()
+    let data: Vec<_> = app
+        .teams
+        .list()
+        .iter()
+        .map(|s| model_object(&app, s))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if !authorised(&app, &headers) {
+        return unauthorised();
+    }
+    match app.teams.get(&id) {
+        Some(s) => axum::Json(model_object(&app, &s)).into_response(),
+        None => model_not_found(&app, &id),
+    }
+}
+
+/// 404 in OpenAI's shape for a model id no team has.
+fn model_not_found(app: &App, id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"error": {
+            "message": format!(
+                "The model `{id}` does not exist: this server serves {}",
+                served_list(app)
+            ),
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }})),
+    )
+        .into_response()
+}
+
+fn served_list(app: &App) -> String {
+    app.teams
+        .names()
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -243,7 +327,15 @@ async fn plugins(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !authorised(&app, &headers) {
         return unauthorised();
     }
-    axum::Json(json!({"object": "list", "data": app.team.plugin_status()})).into_response()
+    let mut data = Vec::new();
+    for s in app.teams.list() {
+        for p in s.team.plugin_status() {
+            let mut v = serde_json::to_value(p).unwrap_or_default();
+            v["team"] = json!(s.name());
+            data.push(v);
+        }
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// A place in the queue of requests waiting for a slot, given back when
@@ -317,22 +409,54 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             );
         }
     };
-    let Some(q) = question(&body) else {
-        app.metrics.request("400");
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "the request has no user message with text to answer",
-        );
+    let asked: Asked = match body.checked() {
+        Ok(a) => a,
+        Err(e) => {
+            app.metrics.request("400");
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {
+                    "message": e.message,
+                    "type": "invalid_request_error",
+                    "param": e.param,
+                    "code": "unsupported_parameter",
+                }})),
+            )
+                .into_response();
+        }
     };
-    let team_name = app.team.spec().team.name.clone();
-    if let Some(m) = body
-        .model
-        .as_deref()
-        .filter(|m| !m.is_empty() && *m != team_name)
-    {
-        tracing::debug!(requested = m, served = %team_name, "model name ignored: one team is served");
-    }
+    // The model id picks the team; with one team served it may be left out.
+    let served = match body.model.as_deref().filter(|m| !m.is_empty()) {
+        Some(m) => match app.teams.get(m) {
+            Some(s) => s,
+            None => {
+                app.metrics.request("404");
+                return model_not_found(&app, m);
+            }
+        },
+        None => match app.teams.only() {
+            Some(s) => s,
+            None => {
+                app.metrics.request("400");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!(
+                        "model is required: this server serves {}",
+                        served_list(&app)
+                    ),
+                );
+            }
+        },
+    };
+    let team = served.team.clone();
+    let team_name = served.name().to_string();
+    let Asked {
+        question: q,
+        n,
+        sampling,
+        include_usage,
+    } = asked;
     // A free slot, else a place in the queue, else 503 at once.
     let admission = match app.slots.clone().try_acquire_owned() {
         Ok(slot) => Admission::Slot(slot),
@@ -361,6 +485,9 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         let app = app.clone();
         let cancel = cancel.clone();
         let run_id = run_id.clone();
+        let team_name_for_board = team_name.clone();
+        let question_for_board = q.clone();
+        let team = team.clone();
         tokio::spawn(async move {
             let _slot = match admission {
                 Admission::Slot(slot) => slot,
@@ -377,20 +504,24 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
                     }
                 }
             };
+            let watched = app
+                .board
+                .begin(&run_id, &team_name_for_board, &question_for_board);
+            let observer: Arc<dyn Observer> = Arc::new(Both(observer, watched));
             app.metrics.in_flight(1);
             let timer = cancel.clone();
             let expiry = tokio::spawn(async move {
                 tokio::time::sleep_until(until).await;
                 timer.cancel();
             });
-            let job = crate::team::submit::Job::new(&run_id, &q, None);
-            let done = app
-                .team
+            let job = crate::team::submit::Job::new(&run_id, &q, None).with_sampling(sampling);
+            let done = team
                 .submit(&job, app.journal.clone(), None, observer, cancel)
                 .await;
             expiry.abort();
             app.metrics.in_flight(-1);
             app.metrics.finished(&done.result);
+            app.board.end(&run_id, Some(&done.result));
             Outcome::Ran {
                 deadline_passed: Instant::now() >= until,
                 result: Box::new(done.result),
@@ -400,8 +531,11 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     let guard = CancelOnDrop(cancel);
     let reply = Reply {
         app: app.clone(),
+        team,
         model: team_name,
         ballots,
+        n,
+        include_usage,
     };
     if body.stream {
         app.metrics.request("200");
@@ -429,11 +563,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         "object": "chat.completion",
         "created": created(),
         "model": reply.model,
-        "choices": [{
-            "index": 0,
-            "message": message(&r),
-            "finish_reason": "stop",
-        }],
+        "choices": reply.choices(&r),
         "usage": usage(&r),
         "conclave": conclave(&r, &reply.candidates()),
     }))
@@ -443,13 +573,53 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
 /// What a reply needs besides the run's result.
 struct Reply {
     app: Arc<App>,
+    team: Arc<PreparedTeam>,
     model: String,
     ballots: Arc<Ballots>,
+    /// Choices asked for.
+    n: u32,
+    /// A last streamed chunk with the usage.
+    include_usage: bool,
 }
 
 impl Reply {
+    /// The reply's choices: the team's answer (or its refusal), then, up
+    /// to `n` in all, the other distinct answers its ballots gave, most
+    /// supported first. Fewer when the ballots held fewer answers.
+    fn choices(&self, r: &JobResult) -> Vec<serde_json::Value> {
+        self.messages(r)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (message, ballots))| {
+                json!({
+                    "index": i,
+                    "message": message,
+                    "finish_reason": "stop",
+                    "conclave": {"ballots": ballots},
+                })
+            })
+            .collect()
+    }
+
+    /// Each choice's message and the ballots behind it.
+    fn messages(&self, r: &JobResult) -> Vec<(serde_json::Value, u32)> {
+        let mut out = vec![(message(r), r.support)];
+        for (answer, ballots) in self.candidates() {
+            if out.len() >= self.n as usize {
+                break;
+            }
+            if r.answer.as_deref() == Some(answer.as_str())
+                && !matches!(r.stop, crate::team::consensus::StopReason::NoConsensus(_))
+            {
+                continue;
+            }
+            out.push((json!({"role": "assistant", "content": answer}), ballots));
+        }
+        out
+    }
+
     fn candidates(&self) -> Vec<(String, u32)> {
-        let spec = self.app.team.spec();
+        let spec = self.team.spec();
         let answer_task = spec
             .team
             .answer
@@ -509,27 +679,34 @@ fn stream(
 ) -> Response {
     let id = format!("chatcmpl-{run_id}");
     let model = reply.model.clone();
-    let chunk =
-        move |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
-            let mut c = json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created(),
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            });
-            if let Some(extra) = extra {
-                c["usage"] = extra["usage"].clone();
-                c["conclave"] = extra["conclave"].clone();
+    // One chunk: a choice's delta, or (`None`) no choice, for the usage.
+    let chunk = move |choice: Option<(usize, serde_json::Value, Option<&str>)>,
+                      extra: Option<serde_json::Value>| {
+        let choices = match choice {
+            Some((index, delta, finish)) => {
+                json!([{"index": index, "delta": delta, "finish_reason": finish}])
             }
-            Bytes::from(format!("data: {c}\n\n"))
+            None => json!([]),
         };
+        let mut c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created(),
+            "model": model,
+            "choices": choices,
+        });
+        if let Some(extra) = extra {
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                c[k] = v.clone();
+            }
+        }
+        Bytes::from(format!("data: {c}\n\n"))
+    };
     let body = async_stream(move |tx| async move {
         let _guard = guard;
         if tx
             .send(chunk(
-                json!({"role": "assistant", "content": ""}),
-                None,
+                Some((0, json!({"role": "assistant", "content": ""}), None)),
                 None,
             ))
             .await
@@ -570,13 +747,32 @@ fn stream(
                 return;
             }
         };
-        let extra = json!({"usage": usage(&r), "conclave": conclave(&r, &reply.candidates())});
-        let mut delta = message(&r);
-        if let Some(m) = delta.as_object_mut() {
-            m.remove("role");
+        let about = json!({"conclave": conclave(&r, &reply.candidates())});
+        let messages = reply.messages(&r);
+        let last = messages.len() - 1;
+        for (i, (mut delta, _)) in messages.into_iter().enumerate() {
+            if i > 0 {
+                let role = json!({"role": "assistant", "content": ""});
+                if tx.send(chunk(Some((i, role, None)), None)).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(m) = delta.as_object_mut() {
+                m.remove("role");
+            }
+            let _ = tx.send(chunk(Some((i, delta, None)), None)).await;
+            // The `conclave` object rides on the last choice's finish.
+            let extra = (i == last).then(|| about.clone());
+            let _ = tx
+                .send(chunk(Some((i, json!({}), Some("stop"))), extra))
+                .await;
         }
-        let _ = tx.send(chunk(delta, None, None)).await;
-        let _ = tx.send(chunk(json!({}), Some("stop"), Some(extra))).await;
+        if reply.include_usage {
+            // As OpenAI does: a last chunk with no choices and the usage.
+            let mut extra = about.clone();
+            extra["usage"] = usage(&r);
+            let _ = tx.send(chunk(None, Some(extra))).await;
+        }
         let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
     });
     Response::builder()

@@ -80,9 +80,27 @@ pub(super) fn refusal(r: &JobResult, deadline: Duration, deadline_passed: bool) 
 #[derive(Deserialize)]
 pub(super) struct ChatMessage {
     pub(super) role: String,
+    #[serde(default)]
     pub(super) content: serde_json::Value,
 }
 
+/// `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct StreamOptions {
+    #[serde(default)]
+    pub(super) include_usage: bool,
+}
+
+/// A chat completion request: every field this server reads. What it does
+/// with each, and with the fields it leaves alone, is in the README
+/// ("What each request field does").
 #[derive(Deserialize)]
 pub(super) struct ChatBody {
     pub(super) messages: Vec<ChatMessage>,
@@ -90,22 +108,244 @@ pub(super) struct ChatBody {
     pub(super) stream: bool,
     #[serde(default)]
     pub(super) model: Option<String>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    functions: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    function_call: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    modalities: Option<Vec<String>>,
+    #[serde(default)]
+    audio: Option<serde_json::Value>,
 }
 
-/// The question: the last user message (text parts joined).
-pub(super) fn question(body: &ChatBody) -> Option<String> {
-    let m = body.messages.iter().rev().find(|m| m.role == "user")?;
+/// The most choices a request may ask for (`n`).
+pub(super) const MAX_CHOICES: u32 = 8;
+/// The most stop sequences a request may give, and their longest.
+const MAX_STOPS: usize = 4;
+const MAX_STOP_BYTES: usize = 256;
+
+/// What a checked request asks for.
+pub(super) struct Asked {
+    pub(super) question: String,
+    /// Choices wanted (1..=[`MAX_CHOICES`]).
+    pub(super) n: u32,
+    pub(super) sampling: crate::model::Sampling,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub(super) include_usage: bool,
+}
+
+/// A request refused before any run: 400, naming the field.
+pub(super) struct BadField {
+    pub(super) param: &'static str,
+    pub(super) message: String,
+}
+
+fn bad(param: &'static str, message: impl Into<String>) -> BadField {
+    BadField {
+        param,
+        message: message.into(),
+    }
+}
+
+impl ChatBody {
+    /// Checks every field this server reads; what it cannot honour is
+    /// refused here, with the field named, before any run.
+    pub(super) fn checked(&self) -> Result<Asked, BadField> {
+        let n = self.n.unwrap_or(1);
+        if n == 0 || n > MAX_CHOICES {
+            return Err(bad(
+                "n",
+                format!("n must be from 1 to {MAX_CHOICES} (the team's answer, then the other answers its ballots gave); got {n}"),
+            ));
+        }
+        let max_tokens = match (self.max_tokens, self.max_completion_tokens) {
+            (Some(0), _) | (_, Some(0)) => {
+                return Err(bad("max_tokens", "max_tokens must be at least 1"))
+            }
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(bad(
+                    "temperature",
+                    format!("temperature must be from 0 to 2; got {t}"),
+                ));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(bad(
+                    "top_p",
+                    format!("top_p must be above 0 and at most 1; got {p}"),
+                ));
+            }
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(bad(
+                "stop",
+                format!("at most {MAX_STOPS} stop sequences; got {}", stop.len()),
+            ));
+        }
+        if let Some(s) = stop
+            .iter()
+            .find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(bad(
+                "stop",
+                format!(
+                    "a stop sequence must be 1 to {MAX_STOP_BYTES} bytes; got {} bytes",
+                    s.len()
+                ),
+            ));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty())
+            || self.functions.as_ref().is_some_and(|f| !f.is_empty())
+        {
+            return Err(bad(
+                "tools",
+                "tools are not supported: a team answers with text and calls no tools",
+            ));
+        }
+        for choice in [&self.tool_choice, &self.function_call]
+            .into_iter()
+            .flatten()
+        {
+            if choice != "none" && choice != "auto" {
+                return Err(bad(
+                    "tool_choice",
+                    "tool_choice can only be \"none\" (or \"auto\" with no tools): a team calls no tools",
+                ));
+            }
+        }
+        if let Some(f) = &self.response_format {
+            let kind = f.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            if kind != "text" {
+                return Err(bad(
+                    "response_format",
+                    format!("response_format {kind:?} is not supported: a team's answer is text (\"text\" is the only format)"),
+                ));
+            }
+        }
+        if self.stream_options.is_some() && !self.stream {
+            return Err(bad(
+                "stream_options",
+                "stream_options is only allowed with stream: true",
+            ));
+        }
+        if self.logprobs == Some(true) || self.top_logprobs.is_some() {
+            return Err(bad(
+                "logprobs",
+                "logprobs are not supported: a team's answer is a vote over several samples, not one sample's tokens",
+            ));
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(bad(
+                "logit_bias",
+                "logit_bias is not supported: the nodes of a team may use different tokenizers",
+            ));
+        }
+        if self.audio.is_some()
+            || self
+                .modalities
+                .as_ref()
+                .is_some_and(|m| m.iter().any(|x| x != "text"))
+        {
+            return Err(bad("modalities", "only text is supported"));
+        }
+        let question = question(&self.messages)?;
+        Ok(Asked {
+            question,
+            n,
+            sampling: crate::model::Sampling {
+                max_tokens,
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed.map(|s| s as u64),
+                stop,
+            },
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+/// The question: the last user message (its text parts joined; a part of
+/// another kind is refused, naming it).
+fn question(messages: &[ChatMessage]) -> Result<String, BadField> {
+    let no_text = || {
+        bad(
+            "messages",
+            "the request has no user message with text to answer",
+        )
+    };
+    let (i, m) = messages
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, m)| m.role == "user")
+        .ok_or_else(no_text)?;
     let text = match &m.content {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => return None,
+        serde_json::Value::Array(parts) => {
+            let mut texts = Vec::new();
+            for (j, p) in parts.iter().enumerate() {
+                match p.get("type").and_then(|t| t.as_str()).unwrap_or("text") {
+                    "text" | "input_text" => {
+                        texts.push(p.get("text").and_then(|t| t.as_str()).unwrap_or(""))
+                    }
+                    other => {
+                        return Err(bad(
+                            "messages",
+                            format!("messages[{i}].content[{j}] is of type {other:?}: a team reads text parts only"),
+                        ))
+                    }
+                }
+            }
+            texts.join("\n")
+        }
+        _ => return Err(no_text()),
     };
     let text = text.trim().to_string();
-    (!text.is_empty()).then_some(text)
+    if text.is_empty() {
+        return Err(no_text());
+    }
+    Ok(text)
 }
 
 pub(super) fn usage(r: &JobResult) -> serde_json::Value {

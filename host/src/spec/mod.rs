@@ -186,6 +186,31 @@ pub fn build_nodes_from(text: &str, path: &Path) -> Result<Vec<NodeHandle>, Spec
         .collect()
 }
 
+/// A router over the nodes of spec `text` (read from `path`), built in
+/// `pool`: nodes another team of the pool defined the same way are shared,
+/// not built again.
+pub fn build_router_in(
+    text: &str,
+    path: &Path,
+    config: crate::model::RouterConfig,
+    pool: &crate::model::NodePool,
+) -> Result<crate::model::Router, SpecError> {
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let specs = parse_nodes(text, path)?;
+    let nodes = specs.into_iter().map(|s| (s, base.clone())).collect();
+    pool.router(nodes, config, |i, s, base| {
+        s.build(base).map_err(|source| {
+            let (line, column) = node_position(text, i, &source.field);
+            SpecError::Node {
+                path: path.into(),
+                line,
+                column,
+                source,
+            }
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! Positions in errors.

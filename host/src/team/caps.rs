@@ -53,7 +53,7 @@ impl Default for ModelLimits {
 }
 
 /// Every cap of a job.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Caps {
     pub plan: PlanLimits,
     pub bus: BusLimits,
@@ -63,6 +63,10 @@ pub struct Caps {
     /// place and carried to each task with them.
     #[serde(default)]
     pub consensus: super::consensus::ConsensusConfig,
+    /// What the job's client asked of every model call (a served request's
+    /// `max_tokens`, `temperature`, `seed`, `stop`); not a cap either.
+    #[serde(default, skip_serializing_if = "crate::model::Sampling::is_default")]
+    pub sampling: crate::model::Sampling,
 }
 
 impl Caps {
@@ -105,6 +109,7 @@ impl Caps {
                 request_stops: team.max_request_stops.unwrap_or(d.model.request_stops),
             },
             consensus: team.consensus,
+            sampling: Default::default(),
         }
     }
 }

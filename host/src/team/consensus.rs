@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::Instrument;
 
 use super::bus::Envelope;
 use super::events::{Event, Served};
@@ -81,6 +82,8 @@ struct Gathered {
     /// Replica numbers given out so far (cancelled replicas included), so
     /// that no two replicas of a task share a number, and so a seed.
     drawn: u32,
+    /// Replica copies started against stragglers.
+    hedges: u32,
 }
 
 impl Team {
@@ -115,6 +118,8 @@ impl Team {
         let (mut round, mut want) = (0u32, spec.replicas.max(1));
         let finish = |stop: StopReason, decided: Option<&Decided>, round: u32, g: Gathered| {
             ctx.bus.close_task(&spec.id);
+            // On the caller's task span, if it has one (see `crate::otel`).
+            tracing::Span::current().record("conclave.hedges", i64::from(g.hedges));
             let (tokens, cost) = ctx.meter.used();
             let plan = g.plans.into_iter().next();
             TaskResult {
@@ -280,7 +285,14 @@ impl Team {
         // The ballots move into an `Arc` for the call (a 0.2 voter reads
         // their texts from it on demand) and move back after: no copy.
         let shared = std::sync::Arc::new(std::mem::take(&mut g.ballots));
-        let result = self.runtime.tally_shared(&voter, &inv, &vt, &shared).await;
+        let span =
+            crate::otel::plugin_span("voter", &self.voter.name, voter.hash(), voter.version());
+        let result = self
+            .runtime
+            .tally_shared(&voter, &inv, &vt, &shared)
+            .instrument(span.clone())
+            .await;
+        crate::otel::record_plugin(&span, &result, |d| decision_kind(d).to_string());
         g.ballots = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
         let decision = match result {
             Ok(d) => d,
@@ -351,6 +363,7 @@ impl Team {
             quantile: hedge.quantile.clamp(0.0, 1.0),
             min_samples: hedge.min_samples,
             max_hedges: hedge.max_extra,
+            span: tracing::Span::current(),
         };
         let early = config.decide == Decide::Early && round >= spec.debate_rounds;
         let mut running = FuturesUnordered::new();
@@ -449,16 +462,45 @@ impl Team {
                     self.cancelled(&d, replica, why.clone());
                 }
                 g.drawn = d.next.load(Ordering::Relaxed);
+                g.hedges += d.hedges.load(Ordering::Relaxed);
                 return Some(voted);
             }
         }
         g.drawn = d.next.load(Ordering::Relaxed);
+        g.hedges += d.hedges.load(Ordering::Relaxed);
         None
     }
 
     /// One replica's role call and, when it answers with a candidate, the
-    /// verifiers' judgement of it (all of them at once).
-    async fn replica(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
+    /// verifiers' judgement of it (all of them at once), in a span of its
+    /// own under the task's; `copy_of`: the replica this one is a hedge of.
+    async fn replica(
+        &self,
+        d: &Draw<'_>,
+        slot: u32,
+        replica: u32,
+        copy_of: Option<u32>,
+    ) -> Arrival {
+        let span = crate::otel::replica_span(&d.span, replica, d.round, slot, copy_of);
+        // Marks the span cancelled if this future is dropped before the end.
+        let open = crate::otel::Unfinished::new(&span);
+        let arrival = self
+            .replica_in(d, slot, replica)
+            .instrument(span.clone())
+            .await;
+        open.finish();
+        if !span.is_disabled() {
+            crate::otel::record_replica(
+                &span,
+                d.services.node_of(replica).as_deref(),
+                d.services.spent_by(replica).0,
+                &arrival.outcome,
+            );
+        }
+        arrival
+    }
+
+    async fn replica_in(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
         let spec = d.spec;
         let task = wit_task(
             d.run,
@@ -482,7 +524,13 @@ impl Team {
         };
         // This call's version, to its end, whatever is swapped in meanwhile.
         let role = self.role.current();
-        let outcome = self.runtime.run_role(&role, &inv, &task).await;
+        let span = crate::otel::plugin_span("role", &self.role.name, role.hash(), role.version());
+        let outcome = self
+            .runtime
+            .run_role(&role, &inv, &task)
+            .instrument(span.clone())
+            .await;
+        crate::otel::record_plugin(&span, &outcome, |o| outcome_kind(o).to_string());
         let judged = match &outcome {
             Ok(Outcome::Candidate(c)) => self.judge(d.run, spec, d.round, c, d.services).await,
             _ => Judged::default(),
@@ -597,7 +645,16 @@ impl Team {
             };
             async move {
                 let plugin = v.current();
-                let out = self.runtime.verify(&plugin, &inv, &task, c).await;
+                let span =
+                    crate::otel::plugin_span("verifier", &v.name, plugin.hash(), plugin.version());
+                let out = self
+                    .runtime
+                    .verify(&plugin, &inv, &task, c)
+                    .instrument(span.clone())
+                    .await;
+                crate::otel::record_plugin(&span, &out, |verdict| {
+                    if verdict.pass { "pass" } else { "fail" }.to_string()
+                });
                 (served(v, &plugin), plugin.name().to_string(), out)
             }
         });
@@ -679,6 +736,25 @@ fn served(u: &PluginUse, plugin: &Plugin) -> Served {
     Served {
         plugin: u.name.clone(),
         hash: plugin.hash().to_string(),
+    }
+}
+
+/// A role's outcome's kind, for its span (not its text: answers can be
+/// private).
+fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Candidate(_) => "candidate",
+        Outcome::Plan(_) => "plan",
+    }
+}
+
+/// A decision's kind, for the voter's span (not its answer).
+fn decision_kind(d: &Decision) -> &'static str {
+    match d {
+        Decision::Decided(_) => "decided",
+        Decision::NeedMore(_) => "need-more",
+        Decision::Revise(_) => "revise",
+        Decision::NoConsensus(_) => "no-consensus",
     }
 }
 

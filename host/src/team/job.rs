@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::budget::{Limits, Meter};
 use super::bus::Bus;
@@ -90,9 +91,21 @@ impl PreparedTeam {
         runtime: Arc<PluginRuntime>,
         builtin_dir: &Path,
     ) -> Result<Self, JobError> {
-        let nodes = crate::spec::build_nodes_from(&spec.source, &spec.path)?;
-        let simulated = nodes.iter().any(|n| n.backend.is_simulated());
-        let router = Arc::new(Router::new(nodes, spec.router.clone()));
+        Self::prepare_in(spec, runtime, builtin_dir, &crate::model::NodePool::new()).await
+    }
+
+    /// [`PreparedTeam::prepare`], with nodes built in (and shared through)
+    /// `pool`: the teams of one server route to one set of nodes.
+    pub async fn prepare_in(
+        spec: TeamSpec,
+        runtime: Arc<PluginRuntime>,
+        builtin_dir: &Path,
+        pool: &crate::model::NodePool,
+    ) -> Result<Self, JobError> {
+        let router =
+            crate::spec::build_router_in(&spec.source, &spec.path, spec.router.clone(), pool)?;
+        let simulated = router.simulated();
+        let router = Arc::new(router);
         let plugins = load_plugins(&spec, &runtime, builtin_dir).await?;
         Ok(PreparedTeam {
             spec,
@@ -130,12 +143,22 @@ impl PreparedTeam {
         observer: Arc<dyn Observer>,
         cancel: CancellationToken,
     ) -> JobResult {
-        self.run_with(run_id, question, gold, observer, cancel, None)
-            .await
+        self.run_with(
+            run_id,
+            question,
+            gold,
+            observer,
+            cancel,
+            None,
+            &crate::model::Sampling::default(),
+        )
+        .await
     }
 
     /// [`PreparedTeam::run`], answering the model calls in `recorded`
-    /// from there (resuming a run from its journal).
+    /// from there (resuming a run from its journal), with what the job's
+    /// client asked of every model call (`sampling`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_with(
         &self,
         run_id: &str,
@@ -144,16 +167,30 @@ impl PreparedTeam {
         observer: Arc<dyn Observer>,
         cancel: CancellationToken,
         recorded: Option<Arc<Recorded>>,
+        sampling: &crate::model::Sampling,
     ) -> JobResult {
         let start = Instant::now();
         let t = &self.spec.team;
+        // Exported only when a subscriber enables it (`--otlp-endpoint`);
+        // the hedges it records are counted from the run's events, heard
+        // only then.
+        let span = crate::otel::run_span(run_id, &t.name);
+        let tally = Arc::new(crate::otel::RunTally::default());
+        let observer: Arc<dyn Observer> = if span.is_disabled() {
+            observer
+        } else {
+            Arc::new(super::events::Both(tally.clone(), observer))
+        };
         let meter = Meter::job(Limits {
             max_tokens: t.max_tokens,
             max_cost: t.max_cost,
             max_wall: t.max_wall,
             max_calls: t.max_calls,
         });
-        let caps = Arc::new(Caps::of(t));
+        let caps = Arc::new(Caps {
+            sampling: sampling.clone(),
+            ..Caps::of(t)
+        });
         let tasks: Vec<JobTask> = self
             .spec
             .tasks
@@ -179,6 +216,7 @@ impl PreparedTeam {
             recorded,
             caps: caps.clone(),
             roles,
+            span: span.clone(),
         });
         let options = scheduler::Options {
             max_parallel_tasks: t.max_parallel_tasks.unwrap_or(16),
@@ -198,6 +236,7 @@ impl PreparedTeam {
             cancel,
             observer.as_ref(),
         )
+        .instrument(span.clone())
         .await;
         let final_id = t
             .answer
@@ -210,7 +249,7 @@ impl PreparedTeam {
         observer.flushed().await;
         let account = self.router.take_run(run_id);
         let run = account.as_ref();
-        JobResult {
+        let result = JobResult {
             run_id: run_id.to_string(),
             question: question.to_string(),
             answer: last.as_ref().and_then(|r| r.answer.clone()),
@@ -229,7 +268,9 @@ impl PreparedTeam {
             wall: start.elapsed(),
             simulated: self.simulated,
             tasks: done,
-        }
+        };
+        crate::otel::record_run(&span, &result, &tally);
+        result
     }
 }
 
@@ -429,6 +470,9 @@ struct TeamExecutor {
     recorded: Option<Arc<Recorded>>,
     caps: Arc<Caps>,
     roles: Arc<[String]>,
+    /// The run's span: each task's is a child of it (tasks run as tokio
+    /// tasks of their own, which do not inherit the current span).
+    span: tracing::Span,
 }
 
 impl TeamExecutor {
@@ -464,7 +508,10 @@ impl Executor for TeamExecutor {
         inputs: Vec<(String, String)>,
         meter: Arc<Meter>,
     ) -> BoxFuture<'static, TaskResult> {
-        Box::pin(async move {
+        let span =
+            crate::otel::task_span(&self.span, &task.id, &task.role, &task.voter, task.replicas);
+        let on = span.clone();
+        let work = async move {
             let team = match self.team_for(&task) {
                 Ok(t) => t,
                 Err(why) => return TaskResult::not_run(StopReason::Failed(why)),
@@ -505,7 +552,18 @@ impl Executor for TeamExecutor {
             // The decision is reported only once what led to it is safe.
             self.observer.flushed().await;
             result
-        })
+        };
+        Box::pin(
+            async move {
+                // A copy of a straggling task that lost is aborted here.
+                let open = crate::otel::Unfinished::new(&on);
+                let result = work.await;
+                open.finish();
+                crate::otel::record_task(&on, &result);
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 

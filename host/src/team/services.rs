@@ -263,10 +263,15 @@ pub(super) fn journal_message(
     }
 }
 
-fn replica_seed(call: &CallInfo) -> u64 {
+/// A replica's seed: from the run id, or from the seed its client asked
+/// for (then the same seed gives the same run, whatever the run id).
+fn replica_seed(call: &CallInfo, asked: Option<u64>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&call.run_id, &call.task_id, call.replica).hash(&mut h);
+    match asked {
+        Some(seed) => (seed, &call.task_id, call.replica).hash(&mut h),
+        None => (&call.run_id, &call.task_id, call.replica).hash(&mut h),
+    }
     h.finish()
 }
 
@@ -347,7 +352,7 @@ impl HostServices for RoutedServices {
                 text: r.text.clone(),
             });
         }
-        let req = model::ChatRequest {
+        let mut req = model::ChatRequest {
             messages: request
                 .messages
                 .iter()
@@ -360,10 +365,11 @@ impl HostServices for RoutedServices {
             // A seed of its own for every replica, so that replicas sample
             // independently even on a node that would otherwise repeat
             // itself for the same prompt.
-            seed: Some(replica_seed(call)),
+            seed: Some(replica_seed(call, self.ctx.caps.sampling.seed)),
             gold: self.gold.clone(),
             ..Default::default()
         };
+        self.ctx.caps.sampling.apply(&mut req);
         let route = Route {
             tags: request.route.tags.clone(),
             node: (!request.route.node.is_empty()).then(|| request.route.node.clone()),

@@ -19,12 +19,15 @@ use crate::journal::{Entry, Journal, Recorder};
 
 /// One question for a team, under a run id (seeds derive from it, so on
 /// seeded nodes the same id gives the same run).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     pub run_id: String,
     pub question: String,
     /// Passed to `sim` nodes only.
     pub gold: Option<String>,
+    /// What the client asked of every model call (a served request's
+    /// sampling fields); journaled with the submission.
+    pub sampling: crate::model::Sampling,
 }
 
 impl Job {
@@ -33,7 +36,14 @@ impl Job {
             run_id: run_id.to_string(),
             question: question.to_string(),
             gold: gold.map(String::from),
+            sampling: Default::default(),
         }
+    }
+
+    /// The job, with `sampling` asked of every model call.
+    pub fn with_sampling(mut self, sampling: crate::model::Sampling) -> Self {
+        self.sampling = sampling;
+        self
     }
 }
 
@@ -82,6 +92,7 @@ impl PreparedTeam {
                         spec: spec.source.clone(),
                         question: job.question.clone(),
                         gold: job.gold.clone(),
+                        sampling: job.sampling.clone(),
                     },
                 );
                 (None, None)
@@ -102,6 +113,7 @@ impl PreparedTeam {
                 both,
                 cancel,
                 replies,
+                &job.sampling,
             )
             .await;
         journal.append(

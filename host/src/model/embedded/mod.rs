@@ -327,6 +327,15 @@ impl Backend for EmbeddedBackend {
         "embedded"
     }
 
+    fn model(&self) -> &str {
+        self.inner
+            .config
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("embedded")
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
         // Waiting for a slot is cancel-safe: dropping the future here just
         // leaves the queue.

@@ -36,6 +36,8 @@ pub(super) struct Draw<'a> {
     /// and the successful calls a node needs before its quantile counts.
     pub(super) quantile: f64,
     pub(super) min_samples: usize,
+    /// The task's span: each replica's is a child of it.
+    pub(super) span: tracing::Span,
 }
 
 impl Draw<'_> {
@@ -58,7 +60,7 @@ impl Team {
     /// the hedge delay; the first of the two to answer is returned (a
     /// failure waits for the other), the other cancelled.
     pub(super) async fn hedged(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
-        let mut first = Box::pin(self.replica(d, slot, replica));
+        let mut first = Box::pin(self.replica(d, slot, replica, None));
         let Some(fallback) = d.hedge_after else {
             return first.await;
         };
@@ -119,7 +121,7 @@ impl Team {
             },
         );
         d.start(copy, slot);
-        let second = Box::pin(self.replica(d, slot, copy));
+        let second = Box::pin(self.replica(d, slot, copy, Some(replica)));
         let (won, other, loser) = match select(first, second).await {
             Either::Left((a, other)) => (a, Either::Right(other), copy),
             Either::Right((a, other)) => (a, Either::Left(other), replica),

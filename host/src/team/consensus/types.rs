@@ -99,6 +99,31 @@ impl std::fmt::Display for StopReason {
     }
 }
 
+impl StopReason {
+    /// The kind of stop, as the journal tags it (`decided`,
+    /// `no-consensus`, `budget-exhausted`, `cancelled`, `failed`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StopReason::Decided => "decided",
+            StopReason::NoConsensus(_) => "no-consensus",
+            StopReason::BudgetExhausted(_) => "budget-exhausted",
+            StopReason::Cancelled(_) => "cancelled",
+            StopReason::Failed(_) => "failed",
+        }
+    }
+
+    /// Why it stopped, in words; `None` when it decided.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            StopReason::Decided => None,
+            StopReason::NoConsensus(w)
+            | StopReason::BudgetExhausted(w)
+            | StopReason::Cancelled(w)
+            | StopReason::Failed(w) => Some(w),
+        }
+    }
+}
+
 /// A subtask of a coordinator's plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedSubtask {
