@@ -169,3 +169,63 @@ fn a_team_that_keeps_its_name_but_changes_its_voter_is_evaluated_again() {
         assert_eq!((&a["run_id"], &a["answer"]), (&b["run_id"], &b["answer"]));
     }
 }
+
+#[test]
+fn a_team_whose_answer_kind_cannot_fit_the_data_is_refused_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("team.toml");
+    // A number-kind team on multiple-choice items: every item would score
+    // wrong whatever it answered.
+    std::fs::write(&spec, named_team("majority")).unwrap();
+    let o = Command::new(conclave_bin())
+        .arg("eval")
+        .arg(&spec)
+        .args(["--data", "data/eval/mmlu_dev.jsonl", "--limit", "5"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .current_dir(workspace())
+        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("answers task \"answer\" as number")
+            && err.contains("5 of the 5 items")
+            && err.contains("choice answers")
+            && err.contains("answer_kind = \"choice\""),
+        "{err}"
+    );
+    // Nothing ran: no run was journaled.
+    use conclave::journal::Journal as _;
+    let runs = conclave::journal::sqlite::SqliteJournal::open(dir.path())
+        .unwrap()
+        .runs()
+        .unwrap();
+    assert_eq!(runs.len(), 0);
+    // The same team with the kind that fits runs.
+    std::fs::write(
+        &spec,
+        named_team("majority").replace("answer_kind = \"number\"", "answer_kind = \"choice\""),
+    )
+    .unwrap();
+    let o = Command::new(conclave_bin())
+        .arg("eval")
+        .arg(&spec)
+        .args([
+            "--data",
+            "data/eval/mmlu_dev.jsonl",
+            "--limit",
+            "2",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .current_dir(workspace())
+        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

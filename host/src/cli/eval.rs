@@ -45,6 +45,10 @@ pub async fn eval(args: EvalArgs) -> u8 {
             Ok(t) => t,
             Err(code) => return code,
         };
+        if let Err(e) = conclave::eval::check_fit(&team, &data, &items) {
+            report(&e);
+            return exit::USAGE;
+        }
         let name = team.spec().team.name.clone();
         let bar = if std::io::stderr().is_terminal() && !json {
             let b = indicatif::ProgressBar::new(items.len() as u64);

@@ -85,6 +85,77 @@ pub enum EvalError {
     },
     #[error("{0}: no items")]
     Empty(PathBuf),
+    /// The team's answer kind cannot match the data's answers: every item
+    /// would score wrong, whatever the team answered.
+    #[error(transparent)]
+    KindMismatch(Box<Misfit>),
+}
+
+/// A team whose answer kind cannot fit the data (see [`check_fit`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "team {team:?} ({spec}) answers task {task:?} as {kind}, but {count} of the {items} items of {data} \
+     have {data_kind} answers: none of them could be scored right; give the task \
+     answer_kind = \"{data_kind}\" (or evaluate a team made for this data)"
+)]
+pub struct Misfit {
+    pub team: String,
+    pub spec: String,
+    pub task: String,
+    pub kind: String,
+    pub data: String,
+    pub data_kind: String,
+    pub count: usize,
+    pub items: usize,
+}
+
+/// Whether a team answering as `team` can ever be scored right on items
+/// whose answers are `data` (compared as [`Item::kind`] says): a number
+/// extracted from a reply is never a choice letter, a letter never a
+/// number. Text answers compare as text, which can match either.
+pub fn kinds_fit(team: Kind, data: Kind) -> bool {
+    !matches!(
+        (team, data),
+        (Kind::Number, Kind::Choice) | (Kind::Choice, Kind::Number) | (Kind::Choice, Kind::Text)
+    )
+}
+
+/// Refuses a team whose answer task's kind cannot fit most of `items`
+/// (see [`kinds_fit`]): an evaluation that would report a score of zero
+/// for a reason that is no fault of the team's answers.
+pub fn check_fit(team: &PreparedTeam, data: &Path, items: &[Item]) -> Result<(), EvalError> {
+    let spec = team.spec();
+    let task = spec
+        .team
+        .answer
+        .as_deref()
+        .and_then(|id| spec.tasks.iter().find(|t| t.id == id))
+        .or_else(|| spec.tasks.last());
+    let Some(task) = task else {
+        return Ok(());
+    };
+    let kind = match task.answer_kind.as_str() {
+        "number" => Kind::Number,
+        "choice" => Kind::Choice,
+        "text" => Kind::Text,
+        _ => return Ok(()),
+    };
+    for data_kind in [Kind::Number, Kind::Choice, Kind::Text] {
+        let count = items.iter().filter(|i| i.kind() == data_kind).count();
+        if !kinds_fit(kind, data_kind) && count * 2 > items.len() {
+            return Err(EvalError::KindMismatch(Box::new(Misfit {
+                team: spec.team.name.clone(),
+                spec: spec.path.display().to_string(),
+                task: task.id.clone(),
+                kind: kind.to_string(),
+                data: data.display().to_string(),
+                data_kind: data_kind.to_string(),
+                count,
+                items: items.len(),
+            })));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a JSONL dataset; `limit` keeps the first items.
@@ -339,6 +410,16 @@ mod tests {
             c.prompt(),
             "q\nA. x\nB. y\nAnswer with the letter of the right choice."
         );
+    }
+
+    #[test]
+    fn only_kinds_that_can_match_fit() {
+        assert!(kinds_fit(Kind::Number, Kind::Number));
+        assert!(kinds_fit(Kind::Choice, Kind::Choice));
+        assert!(kinds_fit(Kind::Text, Kind::Choice));
+        assert!(kinds_fit(Kind::Text, Kind::Number));
+        assert!(!kinds_fit(Kind::Number, Kind::Choice));
+        assert!(!kinds_fit(Kind::Choice, Kind::Number));
     }
 
     #[test]
