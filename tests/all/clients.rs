@@ -40,6 +40,8 @@ fn teams(dir: &Path, node: &FakeServer) {
             r#"
 [team]
 name = "recorded"
+# Every replica is asked (no early decision), so the node's counts are exact.
+consensus = {{ decide = "all" }}
 
 [[node]]
 name = "fake"
