@@ -28,6 +28,7 @@
 mod board;
 mod metrics;
 mod reply;
+mod stream;
 pub mod teams;
 mod ui;
 
@@ -539,7 +540,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     };
     if body.stream {
         app.metrics.request("200");
-        return stream(job, guard, progress_rx, reply, run_id);
+        return stream::stream(job, guard, progress_rx, reply, run_id);
     }
     let outcome = job.await.unwrap_or(Outcome::NoSlot);
     drop(guard);
@@ -665,145 +666,4 @@ fn queue_full(app: &App) -> Response {
     r.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from(after));
     r
-}
-
-/// Server-sent events: the role first, progress as comments while the team
-/// works, then the answer, the final chunk with the `conclave` object, and
-/// `[DONE]`. Dropping the stream (the client left) cancels the run.
-fn stream(
-    job: tokio::task::JoinHandle<Outcome>,
-    guard: CancelOnDrop,
-    mut progress: tokio::sync::mpsc::UnboundedReceiver<String>,
-    reply: Reply,
-    run_id: String,
-) -> Response {
-    let id = format!("chatcmpl-{run_id}");
-    let model = reply.model.clone();
-    // One chunk: a choice's delta, or (`None`) no choice, for the usage.
-    let chunk = move |choice: Option<(usize, serde_json::Value, Option<&str>)>,
-                      extra: Option<serde_json::Value>| {
-        let choices = match choice {
-            Some((index, delta, finish)) => {
-                json!([{"index": index, "delta": delta, "finish_reason": finish}])
-            }
-            None => json!([]),
-        };
-        let mut c = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created(),
-            "model": model,
-            "choices": choices,
-        });
-        if let Some(extra) = extra {
-            for (k, v) in extra.as_object().into_iter().flatten() {
-                c[k] = v.clone();
-            }
-        }
-        Bytes::from(format!("data: {c}\n\n"))
-    };
-    let body = async_stream(move |tx| async move {
-        let _guard = guard;
-        if tx
-            .send(chunk(
-                Some((0, json!({"role": "assistant", "content": ""}), None)),
-                None,
-            ))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut job = job;
-        let outcome = loop {
-            tokio::select! {
-                r = &mut job => break r.unwrap_or(Outcome::NoSlot),
-                Some(p) = progress.recv() => {
-                    if tx.send(Bytes::from(format!(": {p}\n\n"))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        };
-        let app = &reply.app;
-        // An error event in OpenAI's shape, then [DONE].
-        let fail =
-            |e: Refused, r: Option<&JobResult>| Bytes::from(format!("data: {}\n\n", e.body(r)));
-        let r = match outcome {
-            Outcome::Ran {
-                result,
-                deadline_passed,
-            } => match refusal(&result, app.config.deadline, deadline_passed) {
-                None => result,
-                Some(e) => {
-                    let _ = tx.send(fail(e, Some(&*result))).await;
-                    let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
-                    return;
-                }
-            },
-            Outcome::NoSlot | Outcome::Left => {
-                let _ = tx.send(fail(no_slot(app), None)).await;
-                let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
-                return;
-            }
-        };
-        let about = json!({"conclave": conclave(&r, &reply.candidates())});
-        let messages = reply.messages(&r);
-        let last = messages.len() - 1;
-        for (i, (mut delta, _)) in messages.into_iter().enumerate() {
-            if i > 0 {
-                let role = json!({"role": "assistant", "content": ""});
-                if tx.send(chunk(Some((i, role, None)), None)).await.is_err() {
-                    return;
-                }
-            }
-            if let Some(m) = delta.as_object_mut() {
-                m.remove("role");
-            }
-            let _ = tx.send(chunk(Some((i, delta, None)), None)).await;
-            // The `conclave` object rides on the last choice's finish.
-            let extra = (i == last).then(|| about.clone());
-            let _ = tx
-                .send(chunk(Some((i, json!({}), Some("stop"))), extra))
-                .await;
-        }
-        if reply.include_usage {
-            // As OpenAI does: a last chunk with no choices and the usage.
-            let mut extra = about.clone();
-            extra["usage"] = usage(&r);
-            let _ = tx.send(chunk(None, Some(extra))).await;
-        }
-        let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(body)
-        .expect("a valid response")
-}
-
-/// A body fed by `producer` through a channel; when the client goes away
-/// the body is dropped, and with it the producer's task.
-fn async_stream<F, Fut>(producer: F) -> axum::body::Body
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let task = tokio::spawn(producer(tx));
-    let abort = task.abort_handle();
-    let stream = futures::stream::unfold((rx, AbortOnDrop(abort)), |(mut rx, guard)| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, guard)))
-    });
-    axum::body::Body::from_stream(stream)
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
