@@ -25,3 +25,4 @@ mod serve_teams;
 mod server;
 mod spec_sandbox;
 mod ui;
+mod ui_browser;

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 
 use crate::journal::now_ms;
@@ -24,7 +23,7 @@ use crate::model::NodePool;
 use crate::plugin::PluginRuntime;
 use crate::spec::team::TeamSpec;
 use crate::team::job::{JobError, PreparedTeam};
-use crate::team::swap::{PluginWatch, WatchError};
+use crate::team::swap::{watch_settled, PluginWatch, Settled, WatchError};
 
 /// Why the teams could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -311,39 +310,6 @@ impl Teams {
         }
         let files: std::collections::BTreeSet<PathBuf> =
             self.read().by_file.keys().map(|p| absolute(p)).collect();
-        let mut dirs: Vec<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let wanted = files.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    if event.kind.is_access() {
-                        return;
-                    }
-                    for p in event.paths {
-                        if wanted.contains(&p) {
-                            let _ = tx.send(p);
-                        }
-                    }
-                }
-            })
-            .map_err(|source| WatchError {
-                dir: dirs.first().cloned().unwrap_or_default(),
-                source,
-            })?;
-        for d in &dirs {
-            watcher
-                .watch(d, RecursiveMode::NonRecursive)
-                .map_err(|source| WatchError {
-                    dir: d.clone(),
-                    source,
-                })?;
-        }
         // The absolute path a change names, back to the path as given.
         let given: BTreeMap<PathBuf, PathBuf> = self
             .read()
@@ -352,43 +318,23 @@ impl Teams {
             .map(|p| (absolute(p), p.clone()))
             .collect();
         let teams = self.clone();
-        let task = tokio::spawn(async move {
-            let mut pending: BTreeMap<PathBuf, tokio::time::Instant> = BTreeMap::new();
-            loop {
-                let next = pending.values().min().copied();
-                tokio::select! {
-                    p = rx.recv() => match p {
-                        Some(p) => {
-                            pending.insert(p, tokio::time::Instant::now() + settle);
-                        }
-                        None => break,
-                    },
-                    _ = async { tokio::time::sleep_until(next.expect("guarded")).await }, if next.is_some() => {
-                        let now = tokio::time::Instant::now();
-                        let due: Vec<PathBuf> = pending
-                            .iter()
-                            .filter(|(_, t)| **t <= now)
-                            .map(|(p, _)| p.clone())
-                            .collect();
-                        for p in due {
-                            pending.remove(&p);
-                            let Some(path) = given.get(&p) else { continue };
-                            if !path.is_file() {
-                                tracing::warn!(
-                                    "team spec {} is gone; its team keeps serving",
-                                    path.display()
-                                );
-                                continue;
-                            }
-                            if teams.unchanged(path) {
-                                continue;
-                            }
-                            let _ = teams.reload(path).await;
-                        }
-                    }
+        let Settled { watcher, task, .. } = watch_settled(files.clone(), settle, move |p| {
+            let teams = teams.clone();
+            let path = given.get(&p).cloned();
+            async move {
+                let Some(path) = path else { return };
+                if !path.is_file() {
+                    tracing::warn!(
+                        "team spec {} is gone; its team keeps serving",
+                        path.display()
+                    );
+                    return;
+                }
+                if !teams.unchanged(&path) {
+                    let _ = teams.reload(&path).await;
                 }
             }
-        });
+        })?;
         Ok(SpecWatch {
             _watcher: watcher,
             task,

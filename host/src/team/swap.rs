@@ -254,76 +254,116 @@ impl PreparedTeam {
                 .or_default()
                 .push((name.clone(), u.plugin.clone()));
         }
-        let mut dirs: Vec<PathBuf> = watched
-            .keys()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let wanted: std::collections::BTreeSet<PathBuf> = watched.keys().cloned().collect();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    if event.kind.is_access() {
-                        return;
-                    }
-                    for p in event.paths {
-                        if wanted.contains(&p) {
-                            let _ = tx.send(p);
-                        }
-                    }
-                }
-            })
-            .map_err(|source| WatchError {
-                dir: dirs.first().cloned().unwrap_or_default(),
-                source,
-            })?;
-        for d in &dirs {
-            watcher
-                .watch(d, RecursiveMode::NonRecursive)
-                .map_err(|source| WatchError {
-                    dir: d.clone(),
-                    source,
-                })?;
-        }
+        let files: std::collections::BTreeSet<PathBuf> = watched.keys().cloned().collect();
+        let count = files.len();
         let runtime = self.runtime().clone();
-        let files = watched.len();
-        let task = tokio::spawn(async move {
-            let mut pending: BTreeMap<PathBuf, tokio::time::Instant> = BTreeMap::new();
-            loop {
-                let next = pending.values().min().copied();
-                tokio::select! {
-                    p = rx.recv() => match p {
-                        Some(p) => {
-                            pending.insert(p, tokio::time::Instant::now() + settle);
-                        }
-                        None => break,
-                    },
-                    _ = async { tokio::time::sleep_until(next.expect("guarded")).await }, if next.is_some() => {
-                        let now = tokio::time::Instant::now();
-                        let due: Vec<PathBuf> = pending
-                            .iter()
-                            .filter(|(_, t)| **t <= now)
-                            .map(|(p, _)| p.clone())
-                            .collect();
-                        for p in due {
-                            pending.remove(&p);
-                            if let Some(slots) = watched.get(&p) {
-                                reload(&runtime, &p, slots).await;
-                            }
-                        }
-                    }
+        let watched = Arc::new(watched);
+        let Settled {
+            watcher,
+            task,
+            dirs,
+        } = watch_settled(files, settle, move |p| {
+            let (runtime, watched) = (runtime.clone(), watched.clone());
+            async move {
+                if let Some(slots) = watched.get(&p) {
+                    reload(&runtime, &p, slots).await;
                 }
             }
-        });
+        })?;
         Ok(PluginWatch {
             _watcher: watcher,
             task,
-            files,
+            files: count,
             dirs,
         })
     }
+}
+
+/// Files followed through their folders (so that an atomic rename is seen
+/// as well as a plain overwrite), and the task handing each changed file
+/// to its callback once it has been quiet for the settle time.
+pub(crate) struct Settled {
+    pub(crate) watcher: notify::RecommendedWatcher,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+    /// The folders watched.
+    pub(crate) dirs: Vec<PathBuf>,
+}
+
+/// Watches `files` (absolute paths); a file that changes is passed to
+/// `on_settled` once no change to it has been seen for `settle`, one file
+/// at a time. Must be called within a tokio runtime; the task ends when
+/// the watcher is dropped.
+pub(crate) fn watch_settled<F, Fut>(
+    files: std::collections::BTreeSet<PathBuf>,
+    settle: Duration,
+    mut on_settled: F,
+) -> Result<Settled, WatchError>
+where
+    F: FnMut(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.kind.is_access() {
+                return;
+            }
+            for p in event.paths {
+                if files.contains(&p) {
+                    let _ = tx.send(p);
+                }
+            }
+        }
+    })
+    .map_err(|source| WatchError {
+        dir: dirs.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    for d in &dirs {
+        watcher
+            .watch(d, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError {
+                dir: d.clone(),
+                source,
+            })?;
+    }
+    let task = tokio::spawn(async move {
+        let mut pending: BTreeMap<PathBuf, tokio::time::Instant> = BTreeMap::new();
+        loop {
+            let next = pending.values().min().copied();
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => {
+                        pending.insert(p, tokio::time::Instant::now() + settle);
+                    }
+                    None => break,
+                },
+                _ = async { tokio::time::sleep_until(next.expect("guarded")).await }, if next.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<PathBuf> = pending
+                        .iter()
+                        .filter(|(_, t)| **t <= now)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in due {
+                        pending.remove(&p);
+                        on_settled(p).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Settled {
+        watcher,
+        task,
+        dirs,
+    })
 }
 
 /// The first 12 hex digits of a hash, for log lines.
