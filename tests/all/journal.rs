@@ -49,7 +49,9 @@ answer_kind = "number"
 depends_on = ["left", "right"]
 "#;
 
-pub(crate) fn conclave(args: &[&str], data: &Path, env: &[(&str, String)]) -> Output {
+/// `conclave ARGS` with `env`, the data directory `data` and the built
+/// plugins, ready to run or spawn.
+pub(crate) fn command(args: &[&str], data: &Path, env: &[(&str, String)]) -> Command {
     let mut c = Command::new(conclave_bin());
     c.args(args)
         .arg("--data-dir")
@@ -58,7 +60,11 @@ pub(crate) fn conclave(args: &[&str], data: &Path, env: &[(&str, String)]) -> Ou
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().expect("conclave runs")
+    c
+}
+
+pub(crate) fn conclave(args: &[&str], data: &Path, env: &[(&str, String)]) -> Output {
+    command(args, data, env).output().expect("conclave runs")
 }
 
 pub(crate) fn team_file(dir: &Path, text: &str) -> String {

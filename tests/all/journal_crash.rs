@@ -62,7 +62,7 @@ fn a_run_killed_at_every_record_boundary_resumes_reusing_exactly_what_it_journal
 
 /// Three tasks of three replicas on a sim node that takes about 80 ms a
 /// call: a run long enough to be killed in the middle of concurrent calls.
-const SLOW_TEAM: &str = r#"
+pub(crate) const SLOW_TEAM: &str = r#"
 [team]
 name = "slow"
 

@@ -20,6 +20,7 @@ async fn every_builtin_loads_and_describes_itself() {
         ("llm-judge", "verifier"),
         ("majority", "voter"),
         ("numeric-check", "verifier"),
+        ("programmer", "role"),
         ("quorum", "voter"),
         ("solver", "role"),
         ("synthesizer", "role"),

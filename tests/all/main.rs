@@ -2,8 +2,10 @@
 //! one area and says so in its first line.
 
 mod builtins;
+mod calibrate;
 mod cli;
 mod clients;
+mod cluster;
 mod consensus;
 mod contract;
 mod embedded;
@@ -18,6 +20,7 @@ mod journal_crash;
 mod loading;
 mod otel;
 mod patterns;
+mod programmer;
 mod router;
 mod scaffold;
 mod scheduler;

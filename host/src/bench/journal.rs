@@ -1,7 +1,8 @@
 //! What the journal costs: a job of many independent tasks (5 replicas,
 //! a verifier, a voter each, on a zero-latency sim node) run without a
 //! journal and with one (durable at every task decision), the raw append
-//! rate, and how fast the recorded run is re-judged by another voter.
+//! rate, and how fast the recorded run is re-judged by another voter. The
+//! journal is the embedded SQLite store, or a cluster's JetStream stream.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::jetstream::{ClusterConfig, JetStreamJournal};
 use crate::journal::sqlite::SqliteJournal;
 use crate::journal::{Entry, Journal};
 use crate::plugin::{PluginRuntime, RuntimeConfig};
@@ -22,6 +24,8 @@ use crate::team::submit::Job;
 /// The numbers.
 #[derive(Clone, Debug, Serialize)]
 pub struct JournalReport {
+    /// `sqlite`, or `jetstream` and the server.
+    pub store: String,
     pub tasks: usize,
     pub latency: Option<Duration>,
     pub without: Duration,
@@ -31,9 +35,10 @@ pub struct JournalReport {
     pub with: Duration,
     /// with / without − 1.
     pub overhead: f64,
-    /// Records the journaled job wrote, and the syncs (commits) it took.
+    /// Records the journaled job wrote, and the syncs (commits) it took
+    /// (SQLite; the server syncs a stream's writes itself).
     pub records: usize,
-    pub commits: u64,
+    pub commits: Option<u64>,
     /// Appends per second with a durable flush every `flush_every`.
     pub appends_per_second: f64,
     pub flush_every: usize,
@@ -61,11 +66,13 @@ fn spec_text(tasks: usize, latency: Option<Duration>) -> String {
 }
 
 /// Runs the benchmark with the built-in plugins in `plugins`.
-/// `latency`: the sim node's (constant) latency; none for zero.
+/// `latency`: the sim node's (constant) latency; none for zero. `cluster`:
+/// journal on its stream instead of a SQLite file in a temporary folder.
 pub async fn run(
     plugins: &Path,
     tasks: usize,
     latency: Option<Duration>,
+    cluster: Option<&ClusterConfig>,
 ) -> Result<JournalReport, String> {
     let dir = tempfile_dir()?;
     let path = dir.join("team.toml");
@@ -81,11 +88,25 @@ pub async fn run(
         .await;
     // Alternate the three ways, five rounds, and take each one's median:
     // a shared machine's noise hits them alike.
-    let journal = SqliteJournal::open(&dir.join("data")).map_err(|e| e.to_string())?;
+    // Each invocation's runs apart from any earlier one's on a cluster.
+    let prefix = format!("bench-{:x}", crate::journal::now_ms());
+    let (journal, sqlite, store): (Arc<dyn Journal>, Option<Arc<SqliteJournal>>, String) =
+        match cluster {
+            Some(c) => (
+                JetStreamJournal::connect(c).map_err(|e| e.to_string())?,
+                None,
+                format!("jetstream {}", c.url),
+            ),
+            None => {
+                let j = SqliteJournal::open(&dir.join("data")).map_err(|e| e.to_string())?;
+                (j.clone(), Some(j), "sqlite".into())
+            }
+        };
+    let commits_now = || sqlite.as_ref().map(|j| j.commits());
     let (mut plain_t, mut discard_t, mut with_t) = (Vec::new(), Vec::new(), Vec::new());
     let mut plain = None;
     let mut done = None;
-    let mut commits = 0;
+    let mut commits = None;
     for round in 0..5 {
         let start = Instant::now();
         let p = team
@@ -109,11 +130,11 @@ pub async fn run(
         )
         .await;
         discard_t.push(start.elapsed());
-        let c0 = journal.commits();
+        let c0 = commits_now();
         let start = Instant::now();
         let d = team
             .submit(
-                &Job::new("journaled", "", None),
+                &Job::new(&format!("{prefix}-journaled-{round}"), "", None),
                 journal.clone(),
                 None,
                 Arc::new(Quiet),
@@ -121,17 +142,11 @@ pub async fn run(
             )
             .await;
         with_t.push(start.elapsed());
-        commits = journal.commits() - c0;
+        commits = commits_now().zip(c0).map(|(now, before)| now - before);
         if let Some(e) = &d.journal_error {
             return Err(e.clone());
         }
         done = Some(d);
-        if round < 4 {
-            // Keep one journaled run: the last.
-            journal
-                .truncate("journaled", 0)
-                .map_err(|e| e.to_string())?;
-        }
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
@@ -152,7 +167,9 @@ pub async fn run(
     if decided(&done.result) != decided(&plain) || decided(&plain) < tasks * 9 / 10 {
         return Err("the journaled and plain jobs did not decide alike".into());
     }
-    let log = journal.read("journaled").map_err(|e| e.to_string())?;
+    let log = journal
+        .read(&format!("{prefix}-journaled-4"))
+        .map_err(|e| e.to_string())?;
     let records = log.records.len();
     // Re-judge every vote with another voter.
     let voter = crate::journal::replay::load_voter(&rt, "weighted", "{}", plugins).await?;
@@ -171,7 +188,7 @@ pub async fn run(
     let start = Instant::now();
     for i in 0..n {
         journal.append(
-            "appends",
+            &format!("{prefix}-appends"),
             Entry::Event {
                 event: event.clone(),
             },
@@ -185,6 +202,7 @@ pub async fn run(
     drop(journal);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(JournalReport {
+        store,
         tasks,
         latency,
         without,

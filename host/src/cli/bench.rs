@@ -409,7 +409,15 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             tasks,
             latency,
             json,
-        } => match conclave::bench::journal::run(&default_plugin_dir(), tasks, latency).await {
+            store,
+        } => match conclave::bench::journal::run(
+            &default_plugin_dir(),
+            tasks,
+            latency,
+            store.cluster().as_ref(),
+        )
+        .await
+        {
             Ok(r) if json => {
                 println!(
                     "{}",
@@ -419,7 +427,8 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             }
             Ok(r) => {
                 println!(
-                    "job of {} tasks (5 replicas, 1 verifier, 1 voter; {}; 64 at once):",
+                    "journal: {}; job of {} tasks (5 replicas, 1 verifier, 1 voter; {}; 64 at once):",
+                    r.store,
                     r.tasks,
                     r.latency
                         .map(|l| format!("sim node answering in {}", humantime::format_duration(l)))
@@ -432,9 +441,9 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                     100.0 * (r.discarding.as_secs_f64() / r.without.as_secs_f64() - 1.0)
                 );
                 println!(
-                        "  with the journal (durable at each decision, {} records in {} commits): {:.2?}  overhead {:+.1}%",
+                        "  with the journal (durable at each decision, {} records{}): {:.2?}  overhead {:+.1}%",
                         r.records,
-                        r.commits,
+                        r.commits.map(|c| format!(" in {c} commits")).unwrap_or_default(),
                         r.with,
                         100.0 * r.overhead
                     );

@@ -17,7 +17,7 @@ pub async fn eval(args: EvalArgs) -> u8 {
         parallel,
         out,
         json,
-        data_dir,
+        store,
     } = args;
     let items = match conclave::eval::load(&data, limit) {
         Ok(i) => i,
@@ -26,7 +26,7 @@ pub async fn eval(args: EvalArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let journal = match open_journal(data_dir.as_deref()) {
+    let journal = match open_journal(&store) {
         Ok(j) => j,
         Err(code) => return code,
     };
@@ -96,8 +96,9 @@ pub async fn eval(args: EvalArgs) -> u8 {
         }
     }
     let out = out.unwrap_or_else(|| {
-        data_dir
-            .clone()
+        store
+            .data_dir()
+            .map(std::path::Path::to_path_buf)
             .unwrap_or_else(conclave::journal::sqlite::default_dir)
             .join("evals")
             .join(&eval_id)

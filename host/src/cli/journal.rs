@@ -4,12 +4,14 @@ use std::path::Path;
 
 use conclave::journal::replay::ReplayReport;
 
+use std::path::PathBuf;
+
 use super::team::{cancel_on_ctrl_c, finish, open_journal, progress};
 use super::{default_plugin_dir, exit, report, runtime};
 
 /// `conclave resume`.
-pub async fn resume(run: &str, json: bool, data_dir: Option<&Path>) -> u8 {
-    let journal = match open_journal(data_dir) {
+pub async fn resume(run: &str, json: bool, store: &StoreArgs) -> u8 {
+    let journal = match open_journal(store) {
         Ok(j) => j,
         Err(code) => return code,
     };
@@ -45,13 +47,13 @@ pub async fn resume(run: &str, json: bool, data_dir: Option<&Path>) -> u8 {
 /// `conclave replay`.
 pub async fn replay(
     run: Option<&str>,
-    all: bool,
+    (all, team): (bool, Option<&str>),
     (voter, voter_config): (Option<&str>, &str),
     (verifier, verifier_config): (Option<&str>, &str),
     json: bool,
-    data_dir: Option<&Path>,
+    store: &StoreArgs,
 ) -> u8 {
-    let journal = match open_journal(data_dir) {
+    let journal = match open_journal(store) {
         Ok(j) => j,
         Err(code) => return code,
     };
@@ -98,7 +100,11 @@ pub async fn replay(
     let runs: Vec<String> = match (run, all) {
         (Some(r), _) => vec![r.to_string()],
         (None, _) => match journal.runs() {
-            Ok(rows) => rows.into_iter().map(|r| r.run).collect(),
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|r| team.is_none_or(|t| r.team == t))
+                .map(|r| r.run)
+                .collect(),
             Err(e) => {
                 report(&e);
                 return exit::FAILURE;
@@ -160,6 +166,20 @@ pub async fn replay(
                 println!("  {}", swapped(s));
             }
         }
+        let judged: Vec<&ReplayReport> = reports.iter().filter(|r| r.gold.is_some()).collect();
+        if !judged.is_empty() {
+            let before = judged
+                .iter()
+                .filter(|r| r.right_before == Some(true))
+                .count();
+            let now = judged.iter().filter(|r| r.right_now == Some(true)).count();
+            println!(
+                "{} runs with a gold answer: right as recorded {before} ({:.1}%), right now {now} ({:.1}%)",
+                judged.len(),
+                100.0 * before as f64 / judged.len() as f64,
+                100.0 * now as f64 / judged.len() as f64
+            );
+        }
         if reports.len() > 1 {
             let votes: usize = reports.iter().map(|r| r.votes).sum();
             let changed: usize = reports.iter().map(|r| r.changed.len()).sum();
@@ -217,18 +237,32 @@ fn swapped(s: &conclave::journal::replay::Swapped) -> String {
     )
 }
 
-/// `conclave runs`.
-pub fn runs(json: bool, data_dir: Option<&Path>) -> u8 {
-    let journal = match open_journal(data_dir) {
-        Ok(j) => j,
-        Err(code) => return code,
-    };
-    let rows = match journal.runs() {
-        Ok(r) => r,
+/// The journal of `store` and its runs, or the exit code after saying
+/// why they could not be read.
+fn journal_runs(
+    store: &StoreArgs,
+) -> Result<
+    (
+        std::sync::Arc<dyn conclave::journal::Journal>,
+        Vec<conclave::journal::RunRow>,
+    ),
+    u8,
+> {
+    let journal = open_journal(store)?;
+    match journal.runs() {
+        Ok(rows) => Ok((journal, rows)),
         Err(e) => {
             report(&e);
-            return exit::FAILURE;
+            Err(exit::FAILURE)
         }
+    }
+}
+
+/// `conclave runs`.
+pub fn runs(json: bool, store: &StoreArgs) -> u8 {
+    let (_, rows) = match journal_runs(store) {
+        Ok(j) => j,
+        Err(code) => return code,
     };
     if json {
         println!(
@@ -267,8 +301,8 @@ pub fn runs(json: bool, data_dir: Option<&Path>) -> u8 {
 }
 
 /// `conclave trace`.
-pub fn trace(run: &str, json: bool, html: Option<&Path>, data_dir: Option<&Path>) -> u8 {
-    let journal = match open_journal(data_dir) {
+pub fn trace(run: &str, json: bool, html: Option<&Path>, store: &StoreArgs) -> u8 {
+    let journal = match open_journal(store) {
         Ok(j) => j,
         Err(code) => return code,
     };
@@ -360,4 +394,147 @@ pub fn trace(run: &str, json: bool, html: Option<&Path>, data_dir: Option<&Path>
     }
     println!("critical path: {}", t.critical_path.join(" -> "));
     exit::OK
+}
+
+/// `config` (a voter's JSON config) with the node weights of a
+/// `conclave calibrate` file added as `weights`.
+pub fn with_weights(config: &str, weights: Option<&Path>) -> Result<String, u8> {
+    let Some(path) = weights else {
+        return Ok(config.to_string());
+    };
+    let w = match conclave::team::calibrate::Weights::read(path) {
+        Ok(w) => w,
+        Err(e) => {
+            report(&e);
+            return Err(exit::USAGE);
+        }
+    };
+    let mut value: serde_json::Value = match serde_json::from_str(config) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => {
+            eprintln!("error: --voter-config must be a JSON object to add --weights to");
+            return Err(exit::USAGE);
+        }
+    };
+    value["weights"] = serde_json::json!(w.by_node());
+    Ok(value.to_string())
+}
+
+/// `conclave calibrate`: node weights learned from the ballots of past runs
+/// (of one team, or all), written to `out`.
+pub fn calibrate(team: Option<&str>, out: &Path, json: bool, store: &StoreArgs) -> u8 {
+    use conclave::team::calibrate;
+    let (journal, rows) = match journal_runs(store) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    let runs: Vec<_> = rows
+        .iter()
+        .filter(|r| team.is_none_or(|t| r.team == t))
+        .collect();
+    if runs.is_empty() {
+        eprintln!(
+            "error: no journaled run{} to learn from",
+            team.map(|t| format!(" of team `{t}`")).unwrap_or_default()
+        );
+        return exit::FAILURE;
+    }
+    let mut items = Vec::new();
+    for r in &runs {
+        match journal.read(&r.run) {
+            Ok(log) => items.extend(calibrate::items(&log)),
+            Err(e) => {
+                report(&e);
+                return exit::FAILURE;
+            }
+        }
+    }
+    let weights = match calibrate::estimate(&items) {
+        Ok(w) => w,
+        Err(e) => {
+            report(&e);
+            return exit::FAILURE;
+        }
+    };
+    let note = format!(
+        "{} votes from {} runs{}.",
+        weights.items,
+        runs.len(),
+        team.map(|t| format!(" of team \"{t}\""))
+            .unwrap_or_default()
+    );
+    if let Err(e) = weights.write(out, &note) {
+        report(&e);
+        return exit::FAILURE;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&weights).expect("serialisable")
+        );
+        return exit::OK;
+    }
+    println!("learned from {note}");
+    println!(
+        "{:<24} {:>8} {:>10} {:>10} {:>8}",
+        "node", "ballots", "accuracy", "gold", "weight"
+    );
+    for (node, w) in &weights.nodes {
+        let gold = w
+            .gold_accuracy
+            .map(|g| format!("{:.3}", g))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{node:<24} {:>8} {:>10.3} {gold:>10} {:>8.3}",
+            w.ballots, w.accuracy, w.weight
+        );
+    }
+    println!(
+        "accuracy: estimated from agreement alone; gold: measured where a run had a gold answer (not used to learn)"
+    );
+    println!("wrote {}", out.display());
+    exit::OK
+}
+
+/// Where runs are journaled: a data directory on this machine, or a
+/// cluster's stream on NATS JetStream.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct StoreArgs {
+    /// Where runs are journaled (default: `conclave` in the user's data
+    /// directory).
+    #[arg(long, env = "CONCLAVE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Journal on a NATS JetStream server instead (`nats://HOST:PORT`):
+    /// runs recorded on any host are listed, traced, replayed and resumed
+    /// from any other. The server must sync every write (`jetstream {
+    /// sync_interval: always }`; scripts/nats.conf).
+    #[arg(long, env = "CONCLAVE_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
+    /// Names the cluster's stream and bucket on the server, so that
+    /// several clusters can share one.
+    #[arg(long, env = "CONCLAVE_CLUSTER_NAME", default_value = conclave::journal::jetstream::DEFAULT_NAME)]
+    cluster_name: String,
+    /// The server's monitoring endpoint, read to check its sync setting
+    /// (default: port 8222 of the --cluster host).
+    #[arg(long, env = "CONCLAVE_CLUSTER_MONITOR", value_name = "URL")]
+    cluster_monitor: Option<String>,
+}
+
+impl StoreArgs {
+    /// The data directory, if one was named.
+    pub(crate) fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// The cluster, if one was named.
+    pub(crate) fn cluster(&self) -> Option<conclave::journal::jetstream::ClusterConfig> {
+        self.cluster
+            .as_ref()
+            .map(|url| conclave::journal::jetstream::ClusterConfig {
+                url: url.clone(),
+                name: self.cluster_name.clone(),
+                monitor: self.cluster_monitor.clone(),
+                replicas: 1,
+            })
+    }
 }

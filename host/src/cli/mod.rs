@@ -13,6 +13,7 @@ mod serve;
 mod team;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use journal::StoreArgs;
 
 use conclave::plugin::{PluginRuntime, RuntimeConfig};
 
@@ -94,8 +95,8 @@ enum Command {
         run: String,
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "CONCLAVE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Count a run's votes again from its journal, with no model call;
     /// `--voter` re-judges them with another voter.
@@ -106,12 +107,19 @@ enum Command {
         /// Every run in the data directory.
         #[arg(long, conflicts_with = "run")]
         all: bool,
+        /// With --all: only the runs of this team (by its `[team] name`).
+        #[arg(long, requires = "all")]
+        team: Option<String>,
         /// A built-in voter's name or a component file.
         #[arg(long)]
         voter: Option<String>,
         /// The voter's config, JSON.
         #[arg(long, default_value = "{}")]
         voter_config: String,
+        /// A weights file from `conclave calibrate`, given to the voter as
+        /// `weights` in its config (for `--voter weighted`).
+        #[arg(long, requires = "voter")]
+        weights: Option<PathBuf>,
         /// Judge the recorded candidates again with this verifier (a
         /// built-in's name or a component file; no model calls).
         #[arg(long)]
@@ -121,15 +129,29 @@ enum Command {
         verifier_config: String,
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "CONCLAVE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Learn each node's weight from how its ballots agreed with the
+    /// others' in past runs (no gold labels), for a `weighted` voter.
+    Calibrate {
+        /// Only the runs of this team (by its `[team] name`).
+        #[arg(long)]
+        team: Option<String>,
+        /// Where the weights go (TOML; a spec names it with `weights = "FILE"`).
+        #[arg(long, default_value = "weights.toml")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List journaled runs.
     Runs {
         #[arg(long)]
         json: bool,
-        #[arg(long, env = "CONCLAVE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// What a run did: timeline, nodes, tasks, critical path.
     Trace {
@@ -139,8 +161,8 @@ enum Command {
         /// Also write a self-contained HTML page with a Gantt chart.
         #[arg(long)]
         html: Option<PathBuf>,
-        #[arg(long, env = "CONCLAVE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Check model nodes.
     #[command(subcommand)]
@@ -200,10 +222,8 @@ struct RunArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-    /// Where runs are journaled (default: `conclave` in the user's data
-    /// directory).
-    #[arg(long, env = "CONCLAVE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// The run's id (default: a new one). Seeds derive from it, so the
     /// same id on seeded nodes gives the same run.
     #[arg(long)]
@@ -237,8 +257,8 @@ struct EvalArgs {
     out: Option<PathBuf>,
     #[arg(long)]
     json: bool,
-    #[arg(long, env = "CONCLAVE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// `conclave serve`'s arguments.
@@ -276,8 +296,8 @@ struct ServeArgs {
     /// or a replaced plugin is not taken up until the server restarts.
     #[arg(long)]
     no_watch: bool,
-    #[arg(long, env = "CONCLAVE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Subcommand)]
@@ -433,6 +453,10 @@ enum BenchCmd {
         latency: Option<std::time::Duration>,
         #[arg(long)]
         json: bool,
+        /// `--cluster URL`: measure the cluster's JetStream journal instead
+        /// of a SQLite file in a temporary folder.
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// What serving costs: a sim node directly, a team in-process, a team
     /// over HTTP; at 1 and 64 clients.
@@ -444,7 +468,8 @@ enum BenchCmd {
     },
     /// Embedded model: 5 samples of one prompt against 1 sample.
     Embedded {
-        /// The GGUF file (default: the one `scripts/fetch-model.sh` fetches).
+        /// The GGUF file (default: SmolLM2-135M, from
+        /// `scripts/fetch-model.sh smollm2-135m`).
         #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
         model: PathBuf,
         #[arg(long, default_value_t = 256)]
@@ -579,38 +604,46 @@ async fn run(cli: Cli) -> u8 {
         Command::Run(args) => team::ask(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Eval(args) => eval::eval(args).await,
-        Command::Resume {
-            run,
-            json,
-            data_dir,
-        } => journal::resume(&run, json, data_dir.as_deref()).await,
+        Command::Resume { run, json, store } => journal::resume(&run, json, &store).await,
         Command::Replay {
             run,
             all,
+            team,
             voter,
             voter_config,
+            weights,
             verifier,
             verifier_config,
             json,
-            data_dir,
+            store,
         } => {
+            let voter_config = match journal::with_weights(&voter_config, weights.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
             journal::replay(
                 run.as_deref(),
-                all,
+                (all, team.as_deref()),
                 (voter.as_deref(), &voter_config),
                 (verifier.as_deref(), &verifier_config),
                 json,
-                data_dir.as_deref(),
+                &store,
             )
             .await
         }
-        Command::Runs { json, data_dir } => journal::runs(json, data_dir.as_deref()),
+        Command::Runs { json, store } => journal::runs(json, &store),
+        Command::Calibrate {
+            team,
+            out,
+            json,
+            store,
+        } => journal::calibrate(team.as_deref(), &out, json, &store),
         Command::Trace {
             run,
             json,
             html,
-            data_dir,
-        } => journal::trace(&run, json, html.as_deref(), data_dir.as_deref()),
+            store,
+        } => journal::trace(&run, json, html.as_deref(), &store),
         Command::Plan {
             spec,
             workers,

@@ -17,7 +17,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
         deadline,
         no_watch,
         keep_runs,
-        data_dir,
+        store,
     } = args;
     let token = match &token_env {
         Some(var) => match std::env::var(var) {
@@ -53,7 +53,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
             };
         }
     };
-    let journal = match open_journal(data_dir.as_deref()) {
+    let journal = match open_journal(&store) {
         Ok(j) => j,
         Err(code) => return code,
     };

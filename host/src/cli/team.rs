@@ -13,7 +13,7 @@ pub async fn ask(args: RunArgs) -> u8 {
         input,
         gold,
         json,
-        data_dir,
+        store,
         run_id,
     } = args;
     let question = match (question, input) {
@@ -43,7 +43,7 @@ pub async fn ask(args: RunArgs) -> u8 {
         Ok(t) => t,
         Err(code) => return code,
     };
-    let journal = match open_journal(data_dir.as_deref()) {
+    let journal = match open_journal(&store) {
         Ok(j) => j,
         Err(code) => return code,
     };
@@ -89,11 +89,22 @@ pub(super) async fn load_team(
         })
 }
 
-/// Opens the journal in `dir` (default: the user's data directory).
+/// Opens the journal: the cluster's stream when `--cluster` names one,
+/// else the SQLite file in the data directory (default: the user's).
 pub(super) fn open_journal(
-    dir: Option<&std::path::Path>,
+    store: &super::StoreArgs,
 ) -> Result<std::sync::Arc<dyn conclave::journal::Journal>, u8> {
-    let dir = dir
+    if let Some(cluster) = store.cluster() {
+        return match conclave::journal::jetstream::JetStreamJournal::connect(&cluster) {
+            Ok(j) => Ok(j),
+            Err(e) => {
+                report(&e);
+                Err(exit::FAILURE)
+            }
+        };
+    }
+    let dir = store
+        .data_dir()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(conclave::journal::sqlite::default_dir);
     match conclave::journal::sqlite::SqliteJournal::open(&dir) {
@@ -194,6 +205,12 @@ pub(super) fn finish(done: &conclave::journal::resume::Journaled, json: bool) ->
         eprintln!("warning: {w}");
     }
     if let Some(e) = &done.journal_error {
+        if e.contains(conclave::journal::TAKEN_OVER) {
+            // Another process continues the run and owns its record; what
+            // this one decided is not the run's answer.
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
         eprintln!("warning: the run was not fully journaled: {e}");
     }
     if json {

@@ -4,10 +4,11 @@
 //! ([`replay`]) and inspected ([`trace`]).
 //!
 //! [`Journal`] is the seam: the embedded store is one SQLite file
-//! ([`sqlite`]); a cluster mode can put the same records on a replicated
-//! log. [`Recorder`] is the [`Observer`] that feeds a journal during a run,
+//! ([`sqlite`]); in cluster mode the same records go on a NATS JetStream
+//! stream ([`jetstream`]). [`Recorder`] is the [`Observer`] that feeds a journal during a run,
 //! and makes a decision wait until the records behind it are durable.
 
+pub mod jetstream;
 pub mod replay;
 pub mod resume;
 pub mod sqlite;
@@ -80,7 +81,7 @@ pub struct Record {
 }
 
 /// A run as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRow {
     pub run: String,
     pub team: String,
@@ -198,11 +199,81 @@ pub trait Journal: Send + Sync {
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError>;
 }
 
+/// The future a store's `flush` returns: its writer's answer on `rx`, as a
+/// write error naming `path` (`sent`: whether the request reached the
+/// writer).
+pub(crate) fn flush_answer(
+    sent: bool,
+    rx: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    path: PathBuf,
+) -> BoxFuture<'static, Result<(), JournalError>> {
+    Box::pin(async move {
+        let failed = |reason: String| JournalError::Write {
+            path: path.clone(),
+            reason,
+        };
+        if !sent {
+            return Err(failed("the journal is closed".into()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failed(e)),
+            Err(_) => Err(failed("the journal's writer stopped".into())),
+        }
+    })
+}
+
+/// What a journal error says when another process took a run over (it
+/// resumed the run while this one was still writing it): this process's
+/// records of the run are refused from then on.
+pub const TAKEN_OVER: &str = "taken over by another process";
+
+/// How a store numbers records: per run, its id as queued records share it
+/// and its next seq. Both stores number under this lock and queue the
+/// record before letting go of it, so that a run's records reach their
+/// writer in seq order.
+#[derive(Default)]
+pub(crate) struct Numbering(std::sync::Mutex<std::collections::HashMap<String, (Arc<str>, u64)>>);
+
+impl Numbering {
+    /// Numbers the next record of `run` and hands it to `queue` with the
+    /// run's shared id, under the lock. `stored` says where a run this
+    /// process has not written yet goes on (what the store holds of it).
+    pub(crate) fn next(
+        &self,
+        run: &str,
+        stored: impl FnOnce() -> u64,
+        queue: impl FnOnce(Arc<str>, u64),
+    ) -> u64 {
+        let mut next = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !next.contains_key(run) {
+            let n = stored();
+            next.insert(run.to_string(), (Arc::from(run), n));
+        }
+        let (id, n) = next.get_mut(run).expect("inserted above");
+        let seq = *n;
+        *n += 1;
+        queue(id.clone(), seq);
+        seq
+    }
+
+    /// After a truncation: `run` goes on at `next`.
+    pub(crate) fn reset(&self, run: &str, next: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run.to_string(), (Arc::from(run), next));
+    }
+}
+
 /// Feeds a journal from a run's events.
 pub struct Recorder {
     journal: Arc<dyn Journal>,
     /// The first write error (shared with the futures of `flushed`).
     error: Arc<std::sync::Mutex<Option<String>>>,
+    /// Cancelled when the journal says another process took the run over
+    /// ([`TAKEN_OVER`]): what this one would still do is not the run's.
+    taken_over: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Recorder {
@@ -210,6 +281,20 @@ impl Recorder {
         Arc::new(Recorder {
             journal,
             error: Default::default(),
+            taken_over: None,
+        })
+    }
+
+    /// A recorder that cancels `run` once the journal refuses its writes
+    /// because another process took the run over.
+    pub fn stopping(
+        journal: Arc<dyn Journal>,
+        run: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Recorder {
+            journal,
+            error: Default::default(),
+            taken_over: Some(run),
         })
     }
 
@@ -227,10 +312,17 @@ impl Observer for Recorder {
     fn flushed(&self) -> BoxFuture<'static, ()> {
         let flush = self.journal.flush();
         let this = self.error.clone();
+        let taken_over = self.taken_over.clone();
         Box::pin(async move {
             if let Err(e) = flush.await {
+                let e = e.to_string();
+                if e.contains(TAKEN_OVER) {
+                    if let Some(run) = taken_over {
+                        run.cancel();
+                    }
+                }
                 let mut slot = this.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert(e.to_string());
+                slot.get_or_insert(e);
             }
         })
     }

@@ -50,6 +50,12 @@ pub struct ReplayReport {
     /// The job's recorded answer, and its answer task's final decision now.
     pub answer_before: Option<String>,
     pub answer_now: Option<String>,
+    /// The run's gold answer, when it had one, and whether the recorded
+    /// answer and the answer now match it (for comparing voters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold: Option<String>,
+    pub right_before: Option<bool>,
+    pub right_now: Option<bool>,
     /// Voters that are not the component that counted the recorded votes
     /// (replays with the run's own voters only; journals without hashes
     /// say nothing here).
@@ -112,7 +118,7 @@ pub async fn replay(
         .first()
         .map(|r| r.run.clone())
         .unwrap_or_default();
-    let (_, spec_path, text, question, _) = log
+    let (_, spec_path, text, question, gold) = log
         .submitted()
         .ok_or_else(|| ReplayError::NoSubmission(run.clone()))?;
     let team_err = |source: JobError| ReplayError::Team {
@@ -140,6 +146,9 @@ pub async fn replay(
         changed: Vec::new(),
         answer_before: log.ended().and_then(|r| r.answer.clone()),
         answer_now: None,
+        gold: gold.map(String::from),
+        right_before: None,
+        right_now: None,
         swapped: Vec::new(),
     };
     for (_, e) in log.events() {
@@ -251,6 +260,21 @@ pub async fn replay(
             }
             _ => {}
         }
+    }
+    if let (Some(g), Some(t)) = (gold, &final_task) {
+        let kind = match tasks.get(t).map(|(k, _)| *k) {
+            Some(AnswerKind::Number) => conclave_sdk::answer::Kind::Number,
+            Some(AnswerKind::Choice) => conclave_sdk::answer::Kind::Choice,
+            _ => conclave_sdk::answer::Kind::Text,
+        };
+        let right = |a: &Option<String>| {
+            Some(
+                a.as_deref()
+                    .is_some_and(|a| conclave_sdk::answer::same(a, g, kind)),
+            )
+        };
+        report.right_before = right(&report.answer_before);
+        report.right_now = right(&report.answer_now);
     }
     Ok(report)
 }

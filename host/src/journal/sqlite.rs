@@ -52,7 +52,7 @@ use futures::future::BoxFuture;
 use rusqlite::{params, Connection};
 use sha2::Digest;
 
-use super::{now_ms, Entry, Journal, JournalError, Record, RunLog, RunRow, VERSION};
+use super::{now_ms, Entry, Journal, JournalError, Numbering, Record, RunLog, RunRow, VERSION};
 use crate::team::events::Event;
 
 mod schema;
@@ -109,10 +109,8 @@ pub struct SqliteJournal {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Per run: its id as queued records share it, and its next seq. Held
-    /// while a record is queued, so that a run's records reach the writer
-    /// in seq order.
-    next: Mutex<HashMap<String, (Arc<str>, u64)>>,
+    /// Numbers each run's records.
+    next: Numbering,
     reader: Mutex<Connection>,
     /// Transactions committed (each one sync).
     commits: Arc<std::sync::atomic::AtomicU64>,
@@ -167,7 +165,7 @@ impl SqliteJournal {
             path,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            next: Mutex::default(),
+            next: Numbering::default(),
             reader: Mutex::new(reader),
             commits,
         }))
@@ -201,10 +199,8 @@ impl SqliteJournal {
 
     /// Queues a serialised record as the next of `run`.
     fn queue(&self, run: &str, entry: Result<String, String>, runs: Option<RunsUpdate>) -> u64 {
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        if !next.contains_key(run) {
-            let n = self
-                .reader
+        let stored = || {
+            self.reader
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .query_row(
@@ -214,21 +210,17 @@ impl SqliteJournal {
                 )
                 .ok()
                 .flatten()
-                .map_or(0, |m| m as u64);
-            next.insert(run.to_string(), (Arc::from(run), n));
-        }
-        let (id, n) = next.get_mut(run).expect("inserted above");
-        let seq = *n;
-        *n += 1;
-        // Queued under the lock: a run's records reach the writer in order.
-        self.send(Msg::Append(Box::new(Pending {
-            run: id.clone(),
-            seq,
-            at_ms: now_ms(),
-            entry,
-            runs,
-        })));
-        seq
+                .map_or(0, |m| m as u64)
+        };
+        self.next.next(run, stored, |run, seq| {
+            self.send(Msg::Append(Box::new(Pending {
+                run,
+                seq,
+                at_ms: now_ms(),
+                entry,
+                runs,
+            })));
+        })
     }
 }
 
@@ -451,21 +443,7 @@ impl Journal for SqliteJournal {
     fn flush(&self) -> BoxFuture<'static, Result<(), JournalError>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self.send(Msg::Flush(tx));
-        let path = self.path.clone();
-        Box::pin(async move {
-            let failed = |reason: String| JournalError::Write {
-                path: path.clone(),
-                reason,
-            };
-            if !sent {
-                return Err(failed("the journal is closed".into()));
-            }
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(failed(e)),
-                Err(_) => Err(failed("the journal's writer stopped".into())),
-            }
-        })
+        super::flush_answer(sent, rx, self.path.clone())
     }
 
     fn runs(&self) -> Result<Vec<RunRow>, JournalError> {
@@ -627,10 +605,7 @@ impl Journal for SqliteJournal {
         t.commit().map_err(|e| write_err(e.to_string()))?;
         // The reader's lock goes first: `queue` takes `next`, then `reader`.
         drop(c);
-        self.next
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(run.to_string(), (Arc::from(run), end));
+        self.next.reset(run, end);
         Ok(())
     }
 }

@@ -153,7 +153,7 @@ impl Grants {
 /// nothing but `log`. Any other plugin gets only what the spec grants.
 pub fn builtin_grants(name: &str) -> Option<&'static [Capability]> {
     Some(match name {
-        "solver" | "critic" | "coordinator" | "llm-judge" => &[Capability::Llm],
+        "solver" | "critic" | "coordinator" | "programmer" | "llm-judge" => &[Capability::Llm],
         "synthesizer" => &[Capability::Llm, Capability::Blackboard],
         "answer-format" | "numeric-check" | "majority" | "weighted" | "quorum" | "borda" => &[],
         "adaptive" => &[],

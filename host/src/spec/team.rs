@@ -83,7 +83,9 @@ const DAG_KEYS: [&str; 7] = [
 ];
 
 const TOP_KEYS: [&str; 6] = ["team", "node", "plugin", "task", "dag", "router"];
-const PLUGIN_KEYS: [&str; 6] = ["name", "path", "builtin", "config", "grants", "limits"];
+const PLUGIN_KEYS: [&str; 7] = [
+    "name", "path", "builtin", "config", "grants", "limits", "weights",
+];
 const TASK_KEYS: [&str; 17] = [
     "max_calls",
     "debate_rounds",
@@ -205,9 +207,28 @@ impl TeamSpec {
         };
         let mut plugins = Vec::new();
         for (i, v) in array("plugin").into_iter().enumerate() {
-            let p: PluginSection = v
+            let mut p: PluginSection = v
                 .try_into()
                 .map_err(|e| typed("plugin", &PLUGIN_KEYS, i, e))?;
+            if let Some(file) = &p.weights {
+                let file = path.parent().unwrap_or(Path::new(".")).join(file);
+                let err = |m: String| section_err("plugin", i, "weights", m);
+                let weights = crate::team::calibrate::Weights::read(&file)
+                    .map_err(|e| err(format!("plugin `{}`: weights: {e}", p.name)))?;
+                let config = p.config.get_or_insert_with(Default::default);
+                if config.contains_key("weights") {
+                    return Err(err(format!(
+                        "plugin `{}`: give `weights` as a file or in `config`, not both",
+                        p.name
+                    )));
+                }
+                let table: toml::Table = weights
+                    .by_node()
+                    .into_iter()
+                    .map(|(n, w)| (n, toml::Value::Float(w)))
+                    .collect();
+                config.insert("weights".into(), toml::Value::Table(table));
+            }
             if plugins.iter().any(|q: &PluginSection| q.name == p.name) {
                 return Err(section_err(
                     "plugin",
@@ -371,6 +392,7 @@ impl TeamSpec {
         // References between tasks and to plugins.
         let builtin_kinds: BTreeMap<&str, &str> = [
             ("solver", "role"),
+            ("programmer", "role"),
             ("critic", "role"),
             ("coordinator", "role"),
             ("synthesizer", "role"),

@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod bus;
+pub mod calibrate;
 pub mod caps;
 pub mod consensus;
 /// Task DAGs live in [`crate::dag`] (the spec reads them too); named here

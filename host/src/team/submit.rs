@@ -103,7 +103,15 @@ impl PreparedTeam {
             }
         };
         let started = journal.flush().await.err().map(|e| e.to_string());
-        let recorder = Recorder::new(journal.clone());
+        // Taken over by another process (cluster journal): this one stops.
+        let cancel = cancel.child_token();
+        if started
+            .as_deref()
+            .is_some_and(|e| e.contains(crate::journal::TAKEN_OVER))
+        {
+            cancel.cancel();
+        }
+        let recorder = Recorder::stopping(journal.clone(), cancel.clone());
         let both: Arc<dyn Observer> = Arc::new(Both(recorder.clone(), observer));
         let result = self
             .run_with(

@@ -15,7 +15,8 @@
 //!   llama.cpp's chatter to `tracing` (target `llama_cpp`) instead of stderr
 //!   and keeps the last error line so that a failed load can say why.
 //!
-//! The default model is SmolLM2-135M-Instruct (see `models/README.md` and
+//! The default model of the examples is Qwen2.5-Coder-0.5B-Instruct; the
+//! tests use SmolLM2-135M-Instruct (see `models/README.md` and
 //! `scripts/fetch-model.sh`).
 //!
 //! Build: llama-cpp-sys-2 compiles llama.cpp with `GGML_NATIVE=OFF` by
@@ -51,8 +52,9 @@ use super::{Backend, ChatRequest, ChatResponse, Completion, Message, ModelError}
 mod generate;
 use generate::*;
 
-/// Where `scripts/fetch-model.sh` puts the default model, relative to the
-/// repository root.
+/// Where `scripts/fetch-model.sh smollm2-135m` puts SmolLM2-135M, relative
+/// to the repository root: the small model the tests and `conclave bench
+/// embedded` use (the default model of the examples is Qwen2.5-Coder-0.5B).
 pub const DEFAULT_MODEL_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Most sequences one llama.cpp context can hold (`LLAMA_MAX_SEQ`), hence
@@ -205,6 +207,31 @@ struct Inner {
     warned_template: AtomicBool,
 }
 
+/// The models `scripts/fetch-model.sh` fetches: its name for each, and the
+/// file it writes into `models/`. A test checks this table against the
+/// script's own.
+const FETCHABLE: [(&str, &str); 3] = [
+    (
+        "qwen2.5-coder-0.5b",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
+    ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    (
+        "qwen2.5-coder-1.5b",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ),
+];
+
+/// What to run to get a missing GGUF file: the exact fetch command when
+/// the file name is one the project's script fetches.
+fn fetch_hint(path: &Path) -> String {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    match FETCHABLE.iter().find(|(_, f)| *f == file) {
+        Some((name, _)) => format!("fetch it with `bash scripts/fetch-model.sh {name}`"),
+        None => "`bash scripts/fetch-model.sh --list` names the models the project fetches".into(),
+    }
+}
+
 impl EmbeddedBackend {
     /// Loads the GGUF file of `config` for the node `node`.
     ///
@@ -219,10 +246,7 @@ impl EmbeddedBackend {
             return Err(NodeError::new(
                 node,
                 "path",
-                format!(
-                    "{} does not exist (run scripts/fetch-model.sh for the default model)",
-                    path.display()
-                ),
+                format!("{} does not exist ({})", path.display(), fetch_hint(path)),
             ));
         }
         let backend = backend()
@@ -453,6 +477,40 @@ unsafe extern "C" fn on_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names and files of `FETCHABLE` are those of the script's table,
+    /// so the hint for a missing file names a command that fetches it.
+    #[test]
+    fn fetch_hints_match_the_fetch_script() {
+        let script = include_str!("../../../../scripts/fetch-model.sh");
+        let table = script
+            .split("MODELS='")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        let rows: Vec<(String, String)> = table
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let fields: Vec<&str> = l.split('|').map(str::trim).collect();
+                (fields[0].to_string(), fields[1].to_string())
+            })
+            .collect();
+        let ours: Vec<(String, String)> = FETCHABLE
+            .iter()
+            .map(|(n, f)| (n.to_string(), f.to_string()))
+            .collect();
+        assert_eq!(ours, rows);
+        assert_eq!(
+            fetch_hint(Path::new(
+                "examples/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+            )),
+            "fetch it with `bash scripts/fetch-model.sh smollm2-135m`"
+        );
+        assert!(fetch_hint(Path::new("models/other.gguf")).contains("--list"));
+    }
 
     fn stops(s: &[&'static str]) -> Vec<&'static [u8]> {
         s.iter().map(|s| s.as_bytes()).collect()

@@ -165,6 +165,11 @@ pub struct PluginSection {
     pub grants: Vec<Capability>,
     #[serde(default)]
     pub limits: Option<SandboxLimits>,
+    /// A weights file written by `conclave calibrate` (relative to the
+    /// spec): its node weights are given to the plugin as `config.weights`.
+    /// Read at load, like a `[dag]` file: a replay or resume reads it again.
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
 }
 
 /// `[[task]]`.

@@ -13,6 +13,10 @@ use conclave_sdk::voter::*;
 struct Config {
     default_confidence: f64,
     fail_weight: f64,
+    /// Per node: how much its ballots count (0 or more).
+    weights: std::collections::BTreeMap<String, f64>,
+    /// The weight of a node that `weights` does not name.
+    default_weight: f64,
 }
 
 impl Default for Config {
@@ -20,6 +24,8 @@ impl Default for Config {
         Config {
             default_confidence: 1.0,
             fail_weight: 0.0,
+            weights: Default::default(),
+            default_weight: 1.0,
         }
     }
 }
@@ -39,6 +45,17 @@ impl Voter for Weighted {
 
     fn tally(task: Task, ballots: BallotBox) -> Result<Decision, PluginError> {
         let c: Config = task.parse_config()?;
+        if let Some((node, w)) = c
+            .weights
+            .iter()
+            .map(|(n, w)| (n.as_str(), *w))
+            .chain([("default_weight", c.default_weight)])
+            .find(|(_, w)| !w.is_finite() || *w < 0.0)
+        {
+            return Err(PluginError::InvalidConfig(format!(
+                "weight of `{node}` must be a finite number ≥ 0, not {w}"
+            )));
+        }
         let votes: Vec<Vote> = ballots
             .views()
             .iter()
@@ -51,7 +68,17 @@ impl Voter for Weighted {
                 };
                 let failed = !b.passed();
                 let confidence = b.confidence.unwrap_or(c.default_confidence).clamp(0.0, 1.0);
-                let weight = confidence * score * if failed { c.fail_weight } else { 1.0 };
+                // The node is read from the host only when weights need it.
+                let node_weight = if c.weights.is_empty() {
+                    c.default_weight
+                } else {
+                    c.weights
+                        .get(&b.node())
+                        .copied()
+                        .unwrap_or(c.default_weight)
+                };
+                let weight =
+                    confidence * score * node_weight * if failed { c.fail_weight } else { 1.0 };
                 Vote {
                     answer: b.answer.to_string(),
                     weight,
