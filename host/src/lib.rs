@@ -7,6 +7,7 @@
 //! [`plugin`] module loads, checks, hot-swaps and calls them.
 
 pub mod bench;
+pub mod cluster;
 pub mod dag;
 pub mod eval;
 pub mod journal;

@@ -21,7 +21,7 @@ use crate::journal_crash::SLOW_TEAM;
 
 /// The nats-server the tests run: `CONCLAVE_NATS_SERVER`, else the one
 /// scripts/install-nats.sh puts in target/nats.
-fn nats_binary() -> PathBuf {
+pub(crate) fn nats_binary() -> PathBuf {
     let path = std::env::var_os("CONCLAVE_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/nats/nats-server"));
@@ -33,7 +33,7 @@ fn nats_binary() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -42,7 +42,7 @@ fn free_port() -> u16 {
 }
 
 /// A nats-server of this test's own.
-struct Nats {
+pub(crate) struct Nats {
     child: Option<Child>,
     binary: PathBuf,
     conf: PathBuf,
@@ -51,7 +51,7 @@ struct Nats {
 }
 
 impl Nats {
-    fn start(dir: &Path, sync_always: bool) -> Nats {
+    pub(crate) fn start(dir: &Path, sync_always: bool) -> Nats {
         Nats::start_with(nats_binary(), dir, sync_always)
     }
 
@@ -113,14 +113,14 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn config(&self) -> ClusterConfig {
+    pub(crate) fn config(&self) -> ClusterConfig {
         ClusterConfig {
             monitor: Some(format!("http://127.0.0.1:{}", self.http)),
             ..ClusterConfig::new(self.url())
         }
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("CONCLAVE_CLUSTER", self.url()),
             (
@@ -130,7 +130,7 @@ impl Nats {
         ]
     }
 
-    fn read(&self, run: &str) -> RunLog {
+    pub(crate) fn read(&self, run: &str) -> RunLog {
         JetStreamJournal::connect(&self.config())
             .unwrap()
             .read(run)
@@ -158,9 +158,10 @@ fn ok_json(o: &Output) -> serde_json::Value {
 /// without damage, a submission first and an end last; in each stretch
 /// between resumptions at most one decision per task, every task of the
 /// last stretch decided once, a task decided again after a resumption
-/// decided the same; and no model call made for real twice (a resumed run
-/// reuses the journaled ones).
-fn assert_complete(log: &RunLog, question: &str) {
+/// decided the same; no model call made for real twice (a resumed run
+/// reuses the journaled ones); and no replica's ballot counted twice in a
+/// stretch.
+pub(crate) fn assert_complete(log: &RunLog, question: &str) {
     use std::collections::BTreeMap;
     assert!(log.damaged.is_none(), "{:?}", log.damaged);
     for (i, r) in log.records.iter().enumerate() {
@@ -176,6 +177,7 @@ fn assert_complete(log: &RunLog, question: &str) {
     let mut started: BTreeMap<(u32, String), u32> = BTreeMap::new();
     let mut decided: BTreeMap<(u32, String), Vec<Option<String>>> = BTreeMap::new();
     let mut calls = BTreeMap::new();
+    let mut ballots: BTreeMap<(u32, String, u32, u32), u32> = BTreeMap::new();
     for r in &log.records {
         let e = match &r.entry {
             Entry::Resumed { .. } => {
@@ -200,6 +202,16 @@ fn assert_complete(log: &RunLog, question: &str) {
                 replayed: false,
                 ..
             } => *calls.entry((task.clone(), *replica, *call)).or_insert(0) += 1,
+            Event::Ballot {
+                task,
+                round,
+                ballot,
+                ..
+            } => {
+                *ballots
+                    .entry((stretch, task.clone(), *round, ballot.replica))
+                    .or_insert(0) += 1
+            }
             _ => {}
         }
     }
@@ -230,6 +242,11 @@ fn assert_complete(log: &RunLog, question: &str) {
     assert!(
         calls.values().all(|&n| n == 1),
         "a model call made twice: {calls:?}"
+    );
+    assert!(!ballots.is_empty());
+    assert!(
+        ballots.values().all(|&n| n == 1),
+        "a replica's ballot counted twice: {ballots:?}"
     );
 }
 
@@ -489,7 +506,7 @@ fn truncating_inside_a_chunk_keeps_what_is_before_the_cut() {
     assert!(journal.read("cut").is_err());
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(child.id().to_string())

@@ -10,6 +10,7 @@ mod consensus;
 mod contract;
 mod embedded;
 mod eval;
+mod failover;
 mod hostile;
 mod hostile_team;
 mod hot_swap;

@@ -7,6 +7,7 @@
 pub mod amdahl;
 pub mod consensus;
 pub mod embedded;
+pub mod failover;
 pub mod journal;
 pub mod languages;
 pub mod router;

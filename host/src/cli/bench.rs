@@ -462,6 +462,66 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 exit::FAILURE
             }
         },
+        BenchCmd::Failover {
+            kills,
+            lease_ttl,
+            json,
+            store,
+        } => {
+            let Some(cluster) = store.cluster() else {
+                eprintln!("error: bench failover needs --cluster URL (a NATS server that syncs every write; scripts/nats.conf)");
+                return exit::USAGE;
+            };
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: cannot find this program to start its servers: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            match conclave::bench::failover::run(&exe, &cluster, kills, lease_ttl).await {
+                Ok(r) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).expect("serialisable")
+                    );
+                    exit::OK
+                }
+                Ok(r) => {
+                    use conclave::bench::failover::quantile;
+                    let row = |label: &str, xs: &[std::time::Duration]| {
+                        println!(
+                            "  {label:<36} p50 {:>8.2?}  p95 {:>8.2?}  max {:>8.2?}",
+                            quantile(xs, 0.5),
+                            quantile(xs, 0.95),
+                            quantile(xs, 1.0)
+                        )
+                    };
+                    println!(
+                        "failover: {} coordinators killed (SIGKILL) mid-run; lease TTL {:?}; {}",
+                        r.kills, r.lease_ttl, r.cluster
+                    );
+                    row("kill -> standby coordinates", &r.takeover);
+                    row("kill -> the killed run ends", &r.completion_after_kill);
+                    row("uninterrupted run (baseline)", &r.uninterrupted);
+                    let p50 = |xs: &[std::time::Duration]| quantile(xs, 0.5).as_secs_f64();
+                    println!(
+                        "  takeover p50 / lease TTL: {:.2}; killed run's end after the kill / uninterrupted run, p50: {:.2}x",
+                        p50(&r.takeover) / r.lease_ttl.as_secs_f64().max(1e-9),
+                        p50(&r.completion_after_kill) / p50(&r.uninterrupted).max(1e-9)
+                    );
+                    println!(
+                        "  killed runs that ended decided: {} of {}; model calls made twice: {}",
+                        r.decided, r.kills, r.calls_made_twice
+                    );
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
         BenchCmd::Serve { requests, json } => {
             match conclave::bench::serve::run(&default_plugin_dir(), requests).await {
                 Ok(rows) if json => {

@@ -296,6 +296,16 @@ struct ServeArgs {
     /// or a replaced plugin is not taken up until the server restarts.
     #[arg(long)]
     no_watch: bool,
+    /// With --cluster: the coordinator lease's time to live. Servers of a
+    /// cluster elect one coordinator, which serves requests; the others
+    /// are standbys, and one takes over within about 1.25 × this once the
+    /// coordinator stops renewing. Set by the first server of a cluster.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
+    /// With --cluster: where clients reach this server, which standbys name
+    /// while it coordinates (default: http:// and --listen).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -455,6 +465,22 @@ enum BenchCmd {
         json: bool,
         /// `--cluster URL`: measure the cluster's JetStream journal instead
         /// of a SQLite file in a temporary folder.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// How fast a standby takes over: two `serve --cluster` processes, the
+    /// coordinator killed (SIGKILL) mid-run, again and again; the time to
+    /// a new coordinator and to the run's end, beside uninterrupted runs.
+    Failover {
+        /// Coordinators killed.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        lease_ttl: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+        /// `--cluster URL` (required): the NATS server; the benchmark uses
+        /// a cluster name of its own on it.
         #[command(flatten)]
         store: StoreArgs,
     },

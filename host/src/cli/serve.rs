@@ -1,7 +1,12 @@
 //! `conclave serve`: teams as OpenAI-compatible models.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use super::team::open_journal;
 use super::{default_plugin_dir, exit, report, runtime, ServeArgs};
+use conclave::cluster::coordinator::Coordinator;
+use conclave::cluster::lease::{Election, Holder, Role};
 use conclave::server::TeamsError;
 use conclave::team::job::JobError;
 
@@ -17,6 +22,8 @@ pub async fn serve(args: ServeArgs) -> u8 {
         deadline,
         no_watch,
         keep_runs,
+        lease_ttl,
+        advertise,
         store,
     } = args;
     let token = match &token_env {
@@ -36,7 +43,8 @@ pub async fn serve(args: ServeArgs) -> u8 {
             return exit::FAILURE;
         }
     };
-    let teams = match conclave::server::Teams::load(&specs, rt, &default_plugin_dir()).await {
+    let teams = match conclave::server::Teams::load(&specs, rt.clone(), &default_plugin_dir()).await
+    {
         Ok(t) => t,
         Err(e) => {
             report(&e);
@@ -64,6 +72,41 @@ pub async fn serve(args: ServeArgs) -> u8 {
     config.max_body = max_body;
     config.deadline = deadline;
     config.runs_kept = keep_runs;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // Cluster mode: join the election; serve while coordinating.
+    let mut election = None;
+    let deposed = Arc::new(AtomicBool::new(false));
+    if let Some(cluster) = store.cluster() {
+        let me = Holder::this_process(Some(
+            advertise.unwrap_or_else(|| format!("http://{listen}")),
+        ));
+        let joined = match Election::join(&cluster, me, lease_ttl).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("error: cluster {}: {e}", cluster.url);
+                return exit::FAILURE;
+            }
+        };
+        let coordinator = match Coordinator::open(
+            &cluster,
+            journal.clone(),
+            rt,
+            default_plugin_dir(),
+            joined.role(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cluster {}: {e}", cluster.url);
+                return exit::FAILURE;
+            }
+        };
+        tokio::spawn(coordinator.clone().lead(shutdown.clone()));
+        tokio::spawn(print_role(joined.role(), shutdown.clone(), deposed.clone()));
+        config.cluster = Some(coordinator);
+        election = Some(joined);
+    }
     let server = match conclave::server::Server::bind(teams.clone(), journal, config).await {
         Ok(s) => s,
         Err(e) => {
@@ -99,7 +142,6 @@ pub async fn serve(args: ServeArgs) -> u8 {
         names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
         teams.nodes(),
     );
-    let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         // Ctrl-C, or SIGTERM from a service manager.
@@ -125,11 +167,53 @@ pub async fn serve(args: ServeArgs) -> u8 {
         eprintln!("shutting down: finishing the requests in flight");
         on_signal.cancel();
     });
-    match server.serve(shutdown).await {
+    let served = server.serve(shutdown).await;
+    // The lease, if held, goes to a standby at once.
+    if let Some(e) = election {
+        e.leave().await;
+    }
+    match served {
+        Ok(()) if deposed.load(Ordering::SeqCst) => exit::FAILURE,
         Ok(()) => exit::OK,
         Err(e) => {
             report(&e);
             exit::FAILURE
+        }
+    }
+}
+
+/// Says where this server stands in its cluster as that changes; once it
+/// is deposed, stops it (its runs are the next coordinator's).
+async fn print_role(
+    mut role: tokio::sync::watch::Receiver<Role>,
+    shutdown: tokio_util::sync::CancellationToken,
+    deposed: Arc<AtomicBool>,
+) {
+    loop {
+        let now = role.borrow_and_update().clone();
+        match now {
+            Role::Leading { term } => eprintln!(
+                "coordinating the cluster (term {term}): serving requests and taking over the runs of earlier coordinators"
+            ),
+            Role::Standby { leader: Some(h) } => eprintln!(
+                "standby: {} coordinates the cluster{}; requests here are answered 503 until this server takes over",
+                h.id,
+                h.http.map(|u| format!(" at {u}")).unwrap_or_default()
+            ),
+            Role::Standby { leader: None } => {
+                eprintln!("standby: waiting for the coordinator lease")
+            }
+            Role::Deposed { why, .. } => {
+                eprintln!(
+                    "error: this server lost the coordinator lease ({why}); stopping: its runs are resumed by the next coordinator"
+                );
+                deposed.store(true, Ordering::SeqCst);
+                shutdown.cancel();
+                return;
+            }
+        }
+        if role.changed().await.is_err() {
+            return;
         }
     }
 }

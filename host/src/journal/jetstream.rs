@@ -124,7 +124,7 @@ pub const DEFAULT_NAME: &str = "conclave";
 /// A run id as one subject token and key: itself when it is made of
 /// letters, digits, `-` and `_` (as Conclave's run ids are), else `x` and
 /// its hex.
-fn token(run: &str) -> String {
+pub(crate) fn token(run: &str) -> String {
     if !run.is_empty()
         && run
             .bytes()
@@ -201,6 +201,8 @@ enum Msg {
     Runs(Reply<Vec<RunRow>>),
     Read(String, Reply<Option<RunLog>>),
     Truncate(String, u64, Reply<()>),
+    /// Every later write is refused, for this reason.
+    Fence(String),
 }
 
 /// A journal on a JetStream stream.
@@ -361,6 +363,13 @@ impl Journal for JetStreamJournal {
             }),
             Err(e) => Err(self.read_err(e)),
         }
+    }
+
+    fn fence(&self, why: &str) {
+        self.send(Msg::Fence(format!(
+            "{why}: the runs of this process were {}, and nothing more of them is written",
+            super::TAKEN_OVER
+        )));
     }
 
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError> {

@@ -197,6 +197,14 @@ pub trait Journal: Send + Sync {
 
     /// Cuts a run back to its first `keep` records (after damage).
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError>;
+
+    /// Refuses every later write of this process, for the reason `why`
+    /// (a coordinator that lost its lease: what it would still write is
+    /// not the cluster's). The records already sent are kept. A store only
+    /// one process writes has nothing to fence.
+    fn fence(&self, why: &str) {
+        let _ = why;
+    }
 }
 
 /// The future a store's `flush` returns: its writer's answer on `rx`, as a

@@ -34,6 +34,7 @@ mod ui;
 
 pub use teams::{Served, Teams, TeamsError};
 
+mod cluster;
 use reply::{conclave, created, message, refusal, usage, Asked, Ballots, ChatBody, Refused};
 
 use std::net::SocketAddr;
@@ -77,6 +78,10 @@ pub struct ServerConfig {
     /// Finished runs the run board (`/ui`, `/v1/runs`) keeps besides the
     /// runs in progress. Default 100.
     pub runs_kept: usize,
+    /// Cluster mode: requests are served only while this process holds
+    /// the coordinator lease (a standby answers 503 naming the holder), and
+    /// each run is registered so that a successor resumes it.
+    pub cluster: Option<Arc<crate::cluster::coordinator::Coordinator>>,
 }
 
 impl ServerConfig {
@@ -90,6 +95,7 @@ impl ServerConfig {
             max_queue: None,
             deadline: Duration::from_secs(600),
             runs_kept: 100,
+            cluster: None,
         }
     }
 
@@ -191,7 +197,7 @@ impl Server {
             .route("/v1/models", get(models))
             .route("/v1/models/{id}", get(model))
             .route("/v1/plugins", get(plugins))
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(cluster::healthz))
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(max_body))
             .with_state(self.app)
@@ -376,6 +382,8 @@ enum Outcome {
     Ran {
         result: Box<JobResult>,
         deadline_passed: bool,
+        /// Its journal took every record (its end included).
+        journaled: bool,
     },
     /// The deadline passed while it waited for a slot.
     NoSlot,
@@ -450,6 +458,14 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             }
         },
     };
+    // Cluster mode: only the coordinator runs requests.
+    let lead = match cluster::admit(app.config.cluster.as_ref()) {
+        Ok(lead) => lead,
+        Err(role) => {
+            app.metrics.request("503");
+            return cluster::standby(&role);
+        }
+    };
     let team = served.team.clone();
     let team_name = served.name().to_string();
     let Asked {
@@ -471,6 +487,12 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     };
     let run_id = crate::team::job::new_run_id();
     let cancel = CancellationToken::new();
+    if let Some(lead) = &lead {
+        if let Err(refused) = lead.start(&run_id, &cancel).await {
+            app.metrics.request("503");
+            return refused.into_response();
+        }
+    }
     let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let ballots = Arc::new(Ballots::default());
     let heard = ballots.clone();
@@ -489,44 +511,58 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         let team_name_for_board = team_name.clone();
         let question_for_board = q.clone();
         let team = team.clone();
+        let lead = lead.clone();
         tokio::spawn(async move {
-            let _slot = match admission {
-                Admission::Slot(slot) => slot,
-                Admission::Queued(place) => {
-                    let slot = tokio::select! {
-                        slot = app.slots.clone().acquire_owned() => slot.ok(),
-                        _ = cancel.cancelled() => return Outcome::Left,
-                        _ = tokio::time::sleep_until(until) => None,
-                    };
-                    drop(place);
-                    match slot {
-                        Some(slot) => slot,
-                        None => return Outcome::NoSlot,
+            let outcome = async {
+                let _slot = match admission {
+                    Admission::Slot(slot) => slot,
+                    Admission::Queued(place) => {
+                        let slot = tokio::select! {
+                            slot = app.slots.clone().acquire_owned() => slot.ok(),
+                            _ = cancel.cancelled() => return Outcome::Left,
+                            _ = tokio::time::sleep_until(until) => None,
+                        };
+                        drop(place);
+                        match slot {
+                            Some(slot) => slot,
+                            None => return Outcome::NoSlot,
+                        }
                     }
+                };
+                let watched = app
+                    .board
+                    .begin(&run_id, &team_name_for_board, &question_for_board);
+                let observer: Arc<dyn Observer> = Arc::new(Both(observer, watched));
+                app.metrics.in_flight(1);
+                let timer = cancel.clone();
+                let expiry = tokio::spawn(async move {
+                    tokio::time::sleep_until(until).await;
+                    timer.cancel();
+                });
+                let job = crate::team::submit::Job::new(&run_id, &q, None).with_sampling(sampling);
+                let done = team
+                    .submit(&job, app.journal.clone(), None, observer, cancel)
+                    .await;
+                expiry.abort();
+                app.metrics.in_flight(-1);
+                app.metrics.finished(&done.result);
+                app.board.end(&run_id, Some(&done.result));
+                Outcome::Ran {
+                    deadline_passed: Instant::now() >= until,
+                    journaled: done.journal_error.is_none(),
+                    result: Box::new(done.result),
                 }
-            };
-            let watched = app
-                .board
-                .begin(&run_id, &team_name_for_board, &question_for_board);
-            let observer: Arc<dyn Observer> = Arc::new(Both(observer, watched));
-            app.metrics.in_flight(1);
-            let timer = cancel.clone();
-            let expiry = tokio::spawn(async move {
-                tokio::time::sleep_until(until).await;
-                timer.cancel();
-            });
-            let job = crate::team::submit::Job::new(&run_id, &q, None).with_sampling(sampling);
-            let done = team
-                .submit(&job, app.journal.clone(), None, observer, cancel)
-                .await;
-            expiry.abort();
-            app.metrics.in_flight(-1);
-            app.metrics.finished(&done.result);
-            app.board.end(&run_id, Some(&done.result));
-            Outcome::Ran {
-                deadline_passed: Instant::now() >= until,
-                result: Box::new(done.result),
             }
+            .await;
+            if let Some(lead) = lead {
+                let durable = match &outcome {
+                    Outcome::Ran { journaled, .. } => *journaled,
+                    // Never journaled: nothing to resume.
+                    Outcome::NoSlot | Outcome::Left => true,
+                };
+                lead.end(&run_id, durable).await;
+            }
+            outcome
         })
     };
     let guard = CancelOnDrop(cancel);
@@ -548,13 +584,16 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         Outcome::Ran {
             result,
             deadline_passed,
+            ..
         } => (result, deadline_passed),
         Outcome::NoSlot | Outcome::Left => {
             app.metrics.request("504");
             return no_slot(&app).into_response();
         }
     };
-    if let Some(e) = refusal(&r, app.config.deadline, deadline_passed) {
+    if let Some(e) =
+        cluster::handed_over(&app, &r).or_else(|| refusal(&r, app.config.deadline, deadline_passed))
+    {
         app.metrics.request(e.status.as_str());
         return (e.status, axum::Json(e.body(Some(&*r)))).into_response();
     }

@@ -76,7 +76,10 @@ pub(super) fn stream(
             Outcome::Ran {
                 result,
                 deadline_passed,
-            } => match refusal(&result, app.config.deadline, deadline_passed) {
+                ..
+            } => match super::cluster::handed_over(app, &result)
+                .or_else(|| refusal(&result, app.config.deadline, deadline_passed))
+            {
                 None => result,
                 Some(e) => {
                     let _ = tx.send(fail(e, Some(&*result))).await;

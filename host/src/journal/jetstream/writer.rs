@@ -48,6 +48,9 @@ pub(super) struct Writer {
     last: HashMap<String, u64>,
     /// Runs this writer was fenced off, and why.
     fenced: HashMap<String, String>,
+    /// Set when the process fenced its own journal ([`Msg::Fence`]):
+    /// nothing more is published.
+    fenced_all: Option<String>,
 }
 
 /// Whether a nats-server version string is at least `OLDEST_SERVER`.
@@ -153,6 +156,7 @@ impl Writer {
             failed: None,
             last: HashMap::new(),
             fenced: HashMap::new(),
+            fenced_all: None,
         })
     }
 
@@ -211,6 +215,10 @@ impl Writer {
                         self.settle().await;
                         let _ = tx.send(self.truncate(&run, keep).await);
                     }
+                    Msg::Fence(why) => {
+                        self.failed = Some(why.clone());
+                        self.fenced_all = Some(why);
+                    }
                 }
             }
             self.publish(std::mem::take(&mut batch)).await;
@@ -249,6 +257,9 @@ impl Writer {
     /// message (`MAX_CHUNK` bytes at most), without waiting for their
     /// acknowledgements.
     async fn publish(&mut self, batch: Vec<Pending>) {
+        if self.fenced_all.is_some() {
+            return;
+        }
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut open: HashMap<Arc<str>, usize> = HashMap::new();
         for p in batch {

@@ -1,0 +1,300 @@
+//! What the lease holder does besides serving: it registers the runs it
+//! starts, and when it takes over it resumes from the journal the runs an
+//! earlier coordinator registered and did not end.
+//!
+//! The registry is the bucket `conclave-NAME-coordinated`: one key per run
+//! in progress, valued `{run, term, at_ms}`. A run is registered before its
+//! submission is journaled and unregistered once its end is durable in the
+//! journal, so a run that a coordinator was running when it died is always
+//! in the registry under that coordinator's term. The new coordinator
+//! re-registers it under its own term (an update expecting the revision it
+//! read, so two would-be successors cannot both take it) and resumes it.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::Role;
+use crate::journal::jetstream::{token, ClusterConfig};
+use crate::journal::{now_ms, Journal, JournalError};
+use crate::plugin::PluginRuntime;
+use crate::team::events::{Event, Observer};
+
+/// How often the holder looks for runs to take over.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// A registered run that never reached the journal (its coordinator died
+/// between registering and journaling it) is forgotten after this long.
+const NEVER_JOURNALED: Duration = Duration::from_secs(60);
+
+/// A run's entry in the registry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Registered {
+    run: String,
+    term: u64,
+    at_ms: u64,
+}
+
+/// The coordinator's side of cluster mode.
+pub struct Coordinator {
+    registry: kv::Store,
+    journal: Arc<dyn Journal>,
+    runtime: Arc<PluginRuntime>,
+    builtin_dir: PathBuf,
+    role: watch::Receiver<Role>,
+    /// Runs this process is running (served or resumed).
+    running: Mutex<HashSet<String>>,
+    /// Runs that could not be resumed here (reported once).
+    given_up: Mutex<HashSet<String>>,
+}
+
+impl Coordinator {
+    /// Opens the registry of the cluster's runs.
+    pub async fn open(
+        config: &ClusterConfig,
+        journal: Arc<dyn Journal>,
+        runtime: Arc<PluginRuntime>,
+        builtin_dir: PathBuf,
+        role: watch::Receiver<Role>,
+    ) -> Result<Arc<Coordinator>, String> {
+        let js = super::connect(config, "coordinator").await?;
+        let registry = super::bucket(
+            &js,
+            kv::Config {
+                bucket: format!("conclave-{}-coordinated", config.name),
+                description: "Conclave's runs in progress under an elected coordinator".into(),
+                history: 1,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Arc::new(Coordinator {
+            registry,
+            journal,
+            runtime,
+            builtin_dir,
+            role,
+            running: Default::default(),
+            given_up: Default::default(),
+        }))
+    }
+
+    /// Where this process stands in the election now.
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// Registers `run`, about to start under `term`, before its submission
+    /// is journaled.
+    pub async fn register(&self, run: &str, term: u64) -> Result<(), String> {
+        self.lock_running().insert(run.to_string());
+        let value = serde_json::to_vec(&Registered {
+            run: run.to_string(),
+            term,
+            at_ms: now_ms(),
+        })
+        .unwrap_or_default();
+        if let Err(e) = self.registry.put(token(run), value.into()).await {
+            self.lock_running().remove(run);
+            return Err(format!("cannot register run {run} with the cluster: {e}"));
+        }
+        Ok(())
+    }
+
+    /// `run` is no longer running here. `durable`: its end is in the
+    /// journal, so it leaves the registry; otherwise it stays there for
+    /// the next coordinator to resume.
+    pub async fn finished(&self, run: &str, durable: bool) {
+        self.lock_running().remove(run);
+        if durable {
+            if let Err(e) = self.registry.delete(token(run)).await {
+                tracing::warn!("run {run}: cannot leave the cluster's registry: {e}");
+            }
+        }
+    }
+
+    /// A token cancelled once this process no longer leads in `term`. A
+    /// deposed process's journal is fenced first, so that nothing its runs
+    /// record on their way out (their cancellation) is written.
+    pub fn while_leading(&self, term: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        let cancel = token.clone();
+        let mut role = self.role.clone();
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = role.borrow_and_update().clone();
+                if !matches!(now, Role::Leading { term: t } if t == term) {
+                    if let Role::Deposed { why, .. } = now {
+                        journal.fence(&why);
+                    }
+                    cancel.cancel();
+                    return;
+                }
+                tokio::select! {
+                    changed = role.changed() => if changed.is_err() {
+                        cancel.cancel();
+                        return;
+                    },
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        });
+        token
+    }
+
+    /// Until `stop`: whenever this process leads, takes over the runs of
+    /// earlier terms (at once, then every second, for runs registered
+    /// late by a coordinator that was stopped rather than dead).
+    pub async fn lead(self: Arc<Self>, stop: CancellationToken) {
+        let mut role = self.role.clone();
+        loop {
+            let term = loop {
+                if let Role::Leading { term } = *role.borrow_and_update() {
+                    break term;
+                }
+                tokio::select! {
+                    changed = role.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+            };
+            let leading = self.while_leading(term);
+            while !leading.is_cancelled() {
+                self.take_over(term, &leading).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = leading.cancelled() => {}
+                    _ = tokio::time::sleep(SCAN_EVERY) => {}
+                }
+            }
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One pass over the registry.
+    async fn take_over(self: &Arc<Self>, term: u64, leading: &CancellationToken) {
+        let keys: Vec<String> = match self.registry.keys().await {
+            Ok(k) => k.try_collect().await.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("cannot list the cluster's runs in progress: {e}");
+                return;
+            }
+        };
+        for key in keys {
+            let Ok(Some(entry)) = self.registry.entry(key.as_str()).await else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let Ok(reg) = serde_json::from_slice::<Registered>(&entry.value) else {
+                continue;
+            };
+            if reg.term >= term
+                || self.lock_running().contains(&reg.run)
+                || self
+                    .given_up
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&reg.run)
+            {
+                continue;
+            }
+            let journal = self.journal.clone();
+            let run = reg.run.clone();
+            let read = tokio::task::spawn_blocking(move || journal.read(&run)).await;
+            match read {
+                Ok(Ok(log)) if log.ended().is_some() => {
+                    let _ = self.registry.delete(key.as_str()).await;
+                }
+                Ok(Ok(_)) => {
+                    let mine = serde_json::to_vec(&Registered {
+                        run: reg.run.clone(),
+                        term,
+                        at_ms: now_ms(),
+                    })
+                    .unwrap_or_default();
+                    // Taken only if nobody changed it since it was read.
+                    if self
+                        .registry
+                        .update(key.as_str(), mine.into(), entry.revision)
+                        .await
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.lock_running().insert(reg.run.clone());
+                    tracing::warn!(
+                        "coordinator (term {term}): taking over run {} of term {}, resumed from the journal",
+                        reg.run,
+                        reg.term
+                    );
+                    tokio::spawn(self.clone().resume(reg.run, leading.child_token()));
+                }
+                Ok(Err(JournalError::NoRun { .. }))
+                    if now_ms().saturating_sub(reg.at_ms) > NEVER_JOURNALED.as_millis() as u64 =>
+                {
+                    let _ = self.registry.delete(key.as_str()).await;
+                }
+                Ok(Err(e)) => tracing::warn!("run {}: {e}", reg.run),
+                Err(e) => tracing::warn!("run {}: {e}", reg.run),
+            }
+        }
+    }
+
+    async fn resume(self: Arc<Self>, run: String, cancel: CancellationToken) {
+        let observer: Arc<dyn Observer> = Arc::new(|run: &str, e: &Event| {
+            if let Event::TaskEnded { task, result } = e {
+                tracing::info!("run {run}: task {task}: {}", result.stop);
+            }
+        });
+        let resumed = crate::journal::resume::resume(
+            self.journal.clone(),
+            &run,
+            self.runtime.clone(),
+            &self.builtin_dir,
+            observer,
+            cancel,
+        )
+        .await;
+        match resumed {
+            Ok(done) => {
+                let durable = done.journal_error.is_none();
+                if durable {
+                    tracing::info!("run {run} ended: {}", done.result.stop);
+                } else if let Some(e) = &done.journal_error {
+                    tracing::error!("run {run}: {e}");
+                }
+                self.finished(&run, durable).await;
+            }
+            Err(e) => {
+                tracing::error!("run {run} cannot be resumed here: {e}");
+                self.lock_running().remove(&run);
+                self.given_up
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(run);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("role", &*self.role.borrow())
+            .finish_non_exhaustive()
+    }
+}

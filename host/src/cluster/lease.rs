@@ -1,0 +1,255 @@
+//! The coordinator lease: who coordinates the cluster now.
+//!
+//! The lease is the key `coordinator` in the bucket `conclave-NAME-lease`,
+//! whose entries expire `ttl` after they were written (the bucket's
+//! `max_age`; the first process to create the bucket sets it, and later
+//! ones use what the bucket says). Its value names the holder
+//! ([`Holder`]).
+//!
+//! - A standby tries to create the key every `ttl / 4`; creating succeeds
+//!   only when there is no live entry, so one process at a time holds the
+//!   lease. The revision it created the key at is its **term**: terms only
+//!   grow (they are stream sequences), so a later coordinator's is larger.
+//! - The holder renews every `ttl / 4` by updating the key *expecting the
+//!   revision it last wrote*: if anyone else wrote it meanwhile, the
+//!   update is refused and the holder steps down.
+//! - The holder's own deadline is three quarters of `ttl` after it *sent*
+//!   its last successful renewal. The server cannot let the entry expire
+//!   before `ttl` after it *received* it, so the holder knows it is deposed
+//!   (and stops acting) before any standby can take the key, with a
+//!   quarter of `ttl` to spare for scheduling delays. A process that is
+//!   paused past its deadline (`SIGSTOP`, a long GC-like stall) is caught
+//!   by the journal's fencing instead ([`super`]).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::jetstream::ClusterConfig;
+
+/// The lease's time to live when none is given.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// The shortest time to live accepted (renewals are a quarter of it).
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+const KEY: &str = "coordinator";
+
+/// Who holds (or held) the lease, as its value says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Names the process: `HOSTNAME/PID`, unless given.
+    pub id: String,
+    /// Where it serves requests (`http://HOST:PORT`), for standbys to point
+    /// clients at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+}
+
+impl Holder {
+    /// This process, serving at `http`.
+    pub fn this_process(http: Option<String>) -> Holder {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "host".into());
+        Holder {
+            id: format!("{host}/{}", std::process::id()),
+            http,
+        }
+    }
+}
+
+/// Where this process stands in the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Another process holds the lease (`None`: it could not be read, or
+    /// nobody holds it and this one has not taken it yet).
+    Standby { leader: Option<Holder> },
+    /// This process holds the lease since it created it at revision `term`.
+    Leading { term: u64 },
+    /// This process held the lease in `term` and lost it (it could not
+    /// renew it in time, or another took it): it must stop coordinating.
+    Deposed { term: u64, why: String },
+}
+
+/// Taking part in the election until dropped (a holder that leaves
+/// releases the lease).
+pub struct Election {
+    role: watch::Receiver<Role>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    ttl: Duration,
+}
+
+impl Election {
+    /// Connects and joins the election as `me`, as a standby: the lease is
+    /// taken by the loop this starts, which reports through [`Self::role`].
+    /// `ttl` is used when this process creates the lease bucket.
+    pub async fn join(
+        config: &ClusterConfig,
+        me: Holder,
+        ttl: Duration,
+    ) -> Result<Election, String> {
+        let ttl = ttl.max(MIN_TTL);
+        let js = super::connect(config, "election").await?;
+        let name = format!("conclave-{}-lease", config.name);
+        let store = super::bucket(
+            &js,
+            kv::Config {
+                bucket: name.clone(),
+                description: "Conclave's coordinator lease".into(),
+                history: 1,
+                max_age: ttl,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let ttl = match store.status().await {
+            Ok(s) if s.max_age() >= MIN_TTL => {
+                if s.max_age() != ttl {
+                    tracing::warn!(
+                        "the lease bucket {name} has a time to live of {:?}, which this process uses (not {:?})",
+                        s.max_age(),
+                        ttl
+                    );
+                }
+                s.max_age()
+            }
+            Ok(s) => {
+                return Err(format!(
+                    "the lease bucket {name} has no usable time to live ({:?}); delete it to let it be created again",
+                    s.max_age()
+                ))
+            }
+            Err(e) => return Err(format!("cannot read the lease bucket {name}: {e}")),
+        };
+        let (tx, role) = watch::channel(Role::Standby { leader: None });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(elect(store, me, ttl, tx, stop.clone()));
+        Ok(Election {
+            role,
+            stop,
+            task: Some(task),
+            ttl,
+        })
+    }
+
+    /// Where this process stands, as it changes.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// The lease's time to live (the bucket's).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Leaves the election; the lease, if held, is released at once (a
+    /// standby can take it on its next try).
+    pub async fn leave(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Election {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The election loop: standby until the key can be created, then holder
+/// until a renewal fails or the deadline passes, then deposed (for good:
+/// the process stops coordinating).
+async fn elect(
+    store: kv::Store,
+    me: Holder,
+    ttl: Duration,
+    tx: watch::Sender<Role>,
+    stop: CancellationToken,
+) {
+    let value: bytes::Bytes = serde_json::to_vec(&me).unwrap_or_default().into();
+    let every = ttl / 4;
+    let deadline_after = ttl * 3 / 4;
+    // Standby.
+    let (term, mut revision, mut renewed) = loop {
+        let sent = Instant::now();
+        match store.create(KEY, value.clone()).await {
+            Ok(rev) => break (rev, rev, sent),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let leader = match store.get(KEY).await {
+                    Ok(Some(v)) => serde_json::from_slice::<Holder>(&v).ok(),
+                    _ => None,
+                };
+                tx.send_if_modified(|r| {
+                    let now = Role::Standby { leader };
+                    let changed = *r != now;
+                    *r = now;
+                    changed
+                });
+            }
+            Err(e) => {
+                tracing::warn!("coordinator lease: cannot try to take it: {e}");
+                tx.send_if_modified(|r| {
+                    let changed = *r != Role::Standby { leader: None };
+                    *r = Role::Standby { leader: None };
+                    changed
+                });
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    };
+    let _ = tx.send(Role::Leading { term });
+    // Holder.
+    let why = loop {
+        let deadline = renewed + deadline_after;
+        tokio::select! {
+            _ = stop.cancelled() => {
+                // Released for the next holder, if it is still ours.
+                let _ = store.delete_expect_revision(KEY, Some(revision)).await;
+                return;
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break format!(
+                "no renewal of the coordinator lease was acknowledged within {:?}",
+                deadline_after
+            );
+        }
+        let sent = Instant::now();
+        match tokio::time::timeout(left, store.update(KEY, value.clone(), revision)).await {
+            Ok(Ok(rev)) => {
+                revision = rev;
+                renewed = sent;
+            }
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                break "another process took the coordinator lease".to_string();
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("coordinator lease: renewal failed ({e}); retrying");
+            }
+            Err(_) => {
+                break format!(
+                    "no renewal of the coordinator lease was acknowledged within {:?}",
+                    deadline_after
+                );
+            }
+        }
+    };
+    let _ = tx.send(Role::Deposed { term, why });
+}

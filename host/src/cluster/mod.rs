@@ -1,0 +1,69 @@
+//! Cluster mode: many `conclave serve --cluster URL` processes on any
+//! hosts, one elected coordinator among them, and failover with nothing
+//! lost.
+//!
+//! - [`lease`]: the election. One process holds the coordinator lease, a
+//!   key in a JetStream key-value bucket whose entries expire after the
+//!   lease's time to live; the holder renews it with revision-checked
+//!   updates, and the revision it acquired it at is its *term*. The others
+//!   are standbys: they try to take the key every quarter of the time to
+//!   live, so a coordinator that stops renewing is replaced within about
+//!   1.25 × the time to live.
+//! - [`coordinator`]: what the holder does. It serves the requests and
+//!   registers each run it starts (bucket `conclave-NAME-coordinated`,
+//!   one key per run, with the term); when it takes over, it resumes from
+//!   the journal every run registered by an earlier term that has not
+//!   ended. A coordinator that cannot renew its lease before its own
+//!   deadline (three quarters of the time to live after its last renewal
+//!   was sent) fences its journal, so nothing more of its runs is written,
+//!   and stops: a deposed coordinator never writes beside its successor.
+//!
+//! The journal is the cluster's stream ([`crate::journal::jetstream`]):
+//! a resumed run's first record (`Resumed`) expects the run's last stream
+//! sequence, so a write from a coordinator that was stopped (not dead)
+//! when it was replaced is refused by the server when it comes back.
+
+pub mod coordinator;
+pub mod lease;
+
+use std::time::Duration;
+
+use crate::journal::jetstream::ClusterConfig;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of the cluster's NATS server, for the election and the
+/// coordinator's registry (the journal has a connection of its own).
+pub(crate) async fn connect(
+    config: &ClusterConfig,
+    what: &str,
+) -> Result<async_nats::jetstream::Context, String> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("conclave {what}"))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| format!("{}: cannot connect: {e}", config.url))?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Opens the key-value bucket `name`, creating it with `config` when it is
+/// not there.
+pub(crate) async fn bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    let name = config.bucket.clone();
+    match js.get_key_value(&name).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => match js.create_key_value(config).await {
+            Ok(kv) => Ok(kv),
+            // Another process created it meanwhile.
+            Err(e) => js
+                .get_key_value(&name)
+                .await
+                .map_err(|_| format!("cannot open the bucket {name}: {e}")),
+        },
+    }
+}

@@ -1,0 +1,330 @@
+//! Cluster mode's elected coordinator, as separate OS processes against a
+//! real nats-server: two `conclave serve --cluster` servers elect one
+//! coordinator; when it is killed (`SIGKILL`) mid-run the standby takes the
+//! lease and finishes the run from the journal; when it is stopped
+//! (`SIGSTOP`) past its lease and then continued, it finds itself deposed,
+//! writes nothing more, and exits.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use conclave::journal::jetstream::JetStreamJournal;
+use conclave::journal::{Entry, Journal, RunLog};
+
+use crate::cluster::{assert_complete, free_port, signal, Nats};
+use crate::journal::{command, team_file};
+
+/// Three tasks of three replicas on a simulated node slow enough that a
+/// run is in progress when a test interferes.
+const TEAM: &str = r#"
+[team]
+name = "slow"
+
+[[node]]
+name = "sim"
+backend = "sim"
+accuracy = 0.7
+seed = 9
+latency = { kind = "lognormal", median = "400ms", sigma = 0.3 }
+
+[[task]]
+id = "left"
+role = "solver"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+
+[[task]]
+id = "right"
+role = "solver"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+
+[[task]]
+id = "both"
+role = "solver"
+prompt = "Check: {question}"
+replicas = 3
+voter = "majority"
+answer_kind = "number"
+depends_on = ["left", "right"]
+"#;
+
+/// The lease's time to live in these tests (the shortest accepted).
+const TTL: &str = "2s";
+
+/// A `conclave serve --cluster` process, its standard error in a file.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, name: &str, spec: &str, nats: &Nats) -> Server {
+        let port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let child = command(
+            &[
+                "serve",
+                spec,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--lease-ttl",
+                TTL,
+                "--no-watch",
+            ],
+            &dir.join(name),
+            &nats.env(),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+        Server {
+            child: Some(child),
+            port,
+            log,
+        }
+    }
+
+    /// The status of `GET /healthz`, if the server answers.
+    fn health(&self) -> Option<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        reply.split(' ').nth(1)?.parse().ok()
+    }
+
+    /// Waits until `/healthz` answers `status`.
+    fn wait_health(&self, status: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.health() != Some(status) {
+            assert!(
+                Instant::now() < deadline,
+                "/healthz never answered {status}: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a chat request and keeps the connection open (a client that
+    /// leaves would cancel its run).
+    fn ask(&self, question: &str) -> TcpStream {
+        let body =
+            serde_json::json!({"messages": [{"role": "user", "content": question}]}).to_string();
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        s
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn child(&self) -> &Child {
+        self.child.as_ref().unwrap()
+    }
+
+    /// Waits for the process to exit on its own; its status code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped process must be continued to die of SIGKILL's
+            // cleanup in order.
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// The one run on the cluster, once it has `n` records.
+fn wait_for_run(journal: &JetStreamJournal, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(row) = journal.runs().unwrap().first() {
+            if journal
+                .read(&row.run)
+                .is_ok_and(|log| log.records.len() >= n)
+            {
+                return row.run.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no run with {n} records");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `run`'s records once it has ended.
+fn wait_for_end(journal: &JetStreamJournal, run: &str, servers: &[&Server]) -> RunLog {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = journal.read(run).unwrap();
+        if log.ended().is_some() {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run} did not end: {}",
+            servers
+                .iter()
+                .map(|s| s.stderr())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn submitted_question(log: &RunLog) -> String {
+    match &log.records[0].entry {
+        Entry::JobSubmitted { question, .. } => question.clone(),
+        e => panic!("the first record is not the submission: {e:?}"),
+    }
+}
+
+/// Two servers, `a` elected (started first, so it takes the lease).
+fn two_servers(dir: &Path, nats: &Nats) -> (Server, Server) {
+    let spec = team_file(dir, TEAM);
+    let a = Server::start(dir, "a", &spec, nats);
+    a.wait_health(200, Duration::from_secs(60));
+    let b = Server::start(dir, "b", &spec, nats);
+    b.wait_health(503, Duration::from_secs(60));
+    // Still: one coordinator.
+    assert_eq!(a.health(), Some(200));
+    (a, b)
+}
+
+#[test]
+fn a_standby_takes_over_when_the_coordinator_is_killed_and_the_run_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let (mut a, b) = two_servers(dir.path(), &nats);
+    assert!(
+        b.stderr().contains("standby:"),
+        "the standby says so: {}",
+        b.stderr()
+    );
+    let _client = a.ask("What is 40 + 2?");
+    let run = wait_for_run(&journal, 6);
+    a.kill();
+    let before = journal.read(&run).unwrap();
+    assert!(before.ended().is_none(), "killed before its end");
+
+    // The standby takes the lease, then the run.
+    b.wait_health(200, Duration::from_secs(30));
+    let log = wait_for_end(&journal, &run, &[&b]);
+    assert_complete(&log, &submitted_question(&log));
+    assert_eq!(log.records[..before.records.len()], before.records[..]);
+    let resumptions = log
+        .records
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Resumed { .. }))
+        .count();
+    assert_eq!(resumptions, 1, "resumed once, by the new coordinator");
+    assert!(
+        b.stderr().contains(&format!("taking over run {run}"))
+            && b.stderr().contains("coordinating the cluster (term"),
+        "{}",
+        b.stderr()
+    );
+    assert_eq!(
+        log.ended().unwrap().stop.to_string(),
+        "decided",
+        "{:?}",
+        log.ended()
+    );
+}
+
+#[test]
+fn a_deposed_coordinator_writes_nothing_more_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let (mut a, b) = two_servers(dir.path(), &nats);
+    let mut client = a.ask("What is 40 + 2?");
+    let run = wait_for_run(&journal, 6);
+    // Stopped, not dead: its lease runs out and the standby takes over.
+    signal(a.child(), "STOP");
+    let stopped_at = journal.read(&run).unwrap().records.len();
+    b.wait_health(200, Duration::from_secs(30));
+    let finished = wait_for_end(&journal, &run, &[&b]);
+    assert_complete(&finished, &submitted_question(&finished));
+
+    // Continued: it finds the lease gone, stops, and writes nothing.
+    signal(a.child(), "CONT");
+    let code = a.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{}", a.stderr());
+    assert!(
+        a.stderr().contains("lost the coordinator lease"),
+        "{}",
+        a.stderr()
+    );
+    let after = journal.read(&run).unwrap();
+    assert_eq!(after.records, finished.records);
+    assert!(
+        after
+            .records
+            .iter()
+            .position(|r| matches!(r.entry, Entry::Resumed { .. }))
+            .is_some_and(|i| i >= stopped_at),
+        "resumed after what the stopped coordinator had written"
+    );
+    assert_eq!(b.health(), Some(200), "the new coordinator serves");
+    // Its client was told the run goes on elsewhere.
+    let mut reply = String::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = client.read_to_string(&mut reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 503")
+            && reply.contains("coordinator_changed")
+            && reply.contains(&run),
+        "{reply}"
+    );
+}
