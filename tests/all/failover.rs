@@ -254,6 +254,19 @@ fn a_standby_takes_over_when_the_coordinator_is_killed_and_the_run_completes() {
     a.kill();
     let before = journal.read(&run).unwrap();
     assert!(before.ended().is_none(), "killed before its end");
+    // Until its lease runs out, the dead coordinator still holds it, and
+    // its run is registered under its term.
+    let dead = cluster_status(dir.path(), &nats);
+    assert_eq!(
+        dead["coordinator"]["http"],
+        format!("http://127.0.0.1:{}", a.port)
+    );
+    let dead_term = dead["term"].as_u64().expect("a term");
+    assert_eq!(
+        dead["runs"],
+        serde_json::json!([[run, dead_term]]),
+        "{dead}"
+    );
 
     // The standby takes the lease, then the run.
     b.wait_health(200, Duration::from_secs(30));
@@ -278,6 +291,34 @@ fn a_standby_takes_over_when_the_coordinator_is_killed_and_the_run_completes() {
         "{:?}",
         log.ended()
     );
+    // The new coordinator, in a later term, with nothing left in progress.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let now = loop {
+        let now = cluster_status(dir.path(), &nats);
+        if now["term"].is_u64() && now["runs"] == serde_json::json!([]) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        now["coordinator"]["http"],
+        format!("http://127.0.0.1:{}", b.port)
+    );
+    assert!(now["term"].as_u64().unwrap() > dead_term, "{now}");
+}
+
+/// `conclave cluster --json`.
+fn cluster_status(dir: &Path, nats: &Nats) -> serde_json::Value {
+    let out = command(&["cluster", "--json"], &dir.join("status"), &nats.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -146,6 +146,15 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Cluster mode: who coordinates (the lease's holder, its term and
+    /// address) and the runs in progress under a coordinator.
+    Cluster {
+        #[arg(long)]
+        json: bool,
+        /// `--cluster URL` (required).
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// List journaled runs.
     Runs {
         #[arg(long)]
@@ -658,6 +667,7 @@ async fn run(cli: Cli) -> u8 {
             .await
         }
         Command::Runs { json, store } => journal::runs(json, &store),
+        Command::Cluster { json, store } => serve::cluster(json, &store).await,
         Command::Calibrate {
             team,
             out,

@@ -217,3 +217,51 @@ async fn print_role(
         }
     }
 }
+
+/// `conclave cluster`.
+pub async fn cluster(json: bool, store: &super::StoreArgs) -> u8 {
+    let Some(cluster) = store.cluster() else {
+        eprintln!("error: conclave cluster needs --cluster URL (or $CONCLAVE_CLUSTER)");
+        return exit::USAGE;
+    };
+    let status = match conclave::cluster::status(&cluster).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cluster {}: {e}", cluster.url);
+            return exit::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("serialisable")
+        );
+        return exit::OK;
+    }
+    match &status.coordinator {
+        Some(h) => println!(
+            "coordinator: {}{}{}",
+            h.id,
+            status
+                .term
+                .map(|t| format!(", term {t}"))
+                .unwrap_or_default(),
+            h.http
+                .as_deref()
+                .map(|u| format!(", serving at {u}"))
+                .unwrap_or_default()
+        ),
+        None => println!("coordinator: none holds the lease now"),
+    }
+    if let Some(ttl) = status.lease_ttl {
+        println!("lease TTL:   {}", humantime::format_duration(ttl));
+    }
+    println!(
+        "runs in progress under a coordinator: {}",
+        status.runs.len()
+    );
+    for (run, term) in &status.runs {
+        println!("  {run}  (term {term})");
+    }
+    exit::OK
+}

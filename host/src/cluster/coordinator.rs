@@ -298,3 +298,21 @@ impl std::fmt::Debug for Coordinator {
             .finish_non_exhaustive()
     }
 }
+
+/// The runs in `registry`, with their terms.
+pub(crate) async fn registered(registry: &kv::Store) -> Result<Vec<(String, u64)>, String> {
+    let keys: Vec<String> = match registry.keys().await {
+        Ok(k) => k.try_collect().await.map_err(|e| e.to_string())?,
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut runs = Vec::new();
+    for key in keys {
+        if let Ok(Some(e)) = registry.entry(key.as_str()).await {
+            if let Ok(r) = serde_json::from_slice::<Registered>(&e.value) {
+                runs.push((r.run, r.term));
+            }
+        }
+    }
+    runs.sort();
+    Ok(runs)
+}

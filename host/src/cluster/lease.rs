@@ -36,7 +36,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// The shortest time to live accepted (renewals are a quarter of it).
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 
-const KEY: &str = "coordinator";
+/// The lease's key in its bucket.
+pub(crate) const KEY: &str = "coordinator";
 
 /// Who holds (or held) the lease, as its value says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,10 @@ pub struct Holder {
     /// clients at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// Its term, written with its first renewal (unknown when it creates
+    /// the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 impl Holder {
@@ -61,6 +66,7 @@ impl Holder {
         Holder {
             id: format!("{host}/{}", std::process::id()),
             http,
+            term: None,
         }
     }
 }
@@ -213,6 +219,12 @@ async fn elect(
         }
     };
     let _ = tx.send(Role::Leading { term });
+    let value: bytes::Bytes = serde_json::to_vec(&Holder {
+        term: Some(term),
+        ..me
+    })
+    .unwrap_or_default()
+    .into();
     // Holder.
     let why = loop {
         let deadline = renewed + deadline_after;

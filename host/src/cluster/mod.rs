@@ -67,3 +67,48 @@ pub(crate) async fn bucket(
         },
     }
 }
+
+/// What `conclave cluster` reports: who coordinates, and the runs in
+/// progress under a coordinator.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// The coordinator lease's holder now, if any.
+    pub coordinator: Option<lease::Holder>,
+    /// Its term (the revision it took the lease at), if known.
+    pub term: Option<u64>,
+    /// The lease's time to live (the bucket's), once a server made it.
+    pub lease_ttl: Option<Duration>,
+    /// Runs registered by a coordinator and not ended: `(run, term)`.
+    pub runs: Vec<(String, u64)>,
+}
+
+/// Reads the cluster's lease and registry.
+pub async fn status(config: &ClusterConfig) -> Result<Status, String> {
+    let js = connect(config, "status").await?;
+    let mut status = Status {
+        coordinator: None,
+        term: None,
+        lease_ttl: None,
+        runs: Vec::new(),
+    };
+    if let Ok(kv) = js
+        .get_key_value(format!("conclave-{}-lease", config.name))
+        .await
+    {
+        status.lease_ttl = kv.status().await.ok().map(|s| s.max_age());
+        if let Ok(Some(e)) = kv.entry(lease::KEY).await {
+            if e.operation == async_nats::jetstream::kv::Operation::Put {
+                let holder: Option<lease::Holder> = serde_json::from_slice(&e.value).ok();
+                status.term = holder.as_ref().and_then(|h| h.term);
+                status.coordinator = holder;
+            }
+        }
+    }
+    if let Ok(kv) = js
+        .get_key_value(format!("conclave-{}-coordinated", config.name))
+        .await
+    {
+        status.runs = coordinator::registered(&kv).await?;
+    }
+    Ok(status)
+}
