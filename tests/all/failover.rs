@@ -16,43 +16,15 @@ use conclave::journal::{Entry, Journal, RunLog};
 
 use crate::cluster::{assert_complete, free_port, signal, Nats};
 use crate::journal::{command, team_file};
+use crate::journal_crash::SLOW_TEAM;
 
-/// Three tasks of three replicas on a simulated node slow enough that a
-/// run is in progress when a test interferes.
-const TEAM: &str = r#"
-[team]
-name = "slow"
-
-[[node]]
-name = "sim"
-backend = "sim"
-accuracy = 0.7
-seed = 9
-latency = { kind = "lognormal", median = "400ms", sigma = 0.3 }
-
-[[task]]
-id = "left"
-role = "solver"
-replicas = 3
-voter = "majority"
-answer_kind = "number"
-
-[[task]]
-id = "right"
-role = "solver"
-replicas = 3
-voter = "majority"
-answer_kind = "number"
-
-[[task]]
-id = "both"
-role = "solver"
-prompt = "Check: {question}"
-replicas = 3
-voter = "majority"
-answer_kind = "number"
-depends_on = ["left", "right"]
-"#;
+/// The crash tests' team (three tasks of three replicas on a simulated
+/// node), slower, so that a run is in progress when a test interferes.
+fn team() -> String {
+    let slower = SLOW_TEAM.replace("median = \"80ms\"", "median = \"600ms\"");
+    assert_ne!(slower, SLOW_TEAM, "the crash tests' team has an 80 ms node");
+    slower
+}
 
 /// The lease's time to live in these tests (the shortest accepted).
 const TTL: &str = "2s";
@@ -228,7 +200,7 @@ fn submitted_question(log: &RunLog) -> String {
 
 /// Two servers, `a` elected (started first, so it takes the lease).
 fn two_servers(dir: &Path, nats: &Nats) -> (Server, Server) {
-    let spec = team_file(dir, TEAM);
+    let spec = team_file(dir, &team());
     let a = Server::start(dir, "a", &spec, nats);
     a.wait_health(200, Duration::from_secs(60));
     let b = Server::start(dir, "b", &spec, nats);
@@ -251,12 +223,11 @@ fn a_standby_takes_over_when_the_coordinator_is_killed_and_the_run_completes() {
     );
     let _client = a.ask("What is 40 + 2?");
     let run = wait_for_run(&journal, 6);
+    // The coordinator, its term, and its run registered under that term.
+    let dead = cluster_status(dir.path(), &nats);
     a.kill();
     let before = journal.read(&run).unwrap();
     assert!(before.ended().is_none(), "killed before its end");
-    // Until its lease runs out, the dead coordinator still holds it, and
-    // its run is registered under its term.
-    let dead = cluster_status(dir.path(), &nats);
     assert_eq!(
         dead["coordinator"]["http"],
         format!("http://127.0.0.1:{}", a.port)

@@ -48,8 +48,8 @@ pub struct Holder {
     /// clients at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
-    /// Its term, written with its first renewal (unknown when it creates
-    /// the key).
+    /// Its term, written with its first renewal, right after it creates
+    /// the key (the term is the revision that creation gets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
 }
@@ -226,6 +226,8 @@ async fn elect(
     .unwrap_or_default()
     .into();
     // Holder.
+    // The first renewal goes at once, to write the term into the value.
+    let mut wait = Duration::ZERO;
     let why = loop {
         let deadline = renewed + deadline_after;
         tokio::select! {
@@ -234,8 +236,9 @@ async fn elect(
                 let _ = store.delete_expect_revision(KEY, Some(revision)).await;
                 return;
             }
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = every;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break format!(

@@ -35,6 +35,8 @@ mod ui;
 pub use teams::{Served, Teams, TeamsError};
 
 mod cluster;
+mod models;
+use models::{model_not_found, served_list};
 use reply::{conclave, created, message, refusal, usage, Asked, Ballots, ChatBody, Refused};
 
 use std::net::SocketAddr;
@@ -194,9 +196,9 @@ impl Server {
         let board = self.app.board.clone().routes(auth);
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
-            .route("/v1/models", get(models))
-            .route("/v1/models/{id}", get(model))
-            .route("/v1/plugins", get(plugins))
+            .route("/v1/models", get(models::models))
+            .route("/v1/models/{id}", get(models::model))
+            .route("/v1/plugins", get(models::plugins))
             .route("/healthz", get(cluster::healthz))
             .route("/metrics", get(metrics_text))
             .layer(DefaultBodyLimit::max(max_body))
@@ -249,74 +251,6 @@ fn unauthorised() -> Response {
     )
 }
 
-/// A served team as an OpenAI model object, with where it came from.
-fn model_object(app: &App, s: &Served) -> serde_json::Value {
-    json!({
-        "id": s.name(),
-        "object": "model",
-        "created": s.loaded_ms / 1000,
-        "owned_by": "conclave",
-        "conclave": {
-            "spec": s.path,
-            "loaded_at_ms": s.loaded_ms,
-            "refused": app.teams.refusal(&s.path),
-        },
-    })
-}
-
-async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if !authorised(&app, &headers) {
-        return unauthorised();
-    }
-    let data: Vec<_> = app
-        .teams
-        .list()
-        .iter()
-        .map(|s| model_object(&app, s))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
-}
-
-async fn model(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> Response {
-    if !authorised(&app, &headers) {
-        return unauthorised();
-    }
-    match app.teams.get(&id) {
-        Some(s) => axum::Json(model_object(&app, &s)).into_response(),
-        None => model_not_found(&app, &id),
-    }
-}
-
-/// 404 in OpenAI's shape for a model id no team has.
-fn model_not_found(app: &App, id: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({"error": {
-            "message": format!(
-                "The model `{id}` does not exist: this server serves {}",
-                served_list(app)
-            ),
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }})),
-    )
-        .into_response()
-}
-
-fn served_list(app: &App) -> String {
-    app.teams
-        .names()
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if !authorised(&app, &headers) {
         return unauthorised();
@@ -326,23 +260,6 @@ async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
         app.metrics.render(app.waiting.load(Ordering::SeqCst)),
     )
         .into_response()
-}
-
-/// The plugins the team uses and the version of each serving new calls
-/// (it changes when a watched file is swapped in).
-async fn plugins(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if !authorised(&app, &headers) {
-        return unauthorised();
-    }
-    let mut data = Vec::new();
-    for s in app.teams.list() {
-        for p in s.team.plugin_status() {
-            let mut v = serde_json::to_value(p).unwrap_or_default();
-            v["team"] = json!(s.name());
-            data.push(v);
-        }
-    }
-    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// A place in the queue of requests waiting for a slot, given back when
