@@ -136,7 +136,8 @@ pub async fn serve(args: ServeArgs) -> u8 {
     };
     let names = teams.names();
     eprintln!(
-        "serving {} at http://{}/v1 (model {}; {} nodes); Ctrl-C or SIGTERM stops after the requests in flight",
+        "{} {} at http://{}/v1 (model {}; {} nodes); Ctrl-C or SIGTERM stops after the requests in flight",
+        if election.is_some() { "listening (requests are served while this server coordinates the cluster) for" } else { "serving" },
         if names.len() == 1 { "a team".to_string() } else { format!("{} teams", names.len()) },
         server.local_addr(),
         names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
