@@ -4,14 +4,26 @@
 
 use std::path::Path;
 
+use backon::BlockingRetryable;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub(super) fn connect(path: &Path) -> Result<Connection, String> {
     let c = Connection::open(path).map_err(|e| e.to_string())?;
     c.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
-    c.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| e.to_string())?;
+    // Switching a new file to WAL can answer "database is locked" at once,
+    // without the busy handler, while another process does the same: try
+    // again, briefly, for as long as the busy timeout.
+    let wal = || c.pragma_update(None, "journal_mode", "WAL");
+    wal.retry(
+        backon::ConstantBuilder::default()
+            .with_delay(std::time::Duration::from_millis(20))
+            .with_max_times(1500),
+    )
+    .sleep(std::thread::sleep)
+    .when(|e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
+    .call()
+    .map_err(|e| e.to_string())?;
     c.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| e.to_string())?;
     Ok(c)
