@@ -556,8 +556,14 @@ fn a_writer_overtaken_by_a_resume_is_fenced_off() {
     );
     // Nothing the stopped process tried to write after the takeover is in
     // the journal: it reads exactly as the resumed run left it.
-    let after = nats.read("f1");
-    assert_eq!(after.records, taken_over.records);
+    assert_fenced_off(&nats.read("f1"), &taken_over, stopped_at);
+}
+
+/// A journal read after a fenced-off writer came back (`after`) is the
+/// one its successor left (`successor`), resumed after the `stopped_at`
+/// records the fenced-off writer had written.
+pub(crate) fn assert_fenced_off(after: &RunLog, successor: &RunLog, stopped_at: usize) {
+    assert_eq!(after.records, successor.records);
     assert!(
         after
             .records

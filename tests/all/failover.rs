@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use conclave::journal::jetstream::JetStreamJournal;
 use conclave::journal::{Entry, Journal, RunLog};
 
-use crate::cluster::{assert_complete, free_port, signal, Nats};
+use crate::cluster::{assert_complete, assert_fenced_off, free_port, signal, Nats};
 use crate::journal::{command, team_file};
 use crate::journal_crash::SLOW_TEAM;
 
@@ -316,16 +316,7 @@ fn a_deposed_coordinator_writes_nothing_more_and_stops() {
         "{}",
         a.stderr()
     );
-    let after = journal.read(&run).unwrap();
-    assert_eq!(after.records, finished.records);
-    assert!(
-        after
-            .records
-            .iter()
-            .position(|r| matches!(r.entry, Entry::Resumed { .. }))
-            .is_some_and(|i| i >= stopped_at),
-        "resumed after what the stopped coordinator had written"
-    );
+    assert_fenced_off(&journal.read(&run).unwrap(), &finished, stopped_at);
     assert_eq!(b.health(), Some(200), "the new coordinator serves");
     // Its client was told the run goes on elsewhere.
     let mut reply = String::new();
