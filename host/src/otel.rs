@@ -578,6 +578,7 @@ fn plugin_error_type(e: &crate::plugin::PluginError) -> &'static str {
         E::Compile { .. } => "compile",
         E::Io { .. } => "io",
         E::Engine(_) => "engine",
+        E::Remote { .. } => "remote",
     }
 }
 

@@ -58,6 +58,7 @@ async fn team(
         .await,
         verifiers: vec![uses(&rt, "answer-format", "", Grants::default()).await],
         voter: uses(&rt, voter, voter_config, Grants::default()).await,
+        remote: None,
         router: Arc::new(Router::new(nodes, router)),
         runtime: rt,
     }
@@ -398,6 +399,7 @@ async fn a_replica_on_a_stalled_node_is_won_by_its_copy_on_a_healthy_node() {
         },
         verifiers: t.verifiers.clone(),
         voter: t.voter.clone(),
+        remote: None,
         router: t.router.clone(),
         runtime: t.runtime.clone(),
     };

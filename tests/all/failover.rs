@@ -30,14 +30,14 @@ fn team() -> String {
 const TTL: &str = "2s";
 
 /// A `conclave serve --cluster` process, its standard error in a file.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     log: std::path::PathBuf,
 }
 
 impl Server {
-    fn start(dir: &Path, name: &str, spec: &str, nats: &Nats) -> Server {
+    pub(crate) fn start(dir: &Path, name: &str, spec: &str, nats: &Nats) -> Server {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let child = command(
@@ -65,7 +65,7 @@ impl Server {
     }
 
     /// The status of `GET /healthz`, if the server answers.
-    fn health(&self) -> Option<u16> {
+    pub(crate) fn health(&self) -> Option<u16> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
@@ -79,7 +79,7 @@ impl Server {
     }
 
     /// Waits until `/healthz` answers `status`.
-    fn wait_health(&self, status: u16, within: Duration) {
+    pub(crate) fn wait_health(&self, status: u16, within: Duration) {
         let deadline = Instant::now() + within;
         while self.health() != Some(status) {
             assert!(
@@ -93,7 +93,7 @@ impl Server {
 
     /// Sends a chat request and keeps the connection open (a client that
     /// leaves would cancel its run).
-    fn ask(&self, question: &str) -> TcpStream {
+    pub(crate) fn ask(&self, question: &str) -> TcpStream {
         let body =
             serde_json::json!({"messages": [{"role": "user", "content": question}]}).to_string();
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -106,7 +106,7 @@ impl Server {
         s
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -154,7 +154,7 @@ impl Drop for Server {
 }
 
 /// The one run on the cluster, once it has `n` records.
-fn wait_for_run(journal: &JetStreamJournal, n: usize) -> String {
+pub(crate) fn wait_for_run(journal: &JetStreamJournal, n: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(row) = journal.runs().unwrap().first() {
@@ -171,7 +171,7 @@ fn wait_for_run(journal: &JetStreamJournal, n: usize) -> String {
 }
 
 /// `run`'s records once it has ended.
-fn wait_for_end(journal: &JetStreamJournal, run: &str, servers: &[&Server]) -> RunLog {
+pub(crate) fn wait_for_end(journal: &JetStreamJournal, run: &str, servers: &[&Server]) -> RunLog {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = journal.read(run).unwrap();

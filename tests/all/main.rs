@@ -30,3 +30,4 @@ mod server;
 mod spec_sandbox;
 mod ui;
 mod ui_browser;
+mod workers;

@@ -155,6 +155,7 @@ async fn all_models(b: &ConsensusBench) -> Result<Vec<ModelReport>, String> {
                 role: solver.clone(),
                 verifiers: vec![check.clone()],
                 voter: majority.clone(),
+                remote: None,
             };
             rows.push(measure(b, &team, label, replicas, consensus).await);
         }

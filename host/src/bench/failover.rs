@@ -81,9 +81,9 @@ pub fn quantile(xs: &[Duration], q: f64) -> Duration {
     v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-struct Server {
-    child: Child,
-    port: u16,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) port: u16,
 }
 
 impl Drop for Server {
@@ -93,7 +93,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -133,7 +133,7 @@ async fn health(http: &reqwest::Client, port: u16) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-async fn wait_health(
+pub(super) async fn wait_health(
     http: &reqwest::Client,
     port: u16,
     status: u16,

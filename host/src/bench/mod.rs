@@ -13,6 +13,7 @@ pub mod languages;
 pub mod router;
 pub mod serve;
 pub mod team;
+pub mod workers;
 
 use std::path::Path;
 use std::sync::Arc;

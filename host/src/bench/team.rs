@@ -149,6 +149,7 @@ pub async fn adaptive(
             role: solver.clone(),
             verifiers: vec![check.clone()],
             voter: load(&rt, plugins, voter, &config, Grants::default()).await?,
+            remote: None,
         };
         let (mut right, mut samples, mut undecided) = (0usize, 0u32, 0usize);
         for (i, (q, gold)) in items.iter().enumerate() {
@@ -278,6 +279,7 @@ pub async fn sweep(
                 role: solver.clone(),
                 verifiers: vec![check.clone()],
                 voter: load(&rt, plugins, &p.voter, &config, Grants::default()).await?,
+                remote: None,
             };
             let (mut right, mut undecided) = (0usize, 0usize);
             let mut samples: Vec<f64> = Vec::with_capacity(items);
@@ -406,6 +408,7 @@ pub async fn throughput(
         .await?,
         verifiers: vec![load(&rt, plugins, "answer-format", "", Grants::default()).await?],
         voter: load(&rt, plugins, "majority", "", Grants::default()).await?,
+        remote: None,
     });
     let spec = |i: usize| TaskSpec {
         id: format!("t{i}"),

@@ -462,6 +462,64 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 exit::FAILURE
             }
         },
+        BenchCmd::Workers {
+            workers,
+            requests,
+            json,
+            store,
+        } => {
+            let Some(cluster) = store.cluster() else {
+                eprintln!("error: bench workers needs --cluster URL (a NATS server with JetStream; scripts/nats.conf)");
+                return exit::USAGE;
+            };
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: cannot find this program to start its processes: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            match conclave::bench::workers::run(&exe, &cluster, &workers, requests).await {
+                Ok(r) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).expect("serialisable")
+                    );
+                    exit::OK
+                }
+                Ok(r) => {
+                    println!(
+                        "workers: {} requests at once, one task of 3 replicas on a sim node serving 2 calls at a time (~400 ms each); {}",
+                        r.requests, r.cluster
+                    );
+                    println!(
+                        "  {:<34} {:>6} {:>9} {:>8} {:>9}",
+                        "", "ok", "wall", "req/s", "vs alone"
+                    );
+                    for row in &r.rows {
+                        let label = match row.workers {
+                            None => "one process alone (baseline)".to_string(),
+                            Some(n) => format!(
+                                "coordinator + {n} worker process{}",
+                                if n == 1 { "" } else { "es" }
+                            ),
+                        };
+                        println!(
+                            "  {label:<34} {:>6} {:>8.2?} {:>8.2} {:>8.2}x",
+                            format!("{}/{}", row.ok, row.requests),
+                            row.wall,
+                            row.per_second,
+                            row.speedup
+                        );
+                    }
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
         BenchCmd::Failover {
             kills,
             lease_ttl,

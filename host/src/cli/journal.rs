@@ -508,7 +508,7 @@ pub(crate) struct StoreArgs {
     /// runs recorded on any host are listed, traced, replayed and resumed
     /// from any other. The server must sync every write (`jetstream {
     /// sync_interval: always }`; scripts/nats.conf).
-    #[arg(long, env = "CONCLAVE_CLUSTER", value_name = "URL")]
+    #[arg(long, alias = "nats", env = "CONCLAVE_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
     /// Names the cluster's stream and bucket on the server, so that
     /// several clusters can share one.

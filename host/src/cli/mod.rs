@@ -11,6 +11,7 @@ mod journal;
 mod plugins;
 mod serve;
 mod team;
+mod worker;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use journal::StoreArgs;
@@ -155,6 +156,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Cluster mode: run replicas of the given teams for whichever server
+    /// coordinates the cluster (`serve --cluster URL`), from its JetStream
+    /// work queue. Start any number, on any hosts that have the team specs
+    /// (byte for byte) and their plugins and nodes.
+    Worker(WorkerArgs),
     /// List journaled runs.
     Runs {
         #[arg(long)]
@@ -315,6 +321,31 @@ struct ServeArgs {
     /// while it coordinates (default: http:// and --listen).
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Team spec files (or folders of them) whose replicas this worker runs.
+    #[arg(required = true)]
+    specs: Vec<PathBuf>,
+    /// Replicas run at once.
+    #[arg(long, default_value_t = 4)]
+    max_inflight: usize,
+    /// Labels shown with this worker in `conclave cluster` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    /// How long a replica may go without a progress ack before its work is
+    /// redelivered to another worker; this worker acks progress every
+    /// third of it. Set by the first worker of a team.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ack_wait: std::time::Duration,
+    /// Deliveries of one replica's work at most, the first included; then
+    /// the replica fails. Set by the first worker of a team.
+    #[arg(long, default_value_t = 5)]
+    max_deliver: i64,
+    /// `--cluster URL` (or `--nats URL`, required).
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -493,6 +524,24 @@ enum BenchCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Throughput with cluster workers: many requests at once to a team on
+    /// a simulated node serving two calls at a time, by one `serve`
+    /// process alone (the baseline) and by a `serve --cluster` coordinator
+    /// with 1, 2, 4 ... `conclave worker` processes.
+    Workers {
+        /// Worker counts to measure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+        /// Requests sent at once.
+        #[arg(long, default_value_t = 24)]
+        requests: usize,
+        #[arg(long)]
+        json: bool,
+        /// `--cluster URL` (required): the NATS server; the benchmark uses
+        /// cluster names of its own on it.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// What serving costs: a sim node directly, a team in-process, a team
     /// over HTTP; at 1 and 64 clients.
     Serve {
@@ -667,6 +716,7 @@ async fn run(cli: Cli) -> u8 {
             .await
         }
         Command::Runs { json, store } => journal::runs(json, &store),
+        Command::Worker(args) => worker::worker(args).await,
         Command::Cluster { json, store } => serve::cluster(json, &store).await,
         Command::Calibrate {
             team,

@@ -102,6 +102,14 @@ pub async fn serve(args: ServeArgs) -> u8 {
                 return exit::FAILURE;
             }
         };
+        // Replicas go to `conclave worker`s while any serves the team.
+        match conclave::cluster::work::WorkQueue::open(&cluster).await {
+            Ok(q) => teams.use_workers(Arc::new(q)),
+            Err(e) => {
+                eprintln!("error: cluster {}: {e}", cluster.url);
+                return exit::FAILURE;
+            }
+        }
         tokio::spawn(coordinator.clone().lead(shutdown.clone()));
         tokio::spawn(print_role(joined.role(), shutdown.clone(), deposed.clone()));
         config.cluster = Some(coordinator);
@@ -143,31 +151,10 @@ pub async fn serve(args: ServeArgs) -> u8 {
         names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
         teams.nodes(),
     );
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        // Ctrl-C, or SIGTERM from a service manager.
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminated => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down: finishing the requests in flight");
-        on_signal.cancel();
-    });
+    cancel_on_signal(
+        shutdown.clone(),
+        "shutting down: finishing the requests in flight",
+    );
     let served = server.serve(shutdown).await;
     // The lease, if held, goes to a standby at once.
     if let Some(e) = election {
@@ -264,5 +251,51 @@ pub async fn cluster(json: bool, store: &super::StoreArgs) -> u8 {
     for (run, term) in &status.runs {
         println!("  {run}  (term {term})");
     }
+    println!("workers: {}", status.workers.len());
+    for w in &status.workers {
+        println!(
+            "  {}  teams {}; {} of {} running, {} done{}",
+            w.id,
+            w.teams.join(", "),
+            w.inflight,
+            w.max_inflight,
+            w.done,
+            if w.tags.is_empty() {
+                String::new()
+            } else {
+                format!("; tags {}", w.tags.join(", "))
+            }
+        );
+    }
     exit::OK
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM (from a service manager), saying
+/// `what` happens then.
+pub(super) fn cancel_on_signal(token: tokio_util::sync::CancellationToken, what: &'static str) {
+    let on_signal = token;
+    tokio::spawn(async move {
+        // Ctrl-C, or SIGTERM from a service manager.
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("{what}");
+        on_signal.cancel();
+    });
 }

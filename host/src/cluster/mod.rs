@@ -18,6 +18,11 @@
 //!   was sent) fences its journal, so nothing more of its runs is written,
 //!   and stops: a deposed coordinator never writes beside its successor.
 //!
+//! - [`work`] and [`worker`]: replicas run by `conclave worker` processes
+//!   on any hosts, from a JetStream work queue, with heartbeats,
+//!   redelivery of the work of a dead or stalled worker, and each result
+//!   counted once.
+//!
 //! The journal is the cluster's stream ([`crate::journal::jetstream`]):
 //! a resumed run's first record (`Resumed`) expects the run's last stream
 //! sequence, so a write from a coordinator that was stopped (not dead)
@@ -25,6 +30,8 @@
 
 pub mod coordinator;
 pub mod lease;
+pub mod work;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -80,6 +87,8 @@ pub struct Status {
     pub lease_ttl: Option<Duration>,
     /// Runs registered by a coordinator and not ended: `(run, term)`.
     pub runs: Vec<(String, u64)>,
+    /// The live workers (`conclave worker`), by their last heartbeat.
+    pub workers: Vec<work::Beat>,
 }
 
 /// Reads the cluster's lease and registry.
@@ -90,6 +99,7 @@ pub async fn status(config: &ClusterConfig) -> Result<Status, String> {
         term: None,
         lease_ttl: None,
         runs: Vec::new(),
+        workers: Vec::new(),
     };
     if let Ok(kv) = js
         .get_key_value(format!("conclave-{}-lease", config.name))
@@ -109,6 +119,12 @@ pub async fn status(config: &ClusterConfig) -> Result<Status, String> {
         .await
     {
         status.runs = coordinator::registered(&kv).await?;
+    }
+    if let Ok(kv) = js
+        .get_key_value(format!("conclave-{}-workers", config.name))
+        .await
+    {
+        status.workers = work::workers(&kv).await;
     }
     Ok(status)
 }

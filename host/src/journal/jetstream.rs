@@ -124,7 +124,7 @@ pub const DEFAULT_NAME: &str = "conclave";
 /// A run id as one subject token and key: itself when it is made of
 /// letters, digits, `-` and `_` (as Conclave's run ids are), else `x` and
 /// its hex.
-pub(crate) fn token(run: &str) -> String {
+pub fn token(run: &str) -> String {
     if !run.is_empty()
         && run
             .bytes()

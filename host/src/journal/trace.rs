@@ -341,6 +341,16 @@ pub fn trace(log: &RunLog) -> Trace {
                 } => format!(
                     "  {task}/{replica} round {round}: cancelled ({reason}); {tokens} tokens spent"
                 ),
+                Event::ReplicaWorked {
+                    task,
+                    round,
+                    replica,
+                    worker,
+                    attempt,
+                    ms,
+                } => format!(
+                    "  {task}/{replica} round {round}: ran on worker {worker} (delivery {attempt}) in {ms:.0} ms"
+                ),
                 Event::ReplicaHedged {
                     task,
                     replica,

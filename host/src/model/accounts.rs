@@ -73,6 +73,39 @@ pub struct Accounts {
     pub by_run: BTreeMap<String, Stats>,
 }
 
+impl Accounts {
+    /// Counts a call another process made (a cluster worker) and
+    /// reported: on `node`, for `role` in `run`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_call(
+        &mut self,
+        node: &str,
+        role: &str,
+        run: &str,
+        tokens_in: u64,
+        tokens_out: u64,
+        cost: f64,
+        latency: Duration,
+    ) {
+        let Accounts {
+            by_node,
+            by_role,
+            by_run,
+        } = self;
+        for s in [
+            stats(by_node, node),
+            stats(by_role, role),
+            stats(by_run, run),
+        ] {
+            let _ = s.latency_us.record((latency.as_micros() as u64).max(1));
+            s.counts.calls += 1;
+            s.counts.tokens_in += tokens_in;
+            s.counts.tokens_out += tokens_out;
+            s.counts.cost += cost;
+        }
+    }
+}
+
 pub(crate) fn stats<'a>(map: &'a mut BTreeMap<String, Stats>, key: &str) -> &'a mut Stats {
     if !map.contains_key(key) {
         map.insert(key.to_string(), Stats::default());

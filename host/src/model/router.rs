@@ -166,6 +166,11 @@ impl Router {
             .remove(run)
     }
 
+    /// The accounts, to count in calls made elsewhere (cluster workers).
+    pub fn with_accounts<R>(&self, f: impl FnOnce(&mut Accounts) -> R) -> R {
+        f(&mut self.accounts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// A copy of the accounts.
     pub fn accounts(&self) -> Accounts {
         self.accounts

@@ -41,6 +41,11 @@ impl std::fmt::Display for TrapKind {
 /// What went wrong with a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// The call ran on a cluster worker and failed there, or no worker
+    /// answered it.
+    #[error("plugin {plugin}: {message}")]
+    Remote { plugin: String, message: String },
+
     /// The plugin computed past its deadline and was interrupted. Time spent
     /// waiting on host imports (model calls) does not count.
     #[error("plugin {plugin} ran past its compute deadline of {deadline:?} and was stopped")]

@@ -23,6 +23,7 @@ use crate::model::NodePool;
 use crate::plugin::PluginRuntime;
 use crate::spec::team::TeamSpec;
 use crate::team::job::{JobError, PreparedTeam};
+use crate::team::remote::RemoteReplicas;
 use crate::team::swap::{watch_settled, PluginWatch, Settled, WatchError};
 
 /// Why the teams could not be loaded.
@@ -95,6 +96,8 @@ pub struct Teams {
     table: RwLock<Table>,
     /// Whether each team's plugin files are watched (set by `watch`).
     watch_plugins: std::sync::atomic::AtomicBool,
+    /// Where the teams' replicas go in cluster mode (`use_workers`).
+    workers: RwLock<Option<Arc<dyn RemoteReplicas>>>,
 }
 
 impl Teams {
@@ -127,6 +130,7 @@ impl Teams {
             pool: NodePool::new(),
             table: Default::default(),
             watch_plugins: Default::default(),
+            workers: Default::default(),
         });
         for f in files {
             let served = teams.prepare(&f).await?;
@@ -176,7 +180,17 @@ impl Teams {
             pool: NodePool::new(),
             table: RwLock::new(t),
             watch_plugins: Default::default(),
+            workers: Default::default(),
         }))
+    }
+
+    /// Sends every team's replicas to `workers` while a live worker
+    /// serves it (cluster mode), a team reloaded later too.
+    pub fn use_workers(&self, workers: Arc<dyn RemoteReplicas>) {
+        *self.workers.write().unwrap_or_else(|p| p.into_inner()) = Some(workers.clone());
+        for t in self.list() {
+            t.team.use_workers(workers.clone());
+        }
     }
 
     /// The team serving model id `name`.
@@ -280,6 +294,9 @@ impl Teams {
             PreparedTeam::prepare_in(spec, self.runtime.clone(), &self.builtin_dir, &self.pool)
                 .await
                 .map_err(fail)?;
+        if let Some(w) = &*self.workers.read().unwrap_or_else(|p| p.into_inner()) {
+            team.use_workers(w.clone());
+        }
         Ok(Arc::new(Served {
             team: Arc::new(team),
             path: path.to_path_buf(),

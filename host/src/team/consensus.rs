@@ -28,6 +28,7 @@ use crate::plugin::{
 };
 
 mod draw;
+mod remote;
 mod types;
 
 use draw::Draw;
@@ -40,6 +41,9 @@ pub struct Team {
     pub role: PluginUse,
     pub verifiers: Vec<PluginUse>,
     pub voter: PluginUse,
+    /// Where replicas run when workers serve the team (cluster mode);
+    /// `None`: in this process.
+    pub remote: Option<super::remote::Remote>,
 }
 
 /// The task as a plugin sees it.
@@ -96,23 +100,8 @@ impl Team {
     /// Runs one task to a stop reason within its job's `ctx`. Dropping the
     /// future cancels the model calls in flight.
     pub async fn run_task_in(&self, run: &str, spec: &TaskSpec, ctx: &TaskContext) -> TaskResult {
-        let used = Arc::new(Mutex::new(Default::default()));
-        let services = Arc::new(RoutedServices {
-            router: self.router.clone(),
-            tag: CallTag {
-                run: run.to_string(),
-                role: self.role.current().name().to_string(),
-            },
-            run: run.to_string(),
-            gold: spec.gold.clone(),
-            used: used.clone(),
-            board: spec.inputs.clone(),
-            ctx: ctx.clone(),
-            calls: Mutex::default(),
-            capped: Mutex::default(),
-            spent: Mutex::default(),
-            nodes: Mutex::default(),
-        });
+        let services = self.services(run, spec, ctx);
+        let used = services.used.clone();
         let mut g = Gathered::default();
         let mut feedback: Vec<String> = Vec::new();
         let (mut round, mut want) = (0u32, spec.replicas.max(1));
@@ -254,6 +243,26 @@ impl Team {
         }
     }
 
+    /// The host services of one task's replicas.
+    fn services(&self, run: &str, spec: &TaskSpec, ctx: &TaskContext) -> Arc<RoutedServices> {
+        Arc::new(RoutedServices {
+            router: self.router.clone(),
+            tag: CallTag {
+                run: run.to_string(),
+                role: self.role.current().name().to_string(),
+            },
+            run: run.to_string(),
+            gold: spec.gold.clone(),
+            used: Arc::new(Mutex::new(Default::default())),
+            board: spec.inputs.clone(),
+            ctx: ctx.clone(),
+            calls: Mutex::default(),
+            capped: Mutex::default(),
+            spent: Mutex::default(),
+            nodes: Mutex::default(),
+        })
+    }
+
     /// Asks the voter for a decision on the round's ballots so far, with
     /// `running` replicas of the round still out: the decision and the
     /// vote's event, for the caller to journal if it acts on it; or the
@@ -354,11 +363,14 @@ impl Team {
             live: Mutex::default(),
             next: AtomicU32::new(g.drawn + want),
             hedges: AtomicU32::new(0),
-            hedge_after: if hedge.enabled {
-                self.router
-                    .latency_quantile(hedge.quantile.clamp(0.0, 1.0), hedge.min_samples)
-            } else {
-                None
+            hedge_after: match self.remote_now() {
+                _ if !hedge.enabled => None,
+                Some(r) => r
+                    .replicas
+                    .late_after(hedge.quantile.clamp(0.0, 1.0), hedge.min_samples),
+                None => self
+                    .router
+                    .latency_quantile(hedge.quantile.clamp(0.0, 1.0), hedge.min_samples),
             },
             quantile: hedge.quantile.clamp(0.0, 1.0),
             min_samples: hedge.min_samples,
@@ -501,6 +513,9 @@ impl Team {
     }
 
     async fn replica_in(&self, d: &Draw<'_>, slot: u32, replica: u32) -> Arrival {
+        if let Some(remote) = self.remote_now() {
+            return self.remote_replica(d, slot, replica, remote).await;
+        }
         let spec = d.spec;
         let task = wit_task(
             d.run,

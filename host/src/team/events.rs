@@ -133,6 +133,19 @@ pub enum Event {
         #[serde(default)]
         cost: f64,
     },
+    /// Replica `replica` ran on a cluster worker (`conclave worker`):
+    /// which one, and which delivery of the work it answered (1: the
+    /// first; more: the work was redelivered after an earlier worker died
+    /// or stalled), in `ms` on the worker. Its model calls follow, as the
+    /// worker made them.
+    ReplicaWorked {
+        task: String,
+        round: u32,
+        replica: u32,
+        worker: String,
+        attempt: u32,
+        ms: f64,
+    },
     /// A replica outlived the hedge delay (its nodes' observed latency
     /// quantile), so a copy of it, replica `copy`, was started on another
     /// node; the first of the two to answer is counted, the other is
@@ -296,6 +309,7 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Vote { .. } => "vote",
             Event::ReplicaCancelled { .. } => "replica-cancelled",
+            Event::ReplicaWorked { .. } => "replica-worked",
             Event::ReplicaHedged { .. } => "replica-hedged",
             Event::TaskHedged { .. } => "task-hedged",
             Event::TaskCopyCancelled { .. } => "task-copy-cancelled",

@@ -19,6 +19,7 @@ use super::bus::Bus;
 use super::caps::Caps;
 use super::consensus::{PluginUse, Recorded, StopReason, TaskContext, TaskResult, TaskSpec, Team};
 use super::events::Observer;
+use super::remote::{Remote, RemoteReplicas, ReplicaDone, ReplicaJob};
 use super::scheduler::{self, Executor, JobTask, SubtaskDefaults};
 use crate::model::Router;
 use crate::plugin::{Grants, Plugin, PluginError, PluginRuntime};
@@ -72,6 +73,8 @@ pub struct PreparedTeam {
     router: Arc<Router>,
     plugins: Arc<Vec<(String, PluginUse)>>,
     simulated: bool,
+    /// Workers its replicas go to (cluster mode), once set.
+    remote: std::sync::OnceLock<Remote>,
 }
 
 fn load_error(name: &str) -> impl Fn(PluginError) -> JobError + '_ {
@@ -113,6 +116,7 @@ impl PreparedTeam {
             router,
             plugins: Arc::new(plugins),
             simulated,
+            remote: Default::default(),
         })
     }
 
@@ -129,6 +133,56 @@ impl PreparedTeam {
     /// The runtime its plugins run (and are reloaded) on.
     pub fn runtime(&self) -> &Arc<PluginRuntime> {
         &self.runtime
+    }
+
+    /// The SHA-256 of its spec's text: what a worker's copy must match.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.spec.source.as_bytes()))
+    }
+
+    /// Sends its replicas to `workers` from now on, while a live worker
+    /// serves this team (see [`super::remote`]); set once.
+    pub fn use_workers(&self, workers: Arc<dyn RemoteReplicas>) {
+        let _ = self.remote.set(Remote {
+            replicas: workers,
+            team: self.spec.team.name.clone(),
+            digest: self.digest(),
+        });
+    }
+
+    /// Runs one replica of this team for a coordinator elsewhere: `job`
+    /// names the role and verifiers by the team's names for them.
+    pub async fn work(&self, job: &ReplicaJob, worker: &str, attempt: u32) -> ReplicaDone {
+        let get = |name: &str| {
+            self.plugins
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| format!("plugin `{name}` is not part of team {}", job.team))
+        };
+        let team = get(&job.role).and_then(|role| {
+            Ok(Team {
+                runtime: self.runtime.clone(),
+                router: self.router.clone(),
+                verifiers: job
+                    .verifiers
+                    .iter()
+                    .map(|v| get(v))
+                    .collect::<Result<_, _>>()?,
+                // Not asked: the coordinator votes.
+                voter: role.clone(),
+                role,
+                remote: None,
+            })
+        });
+        match team {
+            Ok(team) => {
+                team.work(job, &Caps::of(&self.spec.team), worker, attempt)
+                    .await
+            }
+            Err(why) => ReplicaDone::refused(job, worker, attempt, why),
+        }
     }
 
     /// Runs `question` through the team's task DAG (see
@@ -217,6 +271,7 @@ impl PreparedTeam {
             caps: caps.clone(),
             roles,
             span: span.clone(),
+            remote: self.remote.get().cloned(),
         });
         let options = scheduler::Options {
             max_parallel_tasks: t.max_parallel_tasks.unwrap_or(16),
@@ -473,6 +528,7 @@ struct TeamExecutor {
     /// The run's span: each task's is a child of it (tasks run as tokio
     /// tasks of their own, which do not inherit the current span).
     span: tracing::Span,
+    remote: Option<Remote>,
 }
 
 impl TeamExecutor {
@@ -490,6 +546,7 @@ impl TeamExecutor {
         Ok(Team {
             runtime: self.runtime.clone(),
             router: self.router.clone(),
+            remote: self.remote.clone(),
             role: get(&task.role)?,
             verifiers: task
                 .verifiers

@@ -6,6 +6,7 @@
 //! [`swap`] swaps a replaced plugin file in while a team serves. [`caps`]
 //! bounds what plugins can make the host do; [`plan`] checks the plans
 //! roles return. [`submit`] is a job's one entry point, with its journal.
+//! [`remote`] is the seam through which replicas run on cluster workers.
 
 pub mod budget;
 pub mod bus;
@@ -18,6 +19,7 @@ pub use crate::dag;
 pub mod events;
 pub mod job;
 pub mod plan;
+pub mod remote;
 pub mod scheduler;
 mod services;
 pub mod simulate;

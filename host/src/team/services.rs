@@ -103,7 +103,7 @@ impl RoutedServices {
     }
 
     /// Charges `tokens` and `cost` to the task's meter and to `replica`.
-    fn charge(&self, replica: u32, tokens: u64, cost: f64) {
+    pub(super) fn charge(&self, replica: u32, tokens: u64, cost: f64) {
         self.ctx.meter.charge(tokens, cost);
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
         let e = spent.entry(replica).or_default();

@@ -200,7 +200,7 @@ pub struct TaskContext {
 pub type Recorded = std::collections::HashMap<(String, u32, u32), RecordedCall>;
 
 /// A journaled model reply.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordedCall {
     pub node: String,
     pub text: String,

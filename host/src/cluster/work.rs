@@ -1,0 +1,451 @@
+//! The cluster's work queue: a coordinator hands replicas to workers
+//! (`conclave worker`) through a JetStream work-queue stream, and takes
+//! their results back.
+//!
+//! - Stream `CONCLAVE_NAME_WORK` (file storage, work-queue retention),
+//!   one subject per team: `conclave.NAME.work.TEAM`. Each team has one
+//!   durable pull consumer (`team-TEAM`) that all its workers share, with
+//!   explicit acks, an ack wait ([`WorkSettings::ack_wait`]) that a worker
+//!   extends with progress acks while it runs a long replica, and a
+//!   bounded number of deliveries ([`WorkSettings::max_deliver`]). Work
+//!   whose worker dies or stalls past its ack wait is redelivered to
+//!   another; work given up after its last delivery fails its replica
+//!   (the server's max-deliveries advisory), which the task may redraw.
+//! - Results come back on the coordinator's own subject
+//!   (`conclave.NAME.results.ID`), named in each item. A result counts
+//!   once, by (run, task, replica): the first one in; a late or duplicate
+//!   one (a stalled worker that woke up, a redelivery that raced) is
+//!   ignored and said so.
+//! - A replica the coordinator no longer needs (an early decision, a lost
+//!   hedge, a cancelled run) is withdrawn on `conclave.NAME.cancel`:
+//!   a worker running it stops, one that takes it later drops it.
+//! - Workers put a heartbeat in bucket `conclave-NAME-workers` every
+//!   second, kept [`HEARTBEAT_TTL`]: a worker that stops beating is gone
+//!   from it within that time. A team's replicas run in the coordinator's
+//!   process while no live worker serves it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::journal::jetstream::{token, ClusterConfig};
+use crate::team::remote::{RemoteReplicas, ReplicaDone, ReplicaJob};
+
+/// How often a worker beats, and how long its beat is kept.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+
+/// Round trips kept for the hedge delay.
+const TIMES_KEPT: usize = 256;
+
+/// The work queue's settings, set by the first worker of a team (the
+/// consumer keeps them).
+#[derive(Clone, Copy, Debug)]
+pub struct WorkSettings {
+    /// How long a delivery may go without an ack or a progress ack before
+    /// it is redelivered. Default 30 s; workers send progress every third
+    /// of it.
+    pub ack_wait: Duration,
+    /// Deliveries of one item at most (the first included). Default 5.
+    pub max_deliver: i64,
+}
+
+impl Default for WorkSettings {
+    fn default() -> Self {
+        WorkSettings {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+        }
+    }
+}
+
+/// The names of a cluster's work queue.
+pub(crate) struct Names {
+    pub(crate) name: String,
+}
+
+impl Names {
+    pub(crate) fn of(config: &ClusterConfig) -> Self {
+        Names {
+            name: config.name.clone(),
+        }
+    }
+    pub(crate) fn stream(&self) -> String {
+        format!("CONCLAVE_{}_WORK", self.name.to_uppercase())
+    }
+    pub(crate) fn subject(&self, team: &str) -> String {
+        format!("conclave.{}.work.{}", self.name, token(team))
+    }
+    pub(crate) fn consumer(&self, team: &str) -> String {
+        format!("team-{}", token(team))
+    }
+    pub(crate) fn cancel(&self) -> String {
+        format!("conclave.{}.cancel", self.name)
+    }
+    pub(crate) fn bucket(&self) -> String {
+        format!("conclave-{}-workers", self.name)
+    }
+}
+
+/// One item on the queue: the replica, and where its result goes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkItem {
+    pub(crate) reply: String,
+    pub(crate) job: ReplicaJob,
+}
+
+/// A withdrawn replica.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct Withdrawn {
+    pub(crate) run: String,
+    pub(crate) task: String,
+    pub(crate) replica: u32,
+}
+
+/// A worker's heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    /// `host/pid`.
+    pub id: String,
+    /// The teams it serves, by name.
+    pub teams: Vec<String>,
+    pub tags: Vec<String>,
+    pub max_inflight: usize,
+    /// Replicas it is running now, and has finished since it started.
+    pub inflight: usize,
+    pub done: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// The stream, made when it is not there.
+pub(crate) async fn stream(
+    js: &jetstream::Context,
+    names: &Names,
+    config: &ClusterConfig,
+) -> Result<jetstream::stream::Stream, String> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: names.stream(),
+        subjects: vec![format!("conclave.{}.work.>", names.name)],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: config.replicas,
+        // Work nobody took in a day is nobody's.
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot open the work stream {}: {e}", names.stream()))
+}
+
+/// The live workers' heartbeats.
+pub async fn workers(kv: &jetstream::kv::Store) -> Vec<Beat> {
+    let mut beats = Vec::new();
+    let Ok(mut keys) = kv.keys().await else {
+        return beats;
+    };
+    while let Some(Ok(k)) = keys.next().await {
+        if let Ok(Some(v)) = kv.get(&k).await {
+            if let Ok(b) = serde_json::from_slice::<Beat>(&v) {
+                beats.push(b);
+            }
+        }
+    }
+    beats.sort_by(|a, b| a.id.cmp(&b.id));
+    beats
+}
+
+/// A result awaited.
+struct Pending {
+    tx: oneshot::Sender<Result<ReplicaDone, String>>,
+}
+
+type Key = (String, String, u32);
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    /// This coordinator's results subject.
+    inbox: String,
+    pending: Mutex<HashMap<Key, Pending>>,
+    /// Which replica each stream sequence carries, while it is pending.
+    by_seq: Mutex<HashMap<u64, Key>>,
+    beats: Mutex<Vec<Beat>>,
+    times: Mutex<VecDeque<Duration>>,
+    ignored: AtomicU64,
+}
+
+impl Inner {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A result in: to its replica's waiter, or ignored when it has none.
+    fn arrived(&self, done: ReplicaDone) {
+        let key = (done.run.clone(), done.task.clone(), done.replica);
+        let waiter = self.lock_pending().remove(&key);
+        match waiter {
+            Some(p) => {
+                let mut t = self.times.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() == TIMES_KEPT {
+                    t.pop_front();
+                }
+                t.push_back(Duration::from_secs_f64(done.ms.max(0.0) / 1e3));
+                drop(t);
+                let _ = p.tx.send(Ok(done));
+            }
+            None => {
+                self.ignored.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "cluster: ignored a result of run {} task {} replica {} from worker {} (delivery {}): that replica was already counted or withdrawn",
+                    done.run, done.task, done.replica, done.worker, done.attempt
+                );
+            }
+        }
+    }
+
+    /// The server gave up on the item at stream sequence `seq`.
+    fn given_up(&self, seq: u64, deliveries: u64) {
+        let key = self
+            .by_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+        if let Some(key) = key {
+            if let Some(p) = self.lock_pending().remove(&key) {
+                let _ = p.tx.send(Err(format!(
+                    "given up after {deliveries} deliveries: each worker that took it died or stalled past its ack wait"
+                )));
+            }
+        }
+    }
+}
+
+/// The coordinator's side of the work queue: sends replicas, takes results.
+#[derive(Clone)]
+pub struct WorkQueue {
+    inner: Arc<Inner>,
+}
+
+impl WorkQueue {
+    /// Opens the cluster's work queue for a coordinator.
+    pub async fn open(config: &ClusterConfig) -> Result<Self, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("conclave coordinator (work)")
+            .connection_timeout(super::CONNECT_TIMEOUT)
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| format!("{}: cannot connect: {e}", config.url))?;
+        let js = jetstream::new(client.clone());
+        let names = Names::of(config);
+        stream(&js, &names, config).await?;
+        let kv = super::bucket(
+            &js,
+            jetstream::kv::Config {
+                bucket: names.bucket(),
+                max_age: HEARTBEAT_TTL,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let inbox = format!(
+            "conclave.{}.results.{}",
+            names.name,
+            token(
+                &super::lease::Holder::this_process(None)
+                    .id
+                    .replace('/', "-")
+            )
+        );
+        let results = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
+        let advisories = client
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+                names.stream()
+            ))
+            .await
+            .map_err(|e| format!("cannot subscribe to the work stream's advisories: {e}"))?;
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            names,
+            inbox,
+            pending: Mutex::default(),
+            by_seq: Mutex::default(),
+            beats: Mutex::default(),
+            times: Mutex::default(),
+            ignored: AtomicU64::new(0),
+        });
+        tokio::spawn(take_results(Arc::downgrade(&inner), results));
+        tokio::spawn(take_advisories(Arc::downgrade(&inner), advisories));
+        *inner.beats.lock().unwrap_or_else(|p| p.into_inner()) = workers(&kv).await;
+        tokio::spawn(follow_workers(Arc::downgrade(&inner), kv));
+        Ok(WorkQueue { inner })
+    }
+
+    /// Results that came in for a replica already counted or withdrawn.
+    pub fn ignored(&self) -> u64 {
+        self.inner.ignored.load(Ordering::Relaxed)
+    }
+
+    /// The live workers, as last read.
+    pub fn workers(&self) -> Vec<Beat> {
+        self.inner
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+async fn take_results(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(m) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        match serde_json::from_slice::<ReplicaDone>(&m.payload) {
+            Ok(done) => inner.arrived(done),
+            Err(e) => eprintln!("cluster: a result that does not read: {e}"),
+        }
+    }
+}
+
+async fn take_advisories(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
+    #[derive(Deserialize)]
+    struct MaxDeliveries {
+        stream_seq: u64,
+        #[serde(default)]
+        deliveries: u64,
+    }
+    while let Some(m) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Ok(a) = serde_json::from_slice::<MaxDeliveries>(&m.payload) {
+            inner.given_up(a.stream_seq, a.deliveries);
+        }
+    }
+}
+
+async fn follow_workers(inner: Weak<Inner>, kv: jetstream::kv::Store) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let beats = workers(&kv).await;
+        let Some(inner) = inner.upgrade() else { return };
+        *inner.beats.lock().unwrap_or_else(|p| p.into_inner()) = beats;
+    }
+}
+
+/// Withdraws its replica when dropped before the result came in.
+struct Withdraw {
+    inner: Arc<Inner>,
+    key: Key,
+    seq: Option<u64>,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq {
+            self.inner
+                .by_seq
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seq);
+        }
+        if self.inner.lock_pending().remove(&self.key).is_none() {
+            return;
+        }
+        let (run, task, replica) = self.key.clone();
+        let w = Withdrawn { run, task, replica };
+        let client = self.inner.client.clone();
+        let subject = self.inner.names.cancel();
+        if let (Ok(body), Ok(rt)) = (
+            serde_json::to_vec(&w),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            rt.spawn(async move {
+                let _ = client.publish(subject, body.into()).await;
+            });
+        }
+    }
+}
+
+impl RemoteReplicas for WorkQueue {
+    fn available(&self, team: &str) -> bool {
+        self.inner
+            .beats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|b| b.teams.iter().any(|t| t == team))
+    }
+
+    fn run(&self, job: ReplicaJob) -> BoxFuture<'static, Result<ReplicaDone, String>> {
+        let inner = self.inner.clone();
+        let me = self.clone();
+        Box::pin(async move {
+            let key = job.key();
+            let team = job.team.clone();
+            let (tx, mut rx) = oneshot::channel();
+            inner.lock_pending().insert(key.clone(), Pending { tx });
+            let mut withdraw = Withdraw {
+                inner: inner.clone(),
+                key,
+                seq: None,
+            };
+            let subject = inner.names.subject(&team);
+            let item = WorkItem {
+                reply: inner.inbox.clone(),
+                job,
+            };
+            let body = serde_json::to_vec(&item).map_err(|e| e.to_string())?;
+            let ack = inner
+                .js
+                .publish(subject.clone(), body.into())
+                .await
+                .map_err(|e| format!("cannot queue the replica on {subject}: {e}"))?
+                .await
+                .map_err(|e| format!("the work stream did not take the replica: {e}"))?;
+            withdraw.seq = Some(ack.sequence);
+            inner
+                .by_seq
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ack.sequence, withdraw.key.clone());
+            loop {
+                tokio::select! {
+                    r = &mut rx => {
+                        return r.unwrap_or_else(|_| Err("the work queue closed".into()));
+                    }
+                    _ = tokio::time::sleep(HEARTBEAT_EVERY) => {
+                        if !me.available(&team) {
+                            return Err(format!(
+                                "no live worker serves team {team} any more (none has beaten for {:?})",
+                                HEARTBEAT_TTL
+                            ));
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn late_after(&self, q: f64, min_samples: usize) -> Option<Duration> {
+        let t = self.inner.times.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() < min_samples.max(1) {
+            return None;
+        }
+        let mut v: Vec<Duration> = t.iter().copied().collect();
+        v.sort();
+        let k = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+        Some(v[k - 1])
+    }
+}
