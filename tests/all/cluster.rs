@@ -83,7 +83,7 @@ impl Nats {
         n
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.conf)
@@ -102,7 +102,7 @@ impl Nats {
     }
 
     /// `kill -9` of the server.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();

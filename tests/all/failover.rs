@@ -38,6 +38,17 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(dir: &Path, name: &str, spec: &str, nats: &Nats) -> Server {
+        Server::start_with_ttl(dir, name, spec, nats, TTL)
+    }
+
+    /// [`Server::start`] with a lease time to live of `ttl`.
+    pub(crate) fn start_with_ttl(
+        dir: &Path,
+        name: &str,
+        spec: &str,
+        nats: &Nats,
+        ttl: &str,
+    ) -> Server {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let child = command(
@@ -47,7 +58,7 @@ impl Server {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--lease-ttl",
-                TTL,
+                ttl,
                 "--no-watch",
             ],
             &dir.join(name),
@@ -131,7 +142,7 @@ impl Server {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -3,7 +3,9 @@
 //! them through the work queue; a replica longer than the ack wait is kept
 //! by progress acks; a worker killed mid-replica has its work redelivered
 //! to another; a worker stopped past its ack wait and then continued has
-//! its late result ignored, never counted twice. Each test reads the
+//! its late result ignored, never counted twice; the NATS server
+//! restarting mid-job loses no replica and counts none twice. Each test
+//! reads the
 //! journal: which worker ran each replica, on which delivery.
 
 use std::io::Read;
@@ -55,15 +57,33 @@ struct Worker {
 
 impl Worker {
     fn start(dir: &Path, name: &str, spec: &str, nats: &Nats) -> Worker {
+        Worker::start_inflight(dir, name, spec, nats, 1)
+    }
+
+    /// A worker running up to `inflight` replicas at once.
+    fn start_inflight(dir: &Path, name: &str, spec: &str, nats: &Nats, inflight: u32) -> Worker {
+        Worker::start_with(dir, name, spec, nats, inflight, ACK_WAIT)
+    }
+
+    /// ... and creating the team's work queue with `ack_wait`.
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        spec: &str,
+        nats: &Nats,
+        inflight: u32,
+        ack_wait: &str,
+    ) -> Worker {
+        let inflight = inflight.to_string();
         let log = dir.join(format!("{name}.log"));
         let child = command(
             &[
                 "worker",
                 spec,
                 "--ack-wait",
-                ACK_WAIT,
+                ack_wait,
                 "--max-inflight",
-                "1",
+                &inflight,
             ],
             &dir.join(name),
             &nats.env(),
@@ -347,4 +367,167 @@ fn a_stalled_workers_late_result_is_ignored_not_counted_twice() {
     assert!(worked[0].1.ends_with(&b.id_suffix()), "{worked:?}");
     assert!(worked[0].2 >= 2, "{worked:?}");
     assert_eq!(ballots(&after), vec![0]);
+}
+
+#[test]
+fn a_nats_server_restart_mid_job_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), true);
+    let spec = team_file(dir.path(), &team(3));
+    // A lease long enough to outlive the restart: this test is about the
+    // work queue, not the election.
+    let server = Server::start_with_ttl(dir.path(), "coordinator", &spec, &nats, "20s");
+    server.wait_health(200, Duration::from_secs(60));
+    let worker = Worker::start_inflight(dir.path(), "w", &spec, &nats, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = ask(&server, "What is 40 + 2?");
+    worker.wait_for("took run");
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    nats.spawn();
+    let reply = answer(asked);
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "{reply}\n{}\n---\n{}",
+        server.stderr(),
+        worker.stderr()
+    );
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let run = wait_for_run(&journal, 1);
+    let log = wait_for_end(&journal, &run, &[&server]);
+    assert_complete(&log, "What is 40 + 2?");
+    assert!(
+        matches!(
+            &log.ended().unwrap().stop,
+            conclave::team::consensus::StopReason::Decided
+        ),
+        "{:?}",
+        log.ended()
+    );
+    // Every ballot is one replica's, counted once, whether its replica ran
+    // on the worker (once) or in the coordinator while the worker could
+    // not be reached.
+    let b = ballots(&log);
+    let mut unique = b.clone();
+    unique.dedup();
+    assert_eq!(b, unique, "a replica counted twice");
+    let mut ran: Vec<u32> = worked(&log).iter().map(|w| w.0).collect();
+    ran.sort();
+    let mut once = ran.clone();
+    once.dedup();
+    assert_eq!(ran, once, "a replica's result taken twice");
+}
+
+#[test]
+fn a_replica_straggling_on_a_stalled_worker_is_hedged_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    // Replicas are hedged past the median of the workers' round trips,
+    // known after one.
+    let spec = team_file(
+        dir.path(),
+        &team(1).replace(
+            "[[node]]",
+            "[team.consensus]\nhedge = { enabled = true, quantile = 0.5, min_samples = 1, max_extra = 1 }\n\n[[node]]",
+        ),
+    );
+    let server = coordinator(dir.path(), &spec, &nats);
+    // An ack wait far longer than the run: what rescues the replica below
+    // is the hedge, not a redelivery.
+    let a = Worker::start_with(dir.path(), "a", &spec, &nats, 1, "60s");
+    let b = Worker::start_with(dir.path(), "b", &spec, &nats, 1, "60s");
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = answer(ask(&server, "What is 1 + 2?"));
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let took = |w: &Worker| w.stderr().matches("took run").count();
+    let before = (took(&a), took(&b));
+    let asked = ask(&server, "What is 40 + 2?");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Whichever worker takes the second run's replica is stopped.
+    let stalled = loop {
+        if took(&a) > before.0 {
+            break &a;
+        }
+        if took(&b) > before.1 {
+            break &b;
+        }
+        assert!(Instant::now() < deadline, "{}\n{}", a.stderr(), b.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    signal(stalled.child(), "STOP");
+    let other = if std::ptr::eq(stalled, &a) { &b } else { &a };
+    let reply = answer(asked);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let runs = journal.runs().unwrap();
+    let run = runs
+        .iter()
+        .find(|r| r.question == "What is 40 + 2?")
+        .expect("the second run")
+        .run
+        .clone();
+    let log = wait_for_end(&journal, &run, &[&server]);
+    assert_complete(&log, "What is 40 + 2?");
+    assert!(
+        log.records.iter().any(|r| matches!(
+            &r.entry,
+            Entry::Event {
+                event: Event::ReplicaHedged {
+                    replica: 0,
+                    copy: 1,
+                    ..
+                }
+            }
+        )),
+        "the straggler was hedged"
+    );
+    let worked = worked(&log);
+    assert_eq!(worked.len(), 1, "{worked:?}");
+    assert_eq!(worked[0].0, 1, "the copy's result counts");
+    assert!(worked[0].1.ends_with(&other.id_suffix()), "{worked:?}");
+    assert_eq!(worked[0].2, 1, "a first delivery, not a redelivery");
+    assert_eq!(ballots(&log), vec![1]);
+}
+
+#[test]
+fn a_killed_coordinators_job_is_finished_on_the_workers_by_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team(3));
+    let mut a = coordinator(dir.path(), &spec, &nats);
+    let b = Server::start(dir.path(), "standby", &spec, &nats);
+    b.wait_health(503, Duration::from_secs(60));
+    let worker = Worker::start_inflight(dir.path(), "w", &spec, &nats, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _client = ask(&a, "What is 40 + 2?");
+    worker.wait_for("took run");
+    let run = wait_for_run(&journal, 1);
+    a.kill();
+    b.wait_health(200, Duration::from_secs(30));
+    let log = wait_for_end(&journal, &run, &[&b]);
+    assert_complete(&log, "What is 40 + 2?");
+    let resumed_at = log
+        .records
+        .iter()
+        .position(|r| matches!(r.entry, Entry::Resumed { .. }))
+        .expect("resumed by the successor");
+    // Under the successor, the replicas ran on the worker again; each
+    // ballot is one replica's, counted once.
+    let after = RunLog {
+        records: log.records[resumed_at..].to_vec(),
+        ..log.clone()
+    };
+    let ran: Vec<u32> = worked(&after).iter().map(|w| w.0).collect();
+    assert!(
+        !ran.is_empty(),
+        "the successor's replicas ran on the worker"
+    );
+    let b_ballots = ballots(&after);
+    let mut unique = b_ballots.clone();
+    unique.dedup();
+    assert_eq!(b_ballots, unique);
+    // The replicas the dead coordinator had handed out were finished and
+    // then dropped: nobody was left to take their results.
+    worker.wait_for("the coordinator that asked for it is gone");
 }

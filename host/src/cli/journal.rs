@@ -6,7 +6,7 @@ use conclave::journal::replay::ReplayReport;
 
 use std::path::PathBuf;
 
-use super::team::{cancel_on_ctrl_c, finish, open_journal, progress};
+use super::team::{cancel_on_ctrl_c, cluster_workers, finish, open_journal, progress};
 use super::{default_plugin_dir, exit, report, runtime};
 
 /// `conclave resume`.
@@ -22,6 +22,10 @@ pub async fn resume(run: &str, json: bool, store: &StoreArgs) -> u8 {
             return exit::FAILURE;
         }
     };
+    let workers = match cluster_workers(store).await {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
     let (observer, bar) = progress(json);
     let resumed = conclave::journal::resume::resume(
         journal,
@@ -30,6 +34,7 @@ pub async fn resume(run: &str, json: bool, store: &StoreArgs) -> u8 {
         &default_plugin_dir(),
         observer,
         cancel_on_ctrl_c(),
+        workers,
     )
     .await;
     if let Some(b) = bar {

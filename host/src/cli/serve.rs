@@ -104,7 +104,11 @@ pub async fn serve(args: ServeArgs) -> u8 {
         };
         // Replicas go to `conclave worker`s while any serves the team.
         match conclave::cluster::work::WorkQueue::open(&cluster).await {
-            Ok(q) => teams.use_workers(Arc::new(q)),
+            Ok(q) => {
+                let q: Arc<dyn conclave::team::remote::RemoteReplicas> = Arc::new(q);
+                teams.use_workers(q.clone());
+                coordinator.use_workers(q);
+            }
             Err(e) => {
                 eprintln!("error: cluster {}: {e}", cluster.url);
                 return exit::FAILURE;

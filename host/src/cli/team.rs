@@ -47,6 +47,11 @@ pub async fn ask(args: RunArgs) -> u8 {
         Ok(j) => j,
         Err(code) => return code,
     };
+    match cluster_workers(&store).await {
+        Ok(Some(w)) => team.use_workers(w),
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let run_id = run_id.unwrap_or_else(conclave::team::job::new_run_id);
     let (observer, bar) = progress(json);
     let job = conclave::team::submit::Job::new(&run_id, &question, gold.as_deref());
@@ -57,6 +62,23 @@ pub async fn ask(args: RunArgs) -> u8 {
         b.finish_and_clear();
     }
     finish(&done, json)
+}
+
+/// On a cluster, its work queue: replicas go to its workers while any
+/// serves the team (`conclave worker`).
+pub(super) async fn cluster_workers(
+    store: &super::StoreArgs,
+) -> Result<Option<std::sync::Arc<dyn conclave::team::remote::RemoteReplicas>>, u8> {
+    let Some(cluster) = store.cluster() else {
+        return Ok(None);
+    };
+    match conclave::cluster::work::WorkQueue::open(&cluster).await {
+        Ok(q) => Ok(Some(std::sync::Arc::new(q))),
+        Err(e) => {
+            eprintln!("error: cluster {}: {e}", cluster.url);
+            Err(exit::FAILURE)
+        }
+    }
 }
 
 /// Loads and prepares the team spec at `path` with the built-in plugins,

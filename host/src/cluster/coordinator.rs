@@ -53,6 +53,8 @@ pub struct Coordinator {
     running: Mutex<HashSet<String>>,
     /// Runs that could not be resumed here (reported once).
     given_up: Mutex<HashSet<String>>,
+    /// Where the replicas of resumed runs go (the cluster's workers).
+    workers: std::sync::OnceLock<Arc<dyn crate::team::remote::RemoteReplicas>>,
 }
 
 impl Coordinator {
@@ -85,6 +87,7 @@ impl Coordinator {
             role,
             running: Default::default(),
             given_up: Default::default(),
+            workers: Default::default(),
         }))
     }
 
@@ -254,6 +257,11 @@ impl Coordinator {
         }
     }
 
+    /// Sends the replicas of the runs it resumes to `workers`; set once.
+    pub fn use_workers(&self, workers: Arc<dyn crate::team::remote::RemoteReplicas>) {
+        let _ = self.workers.set(workers);
+    }
+
     async fn resume(self: Arc<Self>, run: String, cancel: CancellationToken) {
         let observer: Arc<dyn Observer> = Arc::new(|run: &str, e: &Event| {
             if let Event::TaskEnded { task, result } = e {
@@ -267,6 +275,7 @@ impl Coordinator {
             &self.builtin_dir,
             observer,
             cancel,
+            self.workers.get().cloned(),
         )
         .await;
         match resumed {

@@ -12,7 +12,10 @@
 //!   another; work given up after its last delivery fails its replica
 //!   (the server's max-deliveries advisory), which the task may redraw.
 //! - Results come back on the coordinator's own subject
-//!   (`conclave.NAME.results.ID`), named in each item. A result counts
+//!   (`conclave.NAME.results.ID`), named in each item, as requests: the
+//!   coordinator answers each one it received, and only then does the
+//!   worker ack its item, so a result lost on the way (the NATS server
+//!   restarting) leaves the item to be redelivered. A result counts
 //!   once, by (run, task, replica): the first one in; a late or duplicate
 //!   one (a stalled worker that woke up, a redelivery that raced) is
 //!   ignored and said so.
@@ -145,21 +148,24 @@ pub(crate) async fn stream(
     .map_err(|e| format!("cannot open the work stream {}: {e}", names.stream()))
 }
 
-/// The live workers' heartbeats.
+/// The live workers' heartbeats (none when the bucket cannot be read).
 pub async fn workers(kv: &jetstream::kv::Store) -> Vec<Beat> {
+    read_workers(kv).await.unwrap_or_default()
+}
+
+async fn read_workers(kv: &jetstream::kv::Store) -> Result<Vec<Beat>, String> {
     let mut beats = Vec::new();
-    let Ok(mut keys) = kv.keys().await else {
-        return beats;
-    };
-    while let Some(Ok(k)) = keys.next().await {
-        if let Ok(Some(v)) = kv.get(&k).await {
+    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+    while let Some(k) = keys.next().await {
+        let k = k.map_err(|e| e.to_string())?;
+        if let Some(v) = kv.get(&k).await.map_err(|e| e.to_string())? {
             if let Ok(b) = serde_json::from_slice::<Beat>(&v) {
                 beats.push(b);
             }
         }
     }
     beats.sort_by(|a, b| a.id.cmp(&b.id));
-    beats
+    Ok(beats)
 }
 
 /// A result awaited.
@@ -317,6 +323,10 @@ async fn take_results(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
             Ok(done) => inner.arrived(done),
             Err(e) => eprintln!("cluster: a result that does not read: {e}"),
         }
+        // Received (counted or ignored): the worker may ack its item.
+        if let Some(reply) = m.reply {
+            let _ = inner.client.publish(reply, bytes::Bytes::new()).await;
+        }
     }
 }
 
@@ -335,12 +345,24 @@ async fn take_advisories(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
     }
 }
 
+/// Rereads the heartbeats every second. While the bucket cannot be read
+/// (the NATS server restarting), the last list stands, for as long as a
+/// heartbeat is kept; after that, no worker is taken to be alive.
 async fn follow_workers(inner: Weak<Inner>, kv: jetstream::kv::Store) {
+    let mut read_at = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(HEARTBEAT_EVERY).await;
-        let beats = workers(&kv).await;
+        let read = read_workers(&kv).await;
         let Some(inner) = inner.upgrade() else { return };
-        *inner.beats.lock().unwrap_or_else(|p| p.into_inner()) = beats;
+        let mut beats = inner.beats.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Ok(b) => {
+                *beats = b;
+                read_at = tokio::time::Instant::now();
+            }
+            Err(_) if read_at.elapsed() > HEARTBEAT_TTL => beats.clear(),
+            Err(_) => {}
+        }
     }
 }
 

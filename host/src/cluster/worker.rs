@@ -27,6 +27,12 @@ use crate::journal::jetstream::ClusterConfig;
 use crate::team::job::PreparedTeam;
 use crate::team::remote::ReplicaDone;
 
+/// How long one pull for work waits on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// How long a coordinator may take to say it has a result.
+const RESULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Withdrawn replicas remembered, for items taken after their withdrawal.
 const WITHDRAWN_KEPT: usize = 4096;
 
@@ -210,7 +216,7 @@ pub async fn run(
                 let batch = consumer
                     .fetch()
                     .max_messages(1)
-                    .expires(Duration::from_secs(1))
+                    .expires(PULL_EXPIRES)
                     .messages()
                     .await;
                 let mut batch = match batch {
@@ -221,7 +227,10 @@ pub async fn run(
                         continue;
                     }
                 };
-                if let Some(Ok(msg)) = batch.next().await {
+                // Bounded here too: a pull sent just before the server
+                // went away is never ended by it.
+                let next = tokio::time::timeout(PULL_EXPIRES * 3, batch.next()).await;
+                if let Ok(Some(Ok(msg))) = next {
                     let state = state.clone();
                     tokio::spawn(async move {
                         handle(&state, msg).await;
@@ -355,12 +364,27 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
             return;
         }
     };
-    if let Err(e) = state.client.publish(item.reply.clone(), body.into()).await {
-        // Not acked: redelivered after the ack wait.
-        (state.say)(format!("worker {}: cannot send {what}: {e}", state.id));
-        return;
+    match deliver(state, &item.reply, body.into()).await {
+        Delivered::Yes => {}
+        Delivered::Gone => {
+            // The coordinator that asked is gone; its successor draws the
+            // task's replicas again.
+            (state.say)(format!(
+                "worker {}: dropped {what}: the coordinator that asked for it is gone",
+                state.id
+            ));
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        Delivered::No(e) => {
+            // Not acked: redelivered after the ack wait.
+            (state.say)(format!(
+                "worker {}: could not deliver {what} ({e}); it will be redelivered",
+                state.id
+            ));
+            return;
+        }
     }
-    let _ = state.client.flush().await;
     state.done.fetch_add(1, Ordering::Relaxed);
     match msg.double_ack().await {
         Ok(()) => (state.say)(format!("worker {}: done {what}", state.id)),
@@ -369,4 +393,30 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
             state.id
         )),
     }
+}
+
+enum Delivered {
+    Yes,
+    /// Nobody listens on the coordinator's subject any more.
+    Gone,
+    No(String),
+}
+
+/// Sends a result to the coordinator as a request, until it says it has
+/// it: a few tries, a little apart (the server may be restarting).
+async fn deliver(state: &State, to: &str, body: bytes::Bytes) -> Delivered {
+    use async_nats::RequestErrorKind;
+    let mut last = String::new();
+    for wait in [0u64, 500, 1000, 2000, 4000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let req = async_nats::Request::new()
+            .payload(body.clone())
+            .timeout(Some(RESULT_TIMEOUT));
+        match state.client.send_request(to.to_string(), req).await {
+            Ok(_) => return Delivered::Yes,
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => return Delivered::Gone,
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Delivered::No(last)
 }

@@ -69,7 +69,8 @@ pub fn recorded(log: &RunLog) -> Recorded {
 
 /// Continues run `run_id` from its journal. A damaged tail is cut back to
 /// the last good record first (and reported in `repaired`). A run that
-/// already ended is not run again: its recorded result comes back.
+/// already ended is not run again: its recorded result comes back. With
+/// `workers`, its replicas go to the cluster's workers.
 pub async fn resume(
     journal: Arc<dyn Journal>,
     run_id: &str,
@@ -77,6 +78,7 @@ pub async fn resume(
     builtin_dir: &Path,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
+    workers: Option<Arc<dyn crate::team::remote::RemoteReplicas>>,
 ) -> Result<Journaled, ResumeError> {
     let log = journal.read(run_id)?;
     let repaired = log.damaged.clone();
@@ -102,6 +104,9 @@ pub async fn resume(
     let team = PreparedTeam::prepare(spec, runtime, builtin_dir)
         .await
         .map_err(team_err)?;
+    if let Some(w) = workers {
+        team.use_workers(w);
+    }
     let after = log.records.last().map(|r| r.seq).unwrap_or(0);
     let job = Job::new(run_id, question, gold).with_sampling(log.sampling());
     let resume = Resume {
