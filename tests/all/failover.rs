@@ -342,3 +342,101 @@ fn a_deposed_coordinator_writes_nothing_more_and_stops() {
         "{reply}"
     );
 }
+
+/// `run`'s records once it has at least `n`.
+fn wait_for_records_of(journal: &JetStreamJournal, run: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !journal.read(run).is_ok_and(|log| log.records.len() >= n) {
+        assert!(Instant::now() < deadline, "run {run} never had {n} records");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_coordinator_takes_over_the_run_of_a_killed_run_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team());
+    let a = Server::start(dir.path(), "a", &spec, &nats);
+    a.wait_health(200, Duration::from_secs(60));
+    // A `run --cluster` process that lives: the coordinator leaves its
+    // run alone, and it leaves the registry when it ends.
+    let out = command(
+        &[
+            "run",
+            &spec,
+            "What is 1 + 1?",
+            "--gold",
+            "2",
+            "--run-id",
+            "own1",
+        ],
+        &dir.path().join("one"),
+        &nats.env(),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lived = journal.read("own1").unwrap();
+    assert!(lived.ended().is_some());
+    assert!(
+        !lived
+            .records
+            .iter()
+            .any(|r| matches!(r.entry, Entry::Resumed { .. })),
+        "the coordinator took over a live process's run"
+    );
+    assert_eq!(
+        cluster_status(dir.path(), &nats)["runs"],
+        serde_json::json!([])
+    );
+    // One killed mid-run: the coordinator resumes its run once its beat
+    // has expired.
+    let mut child = command(
+        &[
+            "run",
+            &spec,
+            "What is 40 + 2?",
+            "--gold",
+            "42",
+            "--run-id",
+            "own2",
+        ],
+        &dir.path().join("two"),
+        &nats.env(),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for_records_of(&journal, "own2", 6);
+    assert_eq!(
+        cluster_status(dir.path(), &nats)["runs"],
+        serde_json::json!([["own2", 0]]),
+        "registered as its owner's (term 0)"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = journal.read("own2").unwrap();
+    assert!(before.ended().is_none(), "killed before its end");
+    let log = wait_for_end(&journal, "own2", &[&a]);
+    assert_complete(&log, "What is 40 + 2?");
+    assert_eq!(log.records[..before.records.len()], before.records[..]);
+    let resumptions = log
+        .records
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Resumed { .. }))
+        .count();
+    assert_eq!(resumptions, 1, "resumed once, by the coordinator");
+    assert!(
+        a.stderr().contains("taking over run own2 of the process"),
+        "{}",
+        a.stderr()
+    );
+    assert_eq!(log.ended().unwrap().stop.to_string(), "decided");
+}

@@ -54,10 +54,24 @@ pub async fn ask(args: RunArgs) -> u8 {
     }
     let run_id = run_id.unwrap_or_else(conclave::team::job::new_run_id);
     let (observer, bar) = progress(json);
+    // On a cluster, the coordinator takes the run over if this process dies.
+    let owner = match store.cluster() {
+        Some(cluster) => match conclave::cluster::owner::Owner::claim(&cluster, &run_id).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("error: cluster {}: {e}", cluster.url);
+                return exit::FAILURE;
+            }
+        },
+        None => None,
+    };
     let job = conclave::team::submit::Job::new(&run_id, &question, gold.as_deref());
     let done = team
         .submit(&job, journal, None, observer, cancel_on_ctrl_c())
         .await;
+    if let Some(o) = owner {
+        o.release(done.journal_error.is_none()).await;
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -9,6 +9,9 @@
 //! in the registry under that coordinator's term. The new coordinator
 //! re-registers it under its own term (an update expecting the revision it
 //! read, so two would-be successors cannot both take it) and resumes it.
+//! Runs that a `conclave run --cluster` process runs itself are in the
+//! registry too, with their owner ([`super::owner`]): they are taken over
+//! once the owner stops beating.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -36,15 +39,41 @@ const NEVER_JOURNALED: Duration = Duration::from_secs(60);
 
 /// A run's entry in the registry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Registered {
-    run: String,
-    term: u64,
-    at_ms: u64,
+pub(crate) struct Registered {
+    pub(crate) run: String,
+    /// The coordinator's term it runs under; 0 for a run its owner runs.
+    pub(crate) term: u64,
+    pub(crate) at_ms: u64,
+    /// The `conclave run --cluster` process that runs it itself, if one
+    /// does (see [`super::owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) owner: Option<String>,
+}
+
+/// The registry bucket, made when it is not there.
+pub(crate) async fn registry(
+    js: &async_nats::jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<kv::Store, String> {
+    super::bucket(
+        js,
+        kv::Config {
+            bucket: format!("conclave-{}-coordinated", config.name),
+            description: "Conclave's runs in progress under an elected coordinator".into(),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// The coordinator's side of cluster mode.
 pub struct Coordinator {
     registry: kv::Store,
+    /// The beats of `conclave run --cluster` processes that own runs.
+    owners: kv::Store,
     journal: Arc<dyn Journal>,
     runtime: Arc<PluginRuntime>,
     builtin_dir: PathBuf,
@@ -67,20 +96,11 @@ impl Coordinator {
         role: watch::Receiver<Role>,
     ) -> Result<Arc<Coordinator>, String> {
         let js = super::connect(config, "coordinator").await?;
-        let registry = super::bucket(
-            &js,
-            kv::Config {
-                bucket: format!("conclave-{}-coordinated", config.name),
-                description: "Conclave's runs in progress under an elected coordinator".into(),
-                history: 1,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let registry = registry(&js, config).await?;
+        let owners = super::owner::owners(&js, config).await?;
         Ok(Arc::new(Coordinator {
             registry,
+            owners,
             journal,
             runtime,
             builtin_dir,
@@ -104,6 +124,7 @@ impl Coordinator {
             run: run.to_string(),
             term,
             at_ms: now_ms(),
+            owner: None,
         })
         .unwrap_or_default();
         if let Err(e) = self.registry.put(token(run), value.into()).await {
@@ -215,6 +236,13 @@ impl Coordinator {
             {
                 continue;
             }
+            // A run its owner process runs is taken over once that process
+            // stops beating.
+            if let Some(owner) = &reg.owner {
+                if super::owner::alive(&self.owners, owner).await {
+                    continue;
+                }
+            }
             let journal = self.journal.clone();
             let run = reg.run.clone();
             let read = tokio::task::spawn_blocking(move || journal.read(&run)).await;
@@ -227,6 +255,7 @@ impl Coordinator {
                         run: reg.run.clone(),
                         term,
                         at_ms: now_ms(),
+                        owner: None,
                     })
                     .unwrap_or_default();
                     // Taken only if nobody changed it since it was read.
@@ -239,10 +268,13 @@ impl Coordinator {
                         continue;
                     }
                     self.lock_running().insert(reg.run.clone());
+                    let of = match &reg.owner {
+                        Some(o) => format!("of the process {o}, which stopped beating"),
+                        None => format!("of term {}", reg.term),
+                    };
                     tracing::warn!(
-                        "coordinator (term {term}): taking over run {} of term {}, resumed from the journal",
-                        reg.run,
-                        reg.term
+                        "coordinator (term {term}): taking over run {} {of}, resumed from the journal",
+                        reg.run
                     );
                     tokio::spawn(self.clone().resume(reg.run, leading.child_token()));
                 }

@@ -30,6 +30,7 @@
 
 pub mod coordinator;
 pub mod lease;
+pub mod owner;
 pub mod work;
 pub mod worker;
 
