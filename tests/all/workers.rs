@@ -74,6 +74,19 @@ impl Worker {
         inflight: u32,
         ack_wait: &str,
     ) -> Worker {
+        Worker::start_args(dir, name, spec, nats, inflight, ack_wait, &[])
+    }
+
+    /// ... with `extra` arguments.
+    fn start_args(
+        dir: &Path,
+        name: &str,
+        spec: &str,
+        nats: &Nats,
+        inflight: u32,
+        ack_wait: &str,
+        extra: &[&str],
+    ) -> Worker {
         let inflight = inflight.to_string();
         let log = dir.join(format!("{name}.log"));
         let child = command(
@@ -84,7 +97,11 @@ impl Worker {
                 ack_wait,
                 "--max-inflight",
                 &inflight,
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
             &dir.join(name),
             &nats.env(),
         )
@@ -530,4 +547,73 @@ fn a_killed_coordinators_job_is_finished_on_the_workers_by_its_successor() {
     // The replicas the dead coordinator had handed out were finished and
     // then dropped: nobody was left to take their results.
     worker.wait_for("the coordinator that asked for it is gone");
+}
+
+#[test]
+fn work_given_up_after_its_last_delivery_fails_its_replica_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team(1));
+    let server = coordinator(dir.path(), &spec, &nats);
+    // One delivery only: a worker that dies with the work loses it.
+    let mut a = Worker::start_args(
+        dir.path(),
+        "a",
+        &spec,
+        &nats,
+        1,
+        ACK_WAIT,
+        &["--max-deliver", "1"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = ask(&server, "What is 40 + 2?");
+    a.wait_for("took run");
+    let mut child = a.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _reply = answer(asked);
+    let run = wait_for_run(&journal, 1);
+    let log = wait_for_end(&journal, &run, &[&server]);
+    let failures: Vec<&str> = log
+        .records
+        .iter()
+        .filter_map(|r| match &r.entry {
+            Entry::Event {
+                event: Event::PluginFailure { what, .. },
+            } => Some(what.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        failures.first().is_some_and(
+            |w| w.starts_with("replica 0:") && w.contains("given up after 1 deliveries")
+        ),
+        "{failures:?}"
+    );
+    // The task redrew the replica (once, its one retry); nothing from the
+    // dead worker was counted.
+    assert!(worked(&log).is_empty(), "{:?}", worked(&log));
+    assert!(
+        log.records.iter().any(|r| matches!(
+            &r.entry,
+            Entry::Event {
+                event: Event::Retry { replica: 1, .. }
+            }
+        )),
+        "the replica was drawn again"
+    );
+    // Its redraw found no live worker once the dead one's heartbeat had
+    // expired: the task fails, saying why, rather than waiting forever.
+    assert!(
+        failures
+            .get(1)
+            .is_some_and(|w| w.contains("no live worker serves team remote")),
+        "{failures:?}"
+    );
+    let stop = &log.ended().expect("the run ended").stop;
+    assert!(
+        matches!(stop, conclave::team::consensus::StopReason::Failed(w) if w.contains("all 2 replicas failed")),
+        "{stop:?}"
+    );
 }
