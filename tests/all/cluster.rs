@@ -573,3 +573,33 @@ pub(crate) fn assert_fenced_off(after: &RunLog, successor: &RunLog, stopped_at: 
         "resumed after the records written before the stop"
     );
 }
+
+/// A process whose run was taken over by another keeps journaling its
+/// other runs: the refusal fails that run's flushes, not the others'.
+#[test]
+fn a_run_taken_over_fails_only_its_own_flushes() {
+    use futures::executor::block_on;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let first = JetStreamJournal::connect(&nats.config()).unwrap();
+    for run in ["taken", "kept"] {
+        first.append(run, Entry::Resumed { after: 0 });
+    }
+    block_on(first.flush()).unwrap();
+    // Another process writes to one of them.
+    let other = JetStreamJournal::connect(&nats.config()).unwrap();
+    other.append("taken", Entry::Resumed { after: 1 });
+    block_on(other.flush()).unwrap();
+    // The first one's next write to it is refused; its other run goes on.
+    first.append("taken", Entry::Resumed { after: 1 });
+    first.append("kept", Entry::Resumed { after: 1 });
+    let refused = block_on(first.flush_run("taken")).unwrap_err().to_string();
+    assert!(refused.contains(conclave::journal::TAKEN_OVER), "{refused}");
+    block_on(first.flush_run("kept")).unwrap();
+    assert_eq!(nats.read("kept").records.len(), 2);
+    let taken = nats.read("taken");
+    assert_eq!(taken.records.len(), 2, "the first's and the other's");
+    assert_eq!(taken.records[1].entry, Entry::Resumed { after: 1 });
+    // The journal-wide flush still says a run was taken over.
+    assert!(block_on(first.flush()).is_err());
+}

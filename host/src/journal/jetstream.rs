@@ -197,6 +197,8 @@ type Reply<T> = std_mpsc::SyncSender<Result<T, String>>;
 enum Msg {
     Append(Box<Pending>),
     Flush(oneshot::Sender<Result<(), String>>),
+    /// A flush that answers for one run only.
+    FlushRun(String, oneshot::Sender<Result<(), String>>),
     NextSeq(String, Reply<u64>),
     Runs(Reply<Vec<RunRow>>),
     Read(String, Reply<Option<RunLog>>),
@@ -347,6 +349,12 @@ impl Journal for JetStreamJournal {
     fn flush(&self) -> BoxFuture<'static, Result<(), JournalError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.send(Msg::Flush(tx));
+        super::flush_answer(sent, rx, self.label.clone())
+    }
+
+    fn flush_run(&self, run: &str) -> BoxFuture<'static, Result<(), JournalError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Msg::FlushRun(run.to_string(), tx));
         super::flush_answer(sent, rx, self.label.clone())
     }
 

@@ -189,6 +189,14 @@ pub trait Journal: Send + Sync {
     /// serves every record queued before it: group commit).
     fn flush(&self) -> BoxFuture<'static, Result<(), JournalError>>;
 
+    /// [`Journal::flush`], answering for `run` only: a store that can fail
+    /// one run's writes and not the others' (another process took that
+    /// run over) fails only that run's flush.
+    fn flush_run(&self, run: &str) -> BoxFuture<'static, Result<(), JournalError>> {
+        let _ = run;
+        self.flush()
+    }
+
     /// Every run, newest first.
     fn runs(&self) -> Result<Vec<RunRow>, JournalError>;
 
@@ -277,6 +285,9 @@ impl Numbering {
 /// Feeds a journal from a run's events.
 pub struct Recorder {
     journal: Arc<dyn Journal>,
+    /// The run it records (the first it hears of): what its flushes
+    /// answer for.
+    run: std::sync::OnceLock<String>,
     /// The first write error (shared with the futures of `flushed`).
     error: Arc<std::sync::Mutex<Option<String>>>,
     /// Cancelled when the journal says another process took the run over
@@ -288,6 +299,7 @@ impl Recorder {
     pub fn new(journal: Arc<dyn Journal>) -> Arc<Self> {
         Arc::new(Recorder {
             journal,
+            run: Default::default(),
             error: Default::default(),
             taken_over: None,
         })
@@ -301,6 +313,7 @@ impl Recorder {
     ) -> Arc<Self> {
         Arc::new(Recorder {
             journal,
+            run: Default::default(),
             error: Default::default(),
             taken_over: Some(run),
         })
@@ -314,11 +327,15 @@ impl Recorder {
 
 impl Observer for Recorder {
     fn event(&self, run: &str, event: &Event) {
+        self.run.get_or_init(|| run.to_string());
         self.journal.append_event(run, event);
     }
 
     fn flushed(&self) -> BoxFuture<'static, ()> {
-        let flush = self.journal.flush();
+        let flush = match self.run.get() {
+            Some(run) => self.journal.flush_run(run),
+            None => self.journal.flush(),
+        };
         let this = self.error.clone();
         let taken_over = self.taken_over.clone();
         Box::pin(async move {

@@ -183,7 +183,17 @@ impl Writer {
                     Msg::Append(_) => unreachable!("handled above"),
                     Msg::Flush(tx) => {
                         self.settle().await;
-                        let _ = tx.send(match &self.failed {
+                        let fenced = self.fenced.values().next();
+                        let _ = tx.send(match self.failed.as_ref().or(fenced) {
+                            Some(e) => Err(e.clone()),
+                            None => Ok(()),
+                        });
+                    }
+                    Msg::FlushRun(run, tx) => {
+                        self.settle().await;
+                        // A run another process took over fails its own
+                        // flushes only, not the other runs'.
+                        let _ = tx.send(match self.fenced.get(&run).or(self.failed.as_ref()) {
                             Some(e) => Err(e.clone()),
                             None => Ok(()),
                         });
@@ -389,8 +399,7 @@ impl Writer {
                     crate::journal::TAKEN_OVER,
                     c.describe()
                 );
-                self.fenced.insert(c.run.to_string(), why.clone());
-                self.failed.get_or_insert(why);
+                self.fenced.insert(c.run.to_string(), why);
                 return;
             }
             Err(Failed::Other(e)) => {
