@@ -121,7 +121,7 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn child(&self) -> &Child {
+    pub(crate) fn child(&self) -> &Child {
         self.child.as_ref().unwrap()
     }
 

@@ -617,3 +617,39 @@ fn work_given_up_after_its_last_delivery_fails_its_replica_with_the_reason() {
         "{stop:?}"
     );
 }
+
+#[test]
+fn a_deposed_coordinators_queued_work_is_dropped_by_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team(3));
+    let a = coordinator(dir.path(), &spec, &nats);
+    let b = Server::start(dir.path(), "standby", &spec, &nats);
+    b.wait_health(503, Duration::from_secs(60));
+    // One worker that takes one of the coordinator's three replicas; the
+    // other two wait in the queue.
+    let first = Worker::start(dir.path(), "first", &spec, &nats);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _client = ask(&a, "What is 40 + 2?");
+    first.wait_for("took run");
+    // Both stop: the standby takes over (a later term) and finishes the
+    // run; the old coordinator's items are still queued.
+    signal(first.child(), "STOP");
+    signal(a.child(), "STOP");
+    b.wait_health(200, Duration::from_secs(30));
+    let second = Worker::start(dir.path(), "second", &spec, &nats);
+    let run = wait_for_run(&journal, 1);
+    let log = wait_for_end(&journal, &run, &[&b]);
+    assert_complete(&log, "What is 40 + 2?");
+    // The new worker dropped what the deposed coordinator had queued,
+    // without running it.
+    second.wait_for("queued by a deposed coordinator (term");
+    let dropped = second
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("queued by a deposed coordinator"))
+        .count();
+    assert!(dropped >= 2, "{}", second.stderr());
+    signal(a.child(), "CONT");
+}

@@ -103,7 +103,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
             }
         };
         // Replicas go to `conclave worker`s while any serves the team.
-        match conclave::cluster::work::WorkQueue::open(&cluster).await {
+        match conclave::cluster::work::WorkQueue::open(&cluster, Some(joined.role())).await {
             Ok(q) => {
                 let q: Arc<dyn conclave::team::remote::RemoteReplicas> = Arc::new(q);
                 teams.use_workers(q.clone());

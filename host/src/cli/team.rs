@@ -86,7 +86,7 @@ pub(super) async fn cluster_workers(
     let Some(cluster) = store.cluster() else {
         return Ok(None);
     };
-    match conclave::cluster::work::WorkQueue::open(&cluster).await {
+    match conclave::cluster::work::WorkQueue::open(&cluster, None).await {
         Ok(q) => Ok(Some(std::sync::Arc::new(q))),
         Err(e) => {
             eprintln!("error: cluster {}: {e}", cluster.url);

@@ -102,6 +102,11 @@ impl Names {
 pub(crate) struct WorkItem {
     pub(crate) reply: String,
     pub(crate) job: ReplicaJob,
+    /// The term of the coordinator that queued it (none from a `run`
+    /// process): a worker drops an item of a term older than the cluster's
+    /// coordinator's, a deposed coordinator's scheduling decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) term: Option<u64>,
 }
 
 /// A withdrawn replica.
@@ -187,6 +192,8 @@ struct Inner {
     beats: Mutex<Vec<Beat>>,
     times: Mutex<VecDeque<Duration>>,
     ignored: AtomicU64,
+    /// Where this process stands in the election, if it takes part.
+    role: Option<tokio::sync::watch::Receiver<super::lease::Role>>,
 }
 
 impl Inner {
@@ -242,8 +249,13 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
-    /// Opens the cluster's work queue for a coordinator.
-    pub async fn open(config: &ClusterConfig) -> Result<Self, String> {
+    /// Opens the cluster's work queue for a coordinator; `role`: its place
+    /// in the election, whose term every item it queues carries (`None`: a
+    /// `run` process, which takes no part).
+    pub async fn open(
+        config: &ClusterConfig,
+        role: Option<tokio::sync::watch::Receiver<super::lease::Role>>,
+    ) -> Result<Self, String> {
         let client = async_nats::ConnectOptions::new()
             .name("conclave coordinator (work)")
             .connection_timeout(super::CONNECT_TIMEOUT)
@@ -293,6 +305,7 @@ impl WorkQueue {
             beats: Mutex::default(),
             times: Mutex::default(),
             ignored: AtomicU64::new(0),
+            role,
         });
         tokio::spawn(take_results(Arc::downgrade(&inner), results));
         tokio::spawn(take_advisories(Arc::downgrade(&inner), advisories));
@@ -424,9 +437,15 @@ impl RemoteReplicas for WorkQueue {
                 seq: None,
             };
             let subject = inner.names.subject(&team);
+            use super::lease::Role;
+            let term = inner.role.as_ref().and_then(|r| match &*r.borrow() {
+                Role::Leading { term } | Role::Deposed { term, .. } => Some(*term),
+                Role::Standby { .. } => None,
+            });
             let item = WorkItem {
                 reply: inner.inbox.clone(),
                 job,
+                term,
             };
             let body = serde_json::to_vec(&item).map_err(|e| e.to_string())?;
             let ack = inner

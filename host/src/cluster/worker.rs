@@ -61,6 +61,8 @@ struct State {
     withdrawn: Mutex<(HashSet<Withdrawn>, VecDeque<Withdrawn>)>,
     progress_every: Duration,
     say: Say,
+    /// The term of the cluster's coordinator, as last read (0: unknown).
+    term: AtomicU64,
 }
 
 impl State {
@@ -160,7 +162,10 @@ pub async fn run(
         withdrawn: Mutex::default(),
         progress_every: (ack_wait / 3).max(Duration::from_millis(100)),
         say: say.clone(),
+        term: AtomicU64::new(0),
     });
+    let lease_bucket = format!("conclave-{}-lease", config.cluster.name);
+    let mut lease: Option<jetstream::kv::Store> = None;
     let mut cancels = client
         .subscribe(names.cancel())
         .await
@@ -203,6 +208,7 @@ pub async fn run(
         config.max_inflight,
         ack_wait
     ));
+    read_term(&js, &lease_bucket, &mut lease, &state).await;
     let slots = Arc::new(Semaphore::new(config.max_inflight.max(1)));
     let mut pulls = tokio::task::JoinSet::new();
     for (team, consumer, _) in consumers {
@@ -248,6 +254,7 @@ pub async fn run(
                 if let Err(e) = put(beat(&state)).await {
                     (state.say)(format!("worker {id}: heartbeat failed: {e}"));
                 }
+                read_term(&js, &lease_bucket, &mut lease, &state).await;
             }
             r = pulls.join_next() => {
                 if let Some(Ok(Err(e))) = r {
@@ -260,6 +267,26 @@ pub async fn run(
     let _ = slots.acquire_many(config.max_inflight.max(1) as u32).await;
     let _ = kv.delete(&key).await;
     Ok(())
+}
+
+/// Reads the term of the cluster's coordinator from the lease (terms only
+/// grow); opens the lease's bucket once it is there.
+async fn read_term(
+    js: &jetstream::Context,
+    bucket: &str,
+    lease: &mut Option<jetstream::kv::Store>,
+    state: &State,
+) {
+    if lease.is_none() {
+        *lease = js.get_key_value(bucket).await.ok();
+    }
+    if let Some(kv) = lease.as_ref() {
+        if let Ok(Some(v)) = kv.get(super::lease::KEY).await {
+            if let Ok(h) = serde_json::from_slice::<super::lease::Holder>(&v) {
+                state.term.fetch_max(h.term.unwrap_or(0), Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 fn token_key(id: &str) -> String {
@@ -290,6 +317,15 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
         "run {} task {} replica {} (delivery {attempt})",
         job.run, job.task, job.replica
     );
+    let now = state.term.load(Ordering::Relaxed);
+    if let Some(term) = item.term.filter(|t| *t < now) {
+        (state.say)(format!(
+            "worker {}: dropped {what}: queued by a deposed coordinator (term {term}; the cluster's coordinator has term {now})",
+            state.id
+        ));
+        let _ = msg.ack_with(AckKind::Term).await;
+        return;
+    }
     if state.withdrawn(&w) {
         (state.say)(format!(
             "worker {}: dropped {what}: withdrawn by its coordinator",
