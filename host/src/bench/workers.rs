@@ -1,6 +1,6 @@
 //! Throughput with cluster workers: one job (many requests at once to a
-//! team on a simulated node that serves two calls at a time, so the work
-//! is model-bound) served by one `conclave serve` process alone (the
+//! team on a simulated node that serves two calls at a time, with the
+//! paper's measured call latencies, so the work is model-bound) served by one `conclave serve` process alone (the
 //! baseline, journaling to SQLite), and by a `serve --cluster` coordinator
 //! with 1, 2, 4 ... `conclave worker` processes (this binary), each with
 //! its own copy of the node. Requests per second, and the ratio to the
@@ -16,8 +16,11 @@ use super::failover::{free_port, wait_health, Server};
 use crate::journal::jetstream::ClusterConfig;
 
 /// One task of three replicas on a simulated node that serves two calls
-/// at a time, each about 400 ms.
-const TEAM: &str = r#"[team]
+/// at a time, each call's latency drawn from the paper's measured calls
+/// (`LATENCIES`, by `MODEL`, times `SCALE`).
+fn team(latencies: &Path) -> String {
+    format!(
+        r#"[team]
 name = "workers-bench"
 
 [[node]]
@@ -25,7 +28,7 @@ name = "sim"
 backend = "sim"
 accuracy = 0.7
 max_concurrency = 2
-latency = { kind = "lognormal", median = "400ms", sigma = 0.3 }
+latency = {{ kind = "empirical", csv = {:?}, model = "{MODEL}", scale = {SCALE} }}
 
 [[task]]
 id = "answer"
@@ -33,7 +36,17 @@ role = "solver"
 replicas = 3
 voter = "majority"
 answer_kind = "number"
-"#;
+"#,
+        latencies.display().to_string()
+    )
+}
+
+/// The paper's calls whose latencies the node replays, and how they are
+/// scaled (GPT-5.2's: p50 1.83 s, p90 6.8 s; scaled by 0.2, p50 0.37 s),
+/// so that a run of the benchmark takes about a minute.
+pub const LATENCIES: &str = "data/paper-amdahl/llm_call_latencies.csv";
+const MODEL: &str = "openai_gpt-5.2";
+const SCALE: f64 = 0.2;
 
 /// One configuration's numbers.
 #[derive(Clone, Debug, Serialize)]
@@ -98,16 +111,24 @@ async fn burst(http: &reqwest::Client, port: u16, n: usize) -> (usize, Duration)
     (ok, t0.elapsed())
 }
 
-/// Runs the benchmark: the baseline, then each count in `workers`.
+/// Runs the benchmark: the baseline, then each count in `workers`;
+/// `latencies`: the paper's `llm_call_latencies.csv`.
 pub async fn run(
     exe: &Path,
     cluster: &ClusterConfig,
     workers: &[usize],
     requests: usize,
+    latencies: &Path,
 ) -> Result<WorkersReport, String> {
+    let latencies = latencies.canonicalize().map_err(|e| {
+        format!(
+            "{}: {e} (run from the repository's root, or name the file with --latencies)",
+            latencies.display()
+        )
+    })?;
     let dir = std::env::temp_dir().join(format!("conclave-bench-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let report = measure(exe, cluster, workers, requests, &dir).await;
+    let report = measure(exe, cluster, workers, requests, &dir, &latencies).await;
     let _ = std::fs::remove_dir_all(&dir);
     report
 }
@@ -118,9 +139,10 @@ async fn measure(
     workers: &[usize],
     requests: usize,
     dir: &Path,
+    latencies: &Path,
 ) -> Result<WorkersReport, String> {
     let spec = dir.join("team.toml");
-    std::fs::write(&spec, TEAM).map_err(|e| e.to_string())?;
+    std::fs::write(&spec, team(latencies)).map_err(|e| e.to_string())?;
     let spec_arg = spec.display().to_string();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))

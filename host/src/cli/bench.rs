@@ -465,6 +465,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
         BenchCmd::Workers {
             workers,
             requests,
+            latencies,
             json,
             store,
         } => {
@@ -479,7 +480,9 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                     return exit::FAILURE;
                 }
             };
-            match conclave::bench::workers::run(&exe, &cluster, &workers, requests).await {
+            match conclave::bench::workers::run(&exe, &cluster, &workers, requests, &latencies)
+                .await
+            {
                 Ok(r) if json => {
                     println!(
                         "{}",
@@ -489,7 +492,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 }
                 Ok(r) => {
                     println!(
-                        "workers: {} requests at once, one task of 3 replicas on a sim node serving 2 calls at a time (~400 ms each); {}",
+                        "workers: {} requests at once, one task of 3 replicas on a sim node serving 2 calls at a time (the paper's GPT-5.2 call latencies x 0.2); {}",
                         r.requests, r.cluster
                     );
                     println!(

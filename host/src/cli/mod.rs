@@ -535,6 +535,10 @@ enum BenchCmd {
         /// Requests sent at once.
         #[arg(long, default_value_t = 24)]
         requests: usize,
+        /// The paper's measured call latencies, which the simulated node
+        /// replays (GPT-5.2's, scaled by 0.2).
+        #[arg(long, default_value = conclave::bench::workers::LATENCIES)]
+        latencies: PathBuf,
         #[arg(long)]
         json: bool,
         /// `--cluster URL` (required): the NATS server; the benchmark uses
