@@ -43,23 +43,9 @@ pub async fn serve(args: ServeArgs) -> u8 {
             return exit::FAILURE;
         }
     };
-    let teams = match conclave::server::Teams::load(&specs, rt.clone(), &default_plugin_dir()).await
-    {
+    let teams = match load_teams(&specs, rt.clone()).await {
         Ok(t) => t,
-        Err(e) => {
-            report(&e);
-            return match e {
-                TeamsError::Team { source, .. }
-                    if matches!(*source, JobError::Plugin { .. } | JobError::Limits { .. }) =>
-                {
-                    exit::BAD_PLUGIN
-                }
-                TeamsError::Team { .. }
-                | TeamsError::Duplicate { .. }
-                | TeamsError::EmptyFolder { .. } => exit::BAD_SPEC,
-                TeamsError::Folder { .. } | TeamsError::None => exit::USAGE,
-            };
-        }
+        Err(code) => return code,
     };
     let journal = match open_journal(&store) {
         Ok(j) => j,
@@ -302,4 +288,28 @@ pub(super) fn cancel_on_signal(token: tokio_util::sync::CancellationToken, what:
         eprintln!("{what}");
         on_signal.cancel();
     });
+}
+
+/// Loads the team specs (files or folders) `specs`; on failure, reports
+/// it and gives the exit code (3 bad spec, 5 bad plugin, 2 usage).
+pub(super) async fn load_teams(
+    specs: &[std::path::PathBuf],
+    rt: Arc<conclave::PluginRuntime>,
+) -> Result<Arc<conclave::server::Teams>, u8> {
+    conclave::server::Teams::load(specs, rt, &default_plugin_dir())
+        .await
+        .map_err(|e| {
+            report(&e);
+            match e {
+                TeamsError::Team { source, .. }
+                    if matches!(*source, JobError::Plugin { .. } | JobError::Limits { .. }) =>
+                {
+                    exit::BAD_PLUGIN
+                }
+                TeamsError::Team { .. }
+                | TeamsError::Duplicate { .. }
+                | TeamsError::EmptyFolder { .. } => exit::BAD_SPEC,
+                TeamsError::Folder { .. } | TeamsError::None => exit::USAGE,
+            }
+        })
 }

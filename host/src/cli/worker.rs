@@ -2,12 +2,10 @@
 
 use std::sync::Arc;
 
-use super::serve::cancel_on_signal;
-use super::{default_plugin_dir, exit, report, runtime, WorkerArgs};
+use super::serve::{cancel_on_signal, load_teams};
+use super::{exit, report, runtime, WorkerArgs};
 use conclave::cluster::work::WorkSettings;
 use conclave::cluster::worker::{self, WorkerConfig};
-use conclave::server::TeamsError;
-use conclave::team::job::JobError;
 
 /// `conclave worker`.
 pub async fn worker(args: WorkerArgs) -> u8 {
@@ -36,22 +34,9 @@ pub async fn worker(args: WorkerArgs) -> u8 {
             return exit::FAILURE;
         }
     };
-    let teams = match conclave::server::Teams::load(&specs, rt, &default_plugin_dir()).await {
+    let teams = match load_teams(&specs, rt).await {
         Ok(t) => t,
-        Err(e) => {
-            report(&e);
-            return match e {
-                TeamsError::Team { source, .. }
-                    if matches!(*source, JobError::Plugin { .. } | JobError::Limits { .. }) =>
-                {
-                    exit::BAD_PLUGIN
-                }
-                TeamsError::Team { .. }
-                | TeamsError::Duplicate { .. }
-                | TeamsError::EmptyFolder { .. } => exit::BAD_SPEC,
-                TeamsError::Folder { .. } | TeamsError::None => exit::USAGE,
-            };
-        }
+        Err(code) => return code,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     cancel_on_signal(
