@@ -1,6 +1,7 @@
 //! `conclave bench ...`: run a benchmark and print its numbers.
 
-use super::{blocking, default_plugin_dir, exit, report, BenchCmd};
+use super::bench_args::BenchCmd;
+use super::{blocking, default_plugin_dir, exit, report};
 
 pub async fn run(cmd: BenchCmd) -> u8 {
     match cmd {
