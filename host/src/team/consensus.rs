@@ -17,21 +17,23 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::Instrument;
 
-use super::bus::Envelope;
 use super::events::{Event, Served};
 use super::services::RoutedServices;
 use crate::model::router::CallTag;
 use crate::model::Router;
 use crate::plugin::{
-    Ballot, CallInfo, Candidate, Decided, Decision, Invocation, Outcome, Plugin, PluginError,
-    PluginRuntime, Task, Verdict,
+    Ballot, CallInfo, Decided, Decision, Invocation, Outcome, Plugin, PluginError, PluginRuntime,
+    Task,
 };
 
+mod debate;
 mod draw;
+mod judge;
 mod remote;
 mod types;
 
 use draw::Draw;
+use judge::Judged;
 pub use types::*;
 
 /// A role, its verifiers and its voter, over a router.
@@ -597,97 +599,6 @@ impl Team {
         );
         g.failures.push(what);
     }
-
-    /// Starts the next round: every replica of it gets the others'
-    /// previous answers, over the bus when the role may read it, and as
-    /// feedback otherwise (the returned feedback).
-    fn exchange(
-        &self,
-        run: &str,
-        spec: &TaskSpec,
-        ctx: &TaskContext,
-        next: u32,
-        g: &Gathered,
-    ) -> Vec<String> {
-        let said = |b: &Ballot| format!("answered {}: {}", b.candidate.answer, b.candidate.text);
-        if !self.role.grants.bus {
-            return g
-                .ballots
-                .iter()
-                .map(|b| format!("Another solver {}", said(b)))
-                .collect();
-        }
-        for slot in 0..spec.replicas.max(1) {
-            let to = format!("{}/{}", spec.id, next + slot);
-            ctx.bus.open(&to);
-            for (b, s) in g.ballots.iter().zip(&g.slots) {
-                if *s == slot {
-                    continue;
-                }
-                let from = format!("{}/{}", spec.id, b.candidate.replica);
-                let m = Envelope::new(&from, &to, "answer", &said(b))
-                    .fit(ctx.bus.limits().message_bytes);
-                if let Ok(n) = ctx.bus.send(m) {
-                    super::services::journal_message(ctx, run, n, &from, &to, "answer");
-                }
-            }
-        }
-        Vec::new()
-    }
-
-    /// The verifiers' verdicts on `c`, asked all at once, in the team's
-    /// order of verifiers; a verifier that fails is left out and reported.
-    async fn judge(
-        &self,
-        run: &str,
-        spec: &TaskSpec,
-        round: u32,
-        c: &Candidate,
-        services: &Arc<RoutedServices>,
-    ) -> Judged {
-        let calls = self.verifiers.iter().map(|v| {
-            let task = wit_task(run, spec, &v.config, round, c.replica, spec.replicas, &[]);
-            let inv = Invocation {
-                grants: v.grants,
-                limits: v.limits.clone(),
-                services: Some(services.for_call()),
-                info: CallInfo {
-                    run_id: run.into(),
-                    task_id: spec.id.clone(),
-                    replica: c.replica,
-                    ..Default::default()
-                },
-            };
-            async move {
-                let plugin = v.current();
-                let span =
-                    crate::otel::plugin_span("verifier", &v.name, plugin.hash(), plugin.version());
-                let out = self
-                    .runtime
-                    .verify(&plugin, &inv, &task, c)
-                    .instrument(span.clone())
-                    .await;
-                crate::otel::record_plugin(&span, &out, |verdict| {
-                    if verdict.pass { "pass" } else { "fail" }.to_string()
-                });
-                (served(v, &plugin), plugin.name().to_string(), out)
-            }
-        });
-        let mut judged = Judged::default();
-        for (by, name, out) in futures::future::join_all(calls).await {
-            match out {
-                Ok(verdict) => {
-                    judged.verdicts.push(verdict);
-                    judged.judges.push(by);
-                }
-                Err(e) => {
-                    let what = format!("verifier {name} on replica {}: {e}", c.replica);
-                    judged.failures.push((by, what));
-                }
-            }
-        }
-        judged
-    }
 }
 
 /// One replica's outcome as it arrives, judged.
@@ -697,15 +608,6 @@ struct Arrival {
     by: Served,
     outcome: Result<Outcome, PluginError>,
     judged: Judged,
-}
-
-/// The verifiers' verdicts on a candidate and the versions behind them,
-/// and the verifiers that failed (who, and why).
-#[derive(Default)]
-struct Judged {
-    verdicts: Vec<Verdict>,
-    judges: Vec<Served>,
-    failures: Vec<(Served, String)>,
 }
 
 /// The leading answer among the ballots that passed every verifier: most
