@@ -3,7 +3,7 @@
 //! in a typed `ModelError` naming the node, never a hang or a panic.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conclave::model::openai::{OpenAiBackend, OpenAiConfig};
@@ -338,10 +338,17 @@ async fn max_concurrency_queues_instead_of_failing() {
 
 #[tokio::test]
 async fn a_slow_call_is_hedged_and_the_loser_cancelled() {
-    // 30 quick replies teach the router the node's latency; the next one hangs.
-    let mut script: Vec<Behaviour> = (0..30).map(|_| Behaviour::Reply("quick".into())).collect();
-    script.push(Behaviour::Hang);
-    let s = FakeServer::start(script, Behaviour::Reply("hedge".into())).await;
+    // 30 quick replies teach the router the node's latency; then the next
+    // request hangs and the one after it answers "hedge". The hang is queued
+    // only once every learning request has reached the server: a learning
+    // call slowed by a busy machine may itself be hedged, and its extra
+    // request must not take the hang.
+    let queue = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+    let s = FakeServer::always(Behaviour::Queue(
+        queue.clone(),
+        Box::new(Behaviour::Reply("quick".into())),
+    ))
+    .await;
     let mut config = quick(0);
     config.hedge = HedgeConfig {
         enabled: true,
@@ -352,8 +359,30 @@ async fn a_slow_call_is_hedged_and_the_loser_cancelled() {
     };
     let router = Router::new(vec![node("a", &s, "request_timeout = \"30s\"")], config);
     for _ in 0..30 {
-        assert!(!call(&router).await.unwrap().hedged);
+        assert_eq!(
+            call(&router).await.unwrap().response.choices[0].text,
+            "quick"
+        );
     }
+    let learning_hedges = router.accounts().by_node["a"].hedges;
+    assert!(
+        learning_hedges < 15,
+        "{learning_hedges} of 30 learning calls hedged"
+    );
+    let sent = 30 + learning_hedges as usize;
+    let waited = Instant::now();
+    while s.count() < sent {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "{} of {sent} requests arrived",
+            s.count()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    queue
+        .lock()
+        .unwrap()
+        .extend([Behaviour::Hang, Behaviour::Reply("hedge".into())]);
     let t = Instant::now();
     let r = call(&router).await.unwrap();
     assert!(r.hedged);
@@ -362,7 +391,8 @@ async fn a_slow_call_is_hedged_and_the_loser_cancelled() {
         t.elapsed() < Duration::from_secs(30),
         "the hedge answered, not the hung call"
     );
-    assert_eq!(router.accounts().by_node["a"].hedges, 1);
+    assert_eq!(s.count(), sent + 2);
+    assert_eq!(router.accounts().by_node["a"].hedges, learning_hedges + 1);
 }
 
 #[tokio::test]

@@ -36,6 +36,12 @@ pub enum Behaviour {
     /// lets it go (`notify_one` on the gate): a model call kept open for
     /// exactly as long as a test needs.
     Gate(Arc<tokio::sync::Notify>, String),
+    /// The front of this queue, which the test fills while the server runs;
+    /// the boxed behaviour while the queue is empty.
+    Queue(
+        Arc<Mutex<std::collections::VecDeque<Behaviour>>>,
+        Box<Behaviour>,
+    ),
 }
 
 /// A running fake server. Dropping it stops accepting.
@@ -167,7 +173,11 @@ async fn serve(
         if let Ok(v) = serde_json::from_slice(&body) {
             bodies.lock().unwrap().push(v);
         }
-        let b = script.get(n).cloned().unwrap_or_else(|| then.clone());
+        let mut b = script.get(n).cloned().unwrap_or_else(|| then.clone());
+        while let Behaviour::Queue(queue, otherwise) = b {
+            let front = queue.lock().unwrap().pop_front();
+            b = front.unwrap_or(*otherwise);
+        }
         match b {
             Behaviour::Reply(t) => respond(&mut sock, 200, "", &completion(&t, true)).await?,
             Behaviour::Gate(gate, t) => {
@@ -189,6 +199,7 @@ async fn serve(
                 )
                 .await?
             }
+            Behaviour::Queue(..) => unreachable!("a queue is unwrapped above"),
             Behaviour::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
