@@ -229,3 +229,82 @@ fn a_team_whose_answer_kind_cannot_fit_the_data_is_refused_before_any_run() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn items_whose_runs_failed_are_counted_apart_and_named_with_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    // A node on a port where nothing listens: every call is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = dir.path().join("team.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+[team]
+name = "dead-node"
+
+[[node]]
+name = "gone"
+backend = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+model = "m"
+
+[[task]]
+id = "answer"
+role = "solver"
+replicas = 2
+voter = "majority"
+answer_kind = "number"
+"#
+        ),
+    )
+    .unwrap();
+    let o = Command::new(conclave_bin())
+        .arg("eval")
+        .arg(&spec)
+        .args(["--data", "data/eval/arithmetic_dev.jsonl", "--limit", "3"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .current_dir(workspace())
+        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("dead-node"))
+        .unwrap_or_else(|| panic!("{out}"));
+    // accuracy 0.0%, then no consensus 0.0% and failed 100.0% last.
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cells[2], &cells[cells.len() - 2..]),
+        ("0.0%", &["0.0%", "100.0%"][..]),
+        "{row}"
+    );
+    let warning = out
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        warning.starts_with(
+            "warning: dead-node: 3 of 3 items failed without an answer and are scored wrong; 3 of them like item 0: failed: all "
+        ) && warning.contains("gone"),
+        "{warning}"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(written[0]["failed_rate"], 1.0);
+    assert!(written[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["failed"] == true && r["correct"] == false));
+}

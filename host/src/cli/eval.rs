@@ -115,7 +115,7 @@ pub async fn eval(args: EvalArgs) -> u8 {
         return exit::OK;
     }
     println!(
-        "{:<26} {:>6} {:>8} {:>15} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8}",
+        "{:<26} {:>6} {:>8} {:>15} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "team",
         "items",
         "accuracy",
@@ -125,12 +125,13 @@ pub async fn eval(args: EvalArgs) -> u8 {
         "cost",
         "p50",
         "p95",
-        "no-cons."
+        "no-cons.",
+        "failed"
     );
     for s in &scores {
         let interval = format!("{:.1}–{:.1}%", 100.0 * s.ci_low, 100.0 * s.ci_high);
         println!(
-            "{:<26} {:>6} {:>7.1}% {:>15} {:>9.2} {:>11.1} {:>10.6} {:>7.0}ms {:>7.0}ms {:>7.1}%",
+            "{:<26} {:>6} {:>7.1}% {:>15} {:>9.2} {:>11.1} {:>10.6} {:>7.0}ms {:>7.0}ms {:>7.1}% {:>6.1}%",
             s.team,
             s.items,
             100.0 * s.accuracy,
@@ -140,8 +141,14 @@ pub async fn eval(args: EvalArgs) -> u8 {
             s.cost,
             s.p50_ms,
             s.p95_ms,
-            100.0 * s.no_consensus_rate
+            100.0 * s.no_consensus_rate,
+            100.0 * s.failed_rate
         );
+    }
+    for s in &scores {
+        if let Some(failures) = s.failures() {
+            println!("warning: {failures}");
+        }
     }
     let resumed: usize = scores
         .iter()

@@ -195,6 +195,11 @@ pub struct ItemResult {
     pub correct: bool,
     pub stop: String,
     pub no_consensus: bool,
+    /// The run ended `failed` (every replica failed: a node that did not
+    /// answer, a plugin that trapped, a program that never ran). Scored
+    /// wrong like any run without an answer, but counted apart so that a
+    /// broken node does not pass for a bad team.
+    pub failed: bool,
     pub samples: u32,
     pub tokens: u64,
     pub cost: f64,
@@ -221,6 +226,7 @@ pub struct Score {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub no_consensus_rate: f64,
+    pub failed_rate: f64,
     pub results: Vec<ItemResult>,
 }
 
@@ -265,6 +271,7 @@ pub fn score(team: &str, spec: &str, mut results: Vec<ItemResult>) -> Score {
         p50_ms: percentile(&lat, 0.5),
         p95_ms: percentile(&lat, 0.95),
         no_consensus_rate: per(&|r| r.no_consensus as u8 as f64),
+        failed_rate: per(&|r| r.failed as u8 as f64),
         results,
     }
 }
@@ -282,6 +289,7 @@ fn item_result(i: usize, item: &Item, r: &JobResult, resumed: bool) -> ItemResul
         correct,
         stop: r.stop.to_string(),
         no_consensus: matches!(r.stop, StopReason::NoConsensus(_)),
+        failed: matches!(r.stop, StopReason::Failed(_)),
         samples: r.samples,
         tokens: r.tokens_in + r.tokens_out,
         cost: r.cost,
@@ -372,6 +380,56 @@ pub async fn evaluate(
     score(&name, &team.spec().path.display().to_string(), results)
 }
 
+impl Score {
+    /// Said when some of the team's runs failed: how many, and the reason
+    /// most of them gave (with one item that gave it), so that a reader
+    /// can tell a team that answers wrong from a node that did not answer.
+    /// `None` when none failed.
+    pub fn failures(&self) -> Option<String> {
+        let failed: Vec<&ItemResult> = self.results.iter().filter(|r| r.failed).collect();
+        // (cause, items, the first item with it), in order of first seen.
+        let mut causes: Vec<(String, usize, &ItemResult)> = Vec::new();
+        for r in &failed {
+            let cause = failure_kind(&r.stop);
+            match causes.iter_mut().find(|(c, _, _)| *c == cause) {
+                Some(e) => e.1 += 1,
+                None => causes.push((cause, 1, r)),
+            }
+        }
+        // The most common cause; among equals, the one seen first.
+        let (_, n, example) = causes.iter().rev().max_by_key(|(_, n, _)| *n)?;
+        Some(format!(
+            "{}: {} of {} items failed without an answer and are scored wrong; {} of them like item {}: {}",
+            self.team,
+            failed.len(),
+            self.items,
+            n,
+            example.item,
+            example.stop
+        ))
+    }
+}
+
+/// A failure's reason with its numbers and quoted parts taken out, so that
+/// failures of one cause group together ("all 5 replicas failed; last: node
+/// `qwen` unavailable: ..." and the same with 3).
+fn failure_kind(stop: &str) -> String {
+    let mut out = String::with_capacity(stop.len());
+    let mut last_digit = false;
+    for c in stop.chars().take(120) {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('#');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+    }
+    out
+}
+
 /// An evaluation's id from what it evaluates: the dataset, the seed and
 /// the item count, so the same command resumes the same evaluation.
 pub fn eval_id(data: &Path, seed: u64, items: usize) -> String {
@@ -385,6 +443,58 @@ pub fn eval_id(data: &Path, seed: u64, items: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(i: usize, stop: &str) -> ItemResult {
+        ItemResult {
+            item: i,
+            id: None,
+            gold: "1".into(),
+            answer: None,
+            correct: false,
+            stop: stop.into(),
+            no_consensus: false,
+            failed: stop.starts_with("failed"),
+            samples: 1,
+            tokens: 0,
+            cost: 0.0,
+            wall_ms: 1.0,
+            run_id: format!("r{i}"),
+            resumed: false,
+        }
+    }
+
+    #[test]
+    fn failures_are_told_by_their_most_common_cause() {
+        let s = score(
+            "t",
+            "t.toml",
+            vec![
+                item(0, "decided"),
+                item(1, "failed: all 5 replicas failed; last: program raised"),
+                item(
+                    2,
+                    "failed: all 3 replicas failed; last: node `q` unavailable",
+                ),
+                item(
+                    3,
+                    "failed: all 5 replicas failed; last: node `q` unavailable",
+                ),
+                item(4, "no consensus: 1 of 2"),
+            ],
+        );
+        assert!((s.failed_rate - 0.6).abs() < 1e-12);
+        assert_eq!(
+            s.failures().unwrap(),
+            "t: 3 of 5 items failed without an answer and are scored wrong; 2 of them like item 2: failed: all 3 replicas failed; last: node `q` unavailable"
+        );
+        let none = score(
+            "t",
+            "t.toml",
+            vec![item(0, "decided"), item(1, "no consensus: x")],
+        );
+        assert_eq!(none.failures(), None);
+        assert_eq!(none.failed_rate, 0.0);
+    }
 
     #[test]
     fn wilson_interval_matches_known_values() {
