@@ -410,9 +410,10 @@ impl Score {
     }
 }
 
-/// A failure's reason with its numbers and quoted parts taken out, so that
-/// failures of one cause group together ("all 5 replicas failed; last: node
-/// `qwen` unavailable: ..." and the same with 3).
+/// A failure's reason, its first 120 characters with each run of digits
+/// replaced by `#`, so that failures of one cause group together ("all 5
+/// replicas failed; last: node `qwen` unavailable: ..." and the same with
+/// 3).
 fn failure_kind(stop: &str) -> String {
     let mut out = String::with_capacity(stop.len());
     let mut last_digit = false;
