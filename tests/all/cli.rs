@@ -213,3 +213,58 @@ fn plugins_check_stops_a_sleeping_describe_and_says_what_is_not_granted() {
     assert!(out.contains("asks for: llm, bus, blackboard, log"), "{out}");
     assert!(out.contains("not granted by asking"), "{out}");
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_printing_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::Stdio;
+    let d = Dir::new(TEAM);
+    let o = d.conclave(&["run", "team.toml", "What is 40 + 2?", "--run-id", "piped"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for args in [&["trace", "piped"][..], &["runs"], &["completions", "bash"]] {
+        let mut child = std::process::Command::new(conclave_bin())
+            .args(args)
+            .current_dir(d.0.path())
+            .env("CONCLAVE_DATA_DIR", d.0.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command has printed a line, as
+        // `| head` does after its first lines.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // Ended by SIGPIPE (13), as `cat` or `grep` would be.
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}
+
+#[test]
+fn serve_names_a_spec_it_cannot_load_once_with_its_line() {
+    let d = Dir::new(TEAM);
+    std::fs::write(
+        d.0.path().join("bad.toml"),
+        "[team]\nname = \"x\"\n\n[[task]]\nid = \"answer\"\nrole = \"solver\"\nreplicas = \"three\"\n",
+    )
+    .unwrap();
+    for (spec, cause) in [
+        ("missing.toml", "missing.toml: "),
+        (
+            "bad.toml",
+            "bad.toml:7:12: [[task]] #1: `replicas`: invalid type",
+        ),
+    ] {
+        let o = d.conclave(&["serve", spec, "--listen", "127.0.0.1:0"]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(err.starts_with(&format!("error: {cause}")), "{err}");
+        assert_eq!(err.matches(spec).count(), 1, "{err}");
+    }
+}

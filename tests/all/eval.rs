@@ -2,36 +2,39 @@
 //! teams: the table's numbers are the per-item results' numbers, the JSON
 //! and chart are written, and running it again resumes (no new runs).
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use conclave_tests::{conclave_bin, workspace};
 use serde_json::Value;
 
-fn eval(data_dir: &std::path::Path, out: &std::path::Path) -> Value {
-    let o = Command::new(conclave_bin())
-        .args([
-            "eval",
-            "examples/adaptive-consistency.toml",
-            "--compare",
-            "examples/debate.toml",
-        ])
-        .args([
-            "--data",
-            "data/eval/arithmetic_dev.jsonl",
-            "--limit",
-            "12",
-            "--seed",
-            "7",
-            "--json",
-        ])
+/// `conclave eval SPEC --data DATA --limit LIMIT --data-dir DIR`, run in
+/// the workspace with its built plugins; callers add the rest.
+fn eval_command(spec: impl AsRef<OsStr>, data: &str, limit: usize, data_dir: &Path) -> Command {
+    let mut c = Command::new(conclave_bin());
+    c.arg("eval")
+        .arg(spec)
+        .args(["--data", data, "--limit", &limit.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
-        .arg("--out")
-        .arg(out)
         .current_dir(workspace())
-        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
-        .output()
-        .unwrap();
+        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"));
+    c
+}
+
+fn eval(data_dir: &Path, out: &Path) -> Value {
+    let o = eval_command(
+        "examples/adaptive-consistency.toml",
+        "data/eval/arithmetic_dev.jsonl",
+        12,
+        data_dir,
+    )
+    .args(["--compare", "examples/debate.toml", "--seed", "7", "--json"])
+    .arg("--out")
+    .arg(out)
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
@@ -119,25 +122,11 @@ answer_kind = "number"
 }
 
 /// `conclave eval SPEC` on the first 4 arithmetic items; the results.
-fn eval_spec(spec: &std::path::Path, data_dir: &std::path::Path) -> Vec<Value> {
-    let o = Command::new(conclave_bin())
-        .arg("eval")
-        .arg(spec)
-        .args([
-            "--data",
-            "data/eval/arithmetic_dev.jsonl",
-            "--limit",
-            "4",
-            "--seed",
-            "7",
-            "--json",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
+fn eval_spec(spec: &Path, data_dir: &Path) -> Vec<Value> {
+    let o = eval_command(spec, "data/eval/arithmetic_dev.jsonl", 4, data_dir)
+        .args(["--seed", "7", "--json"])
         .arg("--out")
         .arg(data_dir.join("out"))
-        .current_dir(workspace())
-        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -177,14 +166,7 @@ fn a_team_whose_answer_kind_cannot_fit_the_data_is_refused_before_any_run() {
     // A number-kind team on multiple-choice items: every item would score
     // wrong whatever it answered.
     std::fs::write(&spec, named_team("majority")).unwrap();
-    let o = Command::new(conclave_bin())
-        .arg("eval")
-        .arg(&spec)
-        .args(["--data", "data/eval/mmlu_dev.jsonl", "--limit", "5"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .current_dir(workspace())
-        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
+    let o = eval_command(&spec, "data/eval/mmlu_dev.jsonl", 5, dir.path())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -209,22 +191,10 @@ fn a_team_whose_answer_kind_cannot_fit_the_data_is_refused_before_any_run() {
         named_team("majority").replace("answer_kind = \"number\"", "answer_kind = \"choice\""),
     )
     .unwrap();
-    let o = Command::new(conclave_bin())
-        .arg("eval")
-        .arg(&spec)
-        .args([
-            "--data",
-            "data/eval/mmlu_dev.jsonl",
-            "--limit",
-            "2",
-            "--json",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let o = eval_command(&spec, "data/eval/mmlu_dev.jsonl", 2, dir.path())
+        .arg("--json")
         .arg("--out")
         .arg(dir.path().join("out"))
-        .current_dir(workspace())
-        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -263,16 +233,9 @@ answer_kind = "number"
         ),
     )
     .unwrap();
-    let o = Command::new(conclave_bin())
-        .arg("eval")
-        .arg(&spec)
-        .args(["--data", "data/eval/arithmetic_dev.jsonl", "--limit", "3"])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let o = eval_command(&spec, "data/eval/arithmetic_dev.jsonl", 3, dir.path())
         .arg("--out")
         .arg(dir.path().join("out"))
-        .current_dir(workspace())
-        .env("CONCLAVE_PLUGIN_DIR", workspace().join("target/plugins"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -434,6 +434,9 @@ pub fn main() -> ExitCode {
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
     let cli = Cli::parse();
+    if prints_and_exits(&cli.command) {
+        end_quietly_on_a_closed_pipe();
+    }
     // Log lines: events at `CONCLAVE_LOG` (default warn), never the spans
     // kept for OpenTelemetry.
     let log = tracing_subscriber::EnvFilter::try_from_env("CONCLAVE_LOG")
@@ -481,6 +484,34 @@ pub fn main() -> ExitCode {
     }
     ExitCode::from(code)
 }
+
+/// The commands that print a report and exit. Read through a pipe that
+/// closes early (`conclave trace RUN | head`), they end as any Unix tool
+/// does, not with a panic on the closed stdout. The others keep Rust's
+/// default (SIGPIPE ignored): a server or worker must not die of one.
+fn prints_and_exits(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Runs { .. }
+            | Command::Trace { .. }
+            | Command::Plan { .. }
+            | Command::Cluster { .. }
+            | Command::Completions { .. }
+    )
+}
+
+#[cfg(unix)]
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: `signal` only sets this process's disposition for SIGPIPE to
+    // the default, a valid handler; no Rust code relies on it being ignored
+    // in these commands, which write to stdout and files only.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_a_closed_pipe() {}
 
 async fn run(cli: Cli) -> u8 {
     match cli.command {

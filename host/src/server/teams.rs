@@ -29,7 +29,7 @@ use crate::team::swap::{watch_settled, PluginWatch, Settled, WatchError};
 /// Why the teams could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TeamsError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", naming_the_file(path, source))]
     Team {
         path: PathBuf,
         #[source]
@@ -51,6 +51,18 @@ pub enum TeamsError {
     },
     #[error("no team spec given")]
     None,
+}
+
+/// `PATH: cause`, or the cause alone where it begins with the path
+/// already (a spec that cannot be read or parsed names its file, line and
+/// column itself).
+fn naming_the_file(path: &Path, source: &JobError) -> String {
+    let (path, cause) = (path.display().to_string(), source.to_string());
+    if cause.starts_with(&path) {
+        cause
+    } else {
+        format!("{path}: {cause}")
+    }
 }
 
 /// A team as it is served: the prepared team, the spec file it came from,

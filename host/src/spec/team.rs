@@ -160,8 +160,12 @@ impl TeamSpec {
         }
         let team: TeamSection = match doc.get("team") {
             Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| {
-                let (l, c) = find_key(text, "team");
-                syntax(l, c, format!("[team]: {}", e.message().trim()))
+                let (l, c, key) = refused_value::<TeamProbe>(text).unwrap_or_else(|| {
+                    let (l, c) = find_key(text, "team");
+                    (l, c, None)
+                });
+                let message = about_key(key.as_deref(), e.message().trim());
+                syntax(l, c, format!("[team]: {message}"))
             })?,
             None => TeamSection::default(),
         };
@@ -183,7 +187,12 @@ impl TeamSpec {
             let (l, c) = table_position(text, array_name, i, field);
             syntax(l, c, message)
         };
-        let typed = |array_name: &str, keys: &[&str], i: usize, e: toml::de::Error| {
+        // `at`: where the refused value lies, read again from the text.
+        let typed = |array_name: &str,
+                     keys: &[&str],
+                     i: usize,
+                     e: toml::de::Error,
+                     at: Option<(usize, usize, Option<String>)>| {
             let msg = e.message().trim().to_string();
             match unknown_key(&msg) {
                 Some(k) => {
@@ -197,19 +206,36 @@ impl TeamSpec {
                         format!("[[{array_name}]] #{}: unknown key `{k}`{hint}", i + 1),
                     )
                 }
-                None => section_err(
-                    array_name,
-                    i,
-                    "",
-                    format!("[[{array_name}]] #{}: {msg}", i + 1),
-                ),
+                None => match at {
+                    Some((l, c, key)) => syntax(
+                        l,
+                        c,
+                        format!(
+                            "[[{array_name}]] #{}: {}",
+                            i + 1,
+                            about_key(key.as_deref(), &msg)
+                        ),
+                    ),
+                    None => section_err(
+                        array_name,
+                        i,
+                        "",
+                        format!("[[{array_name}]] #{}: {msg}", i + 1),
+                    ),
+                },
             }
         };
         let mut plugins = Vec::new();
         for (i, v) in array("plugin").into_iter().enumerate() {
-            let mut p: PluginSection = v
-                .try_into()
-                .map_err(|e| typed("plugin", &PLUGIN_KEYS, i, e))?;
+            let mut p: PluginSection = v.try_into().map_err(|e| {
+                typed(
+                    "plugin",
+                    &PLUGIN_KEYS,
+                    i,
+                    e,
+                    refused_value::<PluginProbe>(text),
+                )
+            })?;
             if let Some(file) = &p.weights {
                 let file = path.parent().unwrap_or(Path::new(".")).join(file);
                 let err = |m: String| section_err("plugin", i, "weights", m);
@@ -241,7 +267,9 @@ impl TeamSpec {
         }
         let mut tasks: Vec<TaskSection> = Vec::new();
         for (i, v) in array("task").into_iter().enumerate() {
-            let t: TaskSection = v.try_into().map_err(|e| typed("task", &TASK_KEYS, i, e))?;
+            let t: TaskSection = v
+                .try_into()
+                .map_err(|e| typed("task", &TASK_KEYS, i, e, refused_value::<TaskProbe>(text)))?;
             let err = |field: &str, m: String| {
                 section_err("task", i, field, format!("task `{}`: {m}", t.id))
             };
@@ -540,7 +568,10 @@ impl TeamSpec {
 }
 
 mod checks;
-use checks::{bad_cap, find_key, unroutable, zero_budget};
+use checks::{
+    about_key, bad_cap, find_key, refused_value, unroutable, zero_budget, PluginProbe, TaskProbe,
+    TeamProbe,
+};
 
 #[cfg(test)]
 mod tests;

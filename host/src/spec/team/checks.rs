@@ -117,3 +117,54 @@ pub(super) fn find_key(text: &str, key: &str) -> (usize, usize) {
     }
     (1, 1)
 }
+
+/// The spec's sections as they are read from its text, one probe per
+/// section: deserialized from the text, not from a `toml::Value`, an error
+/// keeps the span of the value (or unknown key) it is about.
+#[derive(serde::Deserialize)]
+pub(super) struct TeamProbe {
+    #[serde(default)]
+    #[allow(dead_code)] // read only for its errors
+    team: Option<TeamSection>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct PluginProbe {
+    #[serde(default)]
+    #[allow(dead_code)] // read only for its errors
+    plugin: Vec<PluginSection>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct TaskProbe {
+    #[serde(default)]
+    #[allow(dead_code)] // read only for its errors
+    task: Vec<super::TaskSection>,
+}
+
+/// Where the value that deserializing probe `P` from `text` refuses lies:
+/// line, column and the key on that line. The sections are converted from
+/// a parsed `toml::Value`, which keeps no spans, so a refused value is
+/// looked up again here, from the text, to name its line and key.
+pub(super) fn refused_value<P: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Option<(usize, usize, Option<String>)> {
+    let start = toml::from_str::<P>(text).err()?.span()?.start;
+    let (line, column) = line_col(text, start);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let key = text[line_start..]
+        .lines()
+        .next()
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    Some((line, column, key))
+}
+
+/// `message`, led by the key it is about unless it names the key already.
+pub(super) fn about_key(key: Option<&str>, message: &str) -> String {
+    match key {
+        Some(k) if !message.contains(&format!("`{k}`")) => format!("`{k}`: {message}"),
+        _ => message.to_string(),
+    }
+}

@@ -173,3 +173,29 @@ fn caps_that_cannot_work_name_their_key_and_line() {
     let e = err(&OK.replace("name = \"t\"\n", "name = \"t\"\nmax_plan_subtask = 3\n"));
     assert!(e.contains("unknown field `max_plan_subtask`"), "{e}");
 }
+
+#[test]
+fn a_value_of_the_wrong_type_is_named_by_its_line_and_key() {
+    // The task's table starts on line 12; the value is on line 16.
+    let e = err(&OK.replace("replicas = 3", "replicas = \"three\""));
+    assert!(
+        e.starts_with("t.toml:16:12: [[task]] #1: `replicas`: invalid type: string \"three\""),
+        "{e}"
+    );
+    let e = err(&OK.replace("grants = [\"llm\"]", "grants = \"llm\""));
+    assert!(
+        e.starts_with("t.toml:10:10: [[plugin]] #1: `grants`: invalid type: string"),
+        "{e}"
+    );
+    // In [team], an unknown key is pointed at where it is, not at [team].
+    let e = err(&OK.replace("name = \"t\"", "name = \"t\"\nmax_tokens = \"lots\""));
+    assert!(
+        e.starts_with("t.toml:3:14: [team]: `max_tokens`: invalid type: string \"lots\""),
+        "{e}"
+    );
+    let e = err(&OK.replace("name = \"t\"", "name = \"t\"\nbogus = 1"));
+    assert!(
+        e.starts_with("t.toml:3:1: [team]: unknown field `bogus`"),
+        "{e}"
+    );
+}
