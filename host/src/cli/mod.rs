@@ -485,26 +485,25 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The commands that print a report and exit. Read through a pipe that
-/// closes early (`conclave trace RUN | head`), they end as any Unix tool
-/// does, not with a panic on the closed stdout. The others keep Rust's
-/// default (SIGPIPE ignored): a server or worker must not die of one.
+/// The commands that print a report and exit with no socket open. Read
+/// through a pipe that closes early (`conclave trace RUN | head`), they end
+/// as any Unix tool does, not with a panic on the closed stdout. The others
+/// keep Rust's default (SIGPIPE ignored): a server, a worker or a journal
+/// on a cluster must see a closed connection as an error, not die of it.
 fn prints_and_exits(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Runs { .. }
-            | Command::Trace { .. }
-            | Command::Plan { .. }
-            | Command::Cluster { .. }
-            | Command::Completions { .. }
-    )
+    match command {
+        Command::Runs { store, .. } | Command::Trace { store, .. } => store.cluster().is_none(),
+        Command::Plan { .. } | Command::Completions { .. } => true,
+        _ => false,
+    }
 }
 
 #[cfg(unix)]
 fn end_quietly_on_a_closed_pipe() {
     // SAFETY: `signal` only sets this process's disposition for SIGPIPE to
-    // the default, a valid handler; no Rust code relies on it being ignored
-    // in these commands, which write to stdout and files only.
+    // the default, a valid handler; these commands read a local journal or
+    // a spec and write to stdout and files, with no pipe or socket that
+    // relies on SIGPIPE being ignored.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
