@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: builds the guest components, then runs every test of
+# The whole test suite: checks the machine first (scripts/preflight.sh), builds the guest components, then runs every test of
 # the workspace (host, SDK, built-in plugins natively, end-to-end tests) and
 # the Python and JavaScript helpers' tests, and ends with one line totalling
 # what cargo's test binaries reported. The tests of Python and JavaScript
@@ -7,6 +7,9 @@
 # skipped, unless CONCLAVE_REQUIRE_PLUGIN_TOOLS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Stops within seconds, naming the install command, when something the
+# suite needs is missing; says what it will skip.
+bash scripts/preflight.sh
 bash scripts/build-plugins.sh
 # The embedded-model tests use the small SmolLM2-135M (98 MB).
 bash scripts/fetch-model.sh smollm2-135m >/dev/null
