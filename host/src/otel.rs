@@ -569,6 +569,7 @@ fn plugin_error_type(e: &crate::plugin::PluginError) -> &'static str {
         E::OutOfMemory { .. } => "out_of_memory",
         E::Trap { .. } => "trap",
         E::CapabilityDenied { .. } => "capability_denied",
+        E::Nondeterministic { .. } => "nondeterministic",
         E::Guest { .. } => "guest",
         E::BadOutput { .. } => "bad_output",
         E::NotFound { .. } => "not_found",

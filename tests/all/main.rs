@@ -8,6 +8,7 @@ mod clients;
 mod cluster;
 mod consensus;
 mod contract;
+mod durable;
 mod embedded;
 mod eval;
 mod failover;

@@ -101,33 +101,6 @@ pub fn run(b: ConsensusBench) -> Result<Vec<ModelReport>, String> {
 
 async fn all_models(b: &ConsensusBench) -> Result<Vec<ModelReport>, String> {
     let rt = Arc::new(PluginRuntime::new(RuntimeConfig::default()).map_err(|e| e.to_string())?);
-    let load = |name: &'static str, grants: Grants| {
-        let rt = rt.clone();
-        let file = b.plugins.join(format!("{name}.wasm"));
-        async move {
-            let plugin = rt
-                .load_file(&file)
-                .await
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            Ok::<_, String>(PluginUse {
-                name: name.to_string(),
-                plugin: plugin.into(),
-                config: String::new(),
-                grants,
-                limits: None,
-            })
-        }
-    };
-    let solver = load(
-        "solver",
-        Grants {
-            llm: true,
-            ..Grants::default()
-        },
-    )
-    .await?;
-    let check = load("answer-format", Grants::default()).await?;
-    let majority = load("majority", Grants::default()).await?;
     let mut out = Vec::new();
     for model in &b.models {
         let early = ConsensusConfig {
@@ -148,15 +121,7 @@ async fn all_models(b: &ConsensusBench) -> Result<Vec<ModelReport>, String> {
             ("5 replicas, wait for all", 5, all),
             ("1 sample", 1, all),
         ] {
-            let router = router(b, model)?;
-            let team = Team {
-                runtime: rt.clone(),
-                router,
-                role: solver.clone(),
-                verifiers: vec![check.clone()],
-                voter: majority.clone(),
-                remote: None,
-            };
+            let team = solver_team(b, &rt, model).await?;
             rows.push(measure(b, &team, label, replicas, consensus).await);
         }
         let ratio = |f: fn(&TeamRow) -> f64| f(&rows[0]) / f(&rows[2]).max(1e-9);
@@ -169,6 +134,45 @@ async fn all_models(b: &ConsensusBench) -> Result<Vec<ModelReport>, String> {
         });
     }
     Ok(out)
+}
+
+/// The benchmarks' team: the built-in `solver` (granted `llm`), the
+/// `answer-format` verifier and the `majority` voter, on `b.nodes` sim
+/// nodes with `model`'s measured latencies.
+pub(crate) async fn solver_team(
+    b: &ConsensusBench,
+    rt: &Arc<PluginRuntime>,
+    model: &str,
+) -> Result<Team, String> {
+    let load = |name: &'static str, grants: Grants| {
+        let rt = rt.clone();
+        let file = b.plugins.join(format!("{name}.wasm"));
+        async move {
+            let plugin = rt
+                .load_file(&file)
+                .await
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            Ok::<_, String>(PluginUse {
+                name: name.to_string(),
+                plugin: plugin.into(),
+                config: String::new(),
+                grants,
+                limits: None,
+            })
+        }
+    };
+    let llm = Grants {
+        llm: true,
+        ..Grants::default()
+    };
+    Ok(Team {
+        runtime: rt.clone(),
+        router: router(b, model)?,
+        role: load("solver", llm).await?,
+        verifiers: vec![load("answer-format", Grants::default()).await?],
+        voter: load("majority", Grants::default()).await?,
+        remote: None,
+    })
 }
 
 /// `b.nodes` sim nodes with `model`'s measured latencies; a deadline far
@@ -274,7 +278,7 @@ async fn measure(
 
 /// Quantile `q` of `xs`, with the 95% interval of the order statistics
 /// around it (rank n·q ± 1.96·√(n·q·(1−q))).
-fn quantile(xs: &mut [f64], q: f64) -> Quantile {
+pub(crate) fn quantile(xs: &mut [f64], q: f64) -> Quantile {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
     if n == 0 {

@@ -10,6 +10,8 @@ pub mod embedded;
 pub mod failover;
 pub mod journal;
 pub mod languages;
+pub mod load;
+pub mod reexecute;
 pub mod router;
 pub mod serve;
 pub mod team;
@@ -133,6 +135,9 @@ fn naive_state() -> StoreState {
         grants: Grants::default(),
         services: None,
         info: CallInfo::default(),
+        clock: None,
+        tape: None,
+        log: Default::default(),
     };
     StoreState::new(
         WasiCtx::builder().build(),

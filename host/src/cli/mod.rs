@@ -64,7 +64,16 @@ struct Cli {
         value_parser = otlp_endpoint
     )]
     otlp_endpoint: Option<String>,
+    /// Replicas (role calls) this process keeps in flight at once, running
+    /// or waiting on a model; one more waits for admission. A replica
+    /// waiting on a model holds no plugin instance. Default: one per MiB
+    /// of the machine's memory, at least 1,024.
+    #[arg(long, global = true, env = "CONCLAVE_MAX_REPLICAS", value_name = "N")]
+    max_replicas: Option<usize>,
 }
+
+/// `--max-replicas`, read by [`runtime`].
+static MAX_REPLICAS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
 
 /// `--otlp-endpoint`: an http(s) URL, made the traces URL.
 fn otlp_endpoint(s: &str) -> Result<String, String> {
@@ -426,7 +435,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn runtime() -> Result<Arc<PluginRuntime>, conclave::PluginError> {
-    Ok(Arc::new(PluginRuntime::new(RuntimeConfig::default())?))
+    Ok(Arc::new(PluginRuntime::new(RuntimeConfig {
+        max_replicas: MAX_REPLICAS.get().copied().flatten(),
+        ..RuntimeConfig::default()
+    })?))
 }
 
 pub fn main() -> ExitCode {
@@ -434,6 +446,7 @@ pub fn main() -> ExitCode {
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
     let cli = Cli::parse();
+    let _ = MAX_REPLICAS.set(cli.max_replicas);
     if prints_and_exits(&cli.command) {
         end_quietly_on_a_closed_pipe();
     }

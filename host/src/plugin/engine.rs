@@ -29,10 +29,17 @@ pub fn build(config: &RuntimeConfig) -> Result<(Engine, bool), PluginError> {
         let slots = config.max_concurrent_calls.max(1);
         let limits = &config.limits;
         let mut pool = PoolingAllocationConfig::default();
+        // Room for every slot's component at its largest (`instances`
+        // core instances, memories and tables each): the runtime's slot
+        // semaphore is then the only bound, and an instantiation never
+        // fails half-way for want of pool space. (It used to be sized for
+        // small Rust components; a Python one, several core instances and
+        // memories, ran the pool dry at 128 calls while slots were free.)
+        let per = limits.instances.max(1);
         pool.total_component_instances(slots)
-            .total_core_instances(slots * 4)
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
+            .total_core_instances(slots * per)
+            .total_memories(slots * per)
+            .total_tables(slots * per)
             .total_stacks(slots)
             .max_memories_per_component(limits.instances)
             // Multi-memory modules are fine: the memory cap is on the sum.

@@ -113,6 +113,21 @@ pub enum PluginError {
         message: String,
     },
 
+    /// A plugin run again from the start (durable re-execution, after a
+    /// model call the host made for it) did not repeat what it did before:
+    /// it made another host import, another request, or returned early.
+    /// Its imports must depend only on its task and on what the host
+    /// answered.
+    #[error(
+        "plugin {plugin} is not deterministic under re-execution: at host call #{call}, {reason}; \
+         a plugin's host calls must depend only on its task and the host's answers"
+    )]
+    Nondeterministic {
+        plugin: String,
+        call: usize,
+        reason: String,
+    },
+
     /// The plugin called a host import that its grant does not include.
     #[error(
         "plugin {plugin} called `{capability}` without the `{capability}` capability; \

@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{blackboard, bus, llm, log, types};
 use super::output::CappedPipe;
+use super::tape::{Answer, Import, Tape};
 use super::{CallInfo, Capability, Grants, HostServices, SandboxLimits};
 
 /// The error an import raises to stop a call that used an ungranted import.
@@ -192,6 +193,11 @@ pub struct StoreState {
     /// The ballots of a 0.2 voter's `tally` call, whose texts the voter
     /// reads through `ballot-texts`.
     pub ballots: Option<Arc<Vec<super::Ballot>>>,
+    /// The imports of a durable call (a role's, a verifier's) made in its
+    /// earlier steps: replayed, then recorded as the guest goes on; `None`
+    /// for a call that runs straight through, holding its instance while
+    /// it waits.
+    pub tape: Option<Tape>,
     pub http: super::wasi::DenyHttp,
     pub http_hooks: super::wasi::DenyHooks,
 }
@@ -205,6 +211,13 @@ pub struct CallSetup {
     pub grants: Grants,
     pub services: Option<Arc<dyn HostServices>>,
     pub info: CallInfo,
+    /// The clock of a call that runs in several steps, shared by them; a
+    /// new one when `None`.
+    pub clock: Option<Arc<ComputeClock>>,
+    /// What earlier steps' imports answered; `None`: no re-execution.
+    pub tape: Option<Tape>,
+    /// `log.write`'s quota as earlier steps left it.
+    pub log: LogQuota,
 }
 
 impl StoreState {
@@ -217,6 +230,9 @@ impl StoreState {
             grants,
             services,
             info,
+            clock,
+            tape,
+            log,
         } = setup;
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.handles as usize);
@@ -227,13 +243,14 @@ impl StoreState {
             grants,
             services,
             info,
-            clock: ComputeClock::start(limits.deadline, limits.wall),
+            clock: clock.unwrap_or_else(|| ComputeClock::start(limits.deadline, limits.wall)),
             limits,
-            log: LogQuota::default(),
+            log,
             stdout,
             stderr,
             last_node: None,
             ballots: None,
+            tape,
             http: super::wasi::DenyHttp::default(),
             http_hooks: super::wasi::DenyHooks,
         }
@@ -302,6 +319,10 @@ impl types::Host for StoreState {}
 impl log::Host for StoreState {
     fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         self.check(Capability::Log)?;
+        // A re-executed step writes again what an earlier step wrote.
+        if self.tape.as_ref().is_some_and(Tape::replaying) {
+            return Ok(());
+        }
         // A chatty plugin loses lines, not its call: past the quota lines
         // are counted, and the count is logged once when the call ends.
         let room = self.limits.log_bytes.saturating_sub(self.log.bytes);
@@ -327,6 +348,26 @@ impl log::Host for StoreState {
     }
 }
 
+impl StoreState {
+    /// The recorded answer to `import` when a durable call's earlier step
+    /// made it; `None` when it is new (or the call is not durable).
+    fn replayed(&mut self, import: Import) -> wasmtime::Result<Option<Answer>> {
+        match &mut self.tape {
+            Some(tape) => Ok(tape.replay(import)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Records what a new import answered, on a durable call's tape; a
+    /// tape past its bounds stops the call.
+    fn recorded(&mut self, import: Import, answer: Answer) -> wasmtime::Result<Answer> {
+        if let Some(tape) = &mut self.tape {
+            tape.record(import, &answer)?;
+        }
+        Ok(answer)
+    }
+}
+
 impl llm::Host for StoreState {
     async fn chat(
         &mut self,
@@ -334,13 +375,29 @@ impl llm::Host for StoreState {
     ) -> wasmtime::Result<Result<llm::ChatResponse, llm::LlmError>> {
         self.check(Capability::Llm)?;
         self.fits("llm.chat", request_bytes(&request))?;
-        let Some(services) = self.services.clone() else {
-            return Ok(Err(llm::LlmError::Unavailable(
-                "no model nodes are attached to this call".into(),
-            )));
+        let import = Import::chat(&request);
+        let result = match self.replayed(import)? {
+            Some(Answer::Chat(reply)) => reply,
+            Some(_) => unreachable!("the tape answers an import with its own kind"),
+            None => {
+                let Some(services) = self.services.clone() else {
+                    let none = Err(llm::LlmError::Unavailable(
+                        "no model nodes are attached to this call".into(),
+                    ));
+                    return Ok(match self.recorded(import, Answer::Chat(none))? {
+                        Answer::Chat(r) => r,
+                        _ => unreachable!(),
+                    });
+                };
+                // A durable call ends its step here: the host makes the
+                // call with no instance held, then runs the guest again.
+                if let Some(tape) = &mut self.tape {
+                    return Err(tape.suspend(request).into());
+                }
+                let clock = self.clock.clone();
+                clock.waiting_on(services.chat(&self.info, request)).await
+            }
         };
-        let clock = self.clock.clone();
-        let result = clock.waiting_on(services.chat(&self.info, request)).await;
         if let Ok(r) = &result {
             self.last_node = Some(r.node.clone());
         }
@@ -352,22 +409,39 @@ impl bus::Host for StoreState {
     fn send(&mut self, mut message: bus::Envelope) -> wasmtime::Result<Result<(), bus::BusError>> {
         self.check(Capability::Bus)?;
         self.fits("bus.send", envelope_bytes(&message))?;
+        let import = Import::send(&message);
+        if let Some(Answer::Send(r)) = self.replayed(import)? {
+            return Ok(r);
+        }
         message.sender = format!("{}/{}", self.info.task_id, self.info.replica);
-        Ok(match &self.services {
+        let result = match &self.services {
             Some(s) => s.send(&self.info, message),
             None => Err(bus::BusError::UnknownRecipient(
                 "this call has no bus".into(),
             )),
+        };
+        Ok(match self.recorded(import, Answer::Send(result))? {
+            Answer::Send(r) => r,
+            _ => unreachable!(),
         })
     }
 
     fn inbox(&mut self) -> wasmtime::Result<Vec<bus::Envelope>> {
         self.check(Capability::Bus)?;
-        Ok(self
+        if let Some(Answer::Inbox(m)) = self.replayed(Import::Inbox)? {
+            return Ok(m);
+        }
+        let messages = self
             .services
             .as_ref()
             .map(|s| s.inbox(&self.info))
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok(
+            match self.recorded(Import::Inbox, Answer::Inbox(messages))? {
+                Answer::Inbox(m) => m,
+                _ => unreachable!(),
+            },
+        )
     }
 }
 
@@ -375,16 +449,31 @@ impl blackboard::Host for StoreState {
     fn read(&mut self, id: String) -> wasmtime::Result<Option<String>> {
         self.check(Capability::Blackboard)?;
         self.fits("blackboard.read", id.len())?;
-        Ok(self.services.as_ref().and_then(|s| s.read(&self.info, &id)))
+        let import = Import::read(&id);
+        if let Some(Answer::Read(v)) = self.replayed(import)? {
+            return Ok(v);
+        }
+        let value = self.services.as_ref().and_then(|s| s.read(&self.info, &id));
+        Ok(match self.recorded(import, Answer::Read(value))? {
+            Answer::Read(v) => v,
+            _ => unreachable!(),
+        })
     }
 
     fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
         self.check(Capability::Blackboard)?;
-        Ok(self
+        if let Some(Answer::Keys(k)) = self.replayed(Import::Keys)? {
+            return Ok(k);
+        }
+        let keys = self
             .services
             .as_ref()
             .map(|s| s.keys(&self.info))
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok(match self.recorded(Import::Keys, Answer::Keys(keys))? {
+            Answer::Keys(k) => k,
+            _ => unreachable!(),
+        })
     }
 }
 

@@ -26,6 +26,7 @@ pub mod output;
 pub mod registry;
 pub mod sandbox;
 pub mod sizes;
+pub mod tape;
 pub mod wasi;
 
 use std::fmt;
@@ -41,7 +42,7 @@ pub use bindings::types::{
 };
 pub use error::{PluginError, TrapKind};
 pub use registry::{PluginInfo, Registry};
-pub use sandbox::{Plugin, PluginRuntime};
+pub use sandbox::{Plugin, PluginRuntime, RuntimeLoad};
 
 /// The newest version of the `conclave:plugin` WIT package this host
 /// implements; the built-ins and `conclave plugins new` target it.
@@ -202,6 +203,11 @@ pub struct SandboxLimits {
     /// Host resources (WASI streams, pollables, ...) a call may hold at
     /// once: each costs host memory. Default 10,000.
     pub handles: u32,
+    /// Host calls (model calls, bus and blackboard calls; not `log`) a
+    /// role's or verifier's call may make in all: each is kept in the
+    /// call's record, from which it is run again after each model call.
+    /// The record's text is bounded by `memory_bytes`. Default 100,000.
+    pub host_calls: u32,
 }
 
 impl Default for SandboxLimits {
@@ -218,6 +224,7 @@ impl Default for SandboxLimits {
             log_lines: 100,
             log_bytes: 16 << 10,
             handles: 10_000,
+            host_calls: 100_000,
         }
     }
 }
@@ -231,8 +238,26 @@ pub struct RuntimeConfig {
     /// Use the pooling allocator when the machine allows it (default yes).
     pub pooling: bool,
     /// Instances that may run at once; further calls wait for a slot.
-    /// Default 128.
+    /// A role or verifier waiting on a model holds none (with `reexecute`),
+    /// so this bounds plugin calls computing at once, not replicas in
+    /// flight. Default 128.
     pub max_concurrent_calls: u32,
+    /// Durable re-execution (default on): a role or verifier that calls a
+    /// model gives its instance back while the host makes the call, and
+    /// runs again from the start with its earlier host calls answered from
+    /// a record ([`tape`]). Off: a call holds its instance until it
+    /// returns, so at most `max_concurrent_calls` replicas are in flight.
+    pub reexecute: bool,
+    /// Role calls (replicas) in flight at once in this process, running or
+    /// waiting on a model; one more waits for admission. `None`: one per
+    /// MiB of the machine's memory ([`default_max_replicas`]).
+    pub max_replicas: Option<usize>,
+    /// Fault injection for tests: each step of a durable call gets another
+    /// `wasi:random` seed, so a plugin that draws before a host call does
+    /// not repeat itself when run again. Off by default; never useful
+    /// outside a test of the divergence check.
+    #[doc(hidden)]
+    pub reseed_each_step: bool,
     /// Epoch tick: the resolution of compute deadlines. Default 1 ms.
     pub epoch_tick: Duration,
     /// How often a long-running plugin yields its executor thread. Default 10 ms.
@@ -256,6 +281,9 @@ impl Default for RuntimeConfig {
             cache_dir: dirs::cache_dir().map(|d| d.join("conclave").join("components")),
             pooling: true,
             max_concurrent_calls: 128,
+            reexecute: true,
+            max_replicas: None,
+            reseed_each_step: false,
             epoch_tick: Duration::from_millis(1),
             yield_interval: Duration::from_millis(10),
             limits: SandboxLimits::default(),
@@ -264,6 +292,44 @@ impl Default for RuntimeConfig {
             slot_wait: Duration::from_secs(30),
         }
     }
+}
+
+impl RuntimeConfig {
+    /// The replicas in flight this runtime admits: `max_replicas`, else
+    /// the default derived from memory; at least 1.
+    pub fn replicas_limit(&self) -> usize {
+        self.max_replicas
+            .unwrap_or_else(default_max_replicas)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+    }
+}
+
+/// The default bound on replicas in flight: one per MiB of the machine's
+/// memory (24,576 on a 24 GiB machine), at least 1,024. A replica waiting
+/// on a model holds no instance, only its task and the record of its host
+/// calls (a few KiB with short prompts, its prompts and replies with long
+/// ones), so this leaves room for prompts hundreds of times larger than
+/// the built-in roles'. Measured: `conclave bench load` (BENCHMARKS.md).
+pub fn default_max_replicas() -> usize {
+    (total_memory_bytes() >> 20).max(1024) as usize
+}
+
+/// The machine's memory in bytes (4 GiB where it cannot be read).
+fn total_memory_bytes() -> u64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads system settings.
+        let (pages, size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && size > 0 {
+            return pages as u64 * size as u64;
+        }
+    }
+    4 << 30
 }
 
 /// Who is calling: passed to [`HostServices`] so that model calls and

@@ -9,6 +9,7 @@
 //! [`PluginError`] on that call alone.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,12 @@ use super::checks::{check_decision, check_plan, panic_message};
 use super::engine::{self, Ticker};
 use super::guard::{guard, WallReached};
 use super::imports::{
-    CallSetup, CapabilityDenied, DeadlineReached, ImportTooLarge, MemoryCapReached, StoreState,
+    CallSetup, CapabilityDenied, ComputeClock, DeadlineReached, ImportTooLarge, LogQuota,
+    MemoryCapReached, StoreState,
 };
 use super::output::CappedPipe;
 use super::sizes;
+use super::tape::{Diverged, Suspended, Tape, TapeFull};
 use super::wasi::{FrozenClock, SeededRandom};
 use super::{
     Ballot, Candidate, Decision, Descriptor, Invocation, Outcome, PluginError, PluginKind,
@@ -149,7 +152,62 @@ pub struct PluginRuntime {
     pub(super) voter_linker: Linker<StoreState>,
     pub(super) voter_v2_linker: Linker<StoreState>,
     pub(super) slots: tokio::sync::Semaphore,
+    pub(super) durable_stats: DurableStats,
+    /// Admission of role calls (replicas): at most `max_replicas` in
+    /// flight, running or waiting on a model.
+    pub(super) replicas: tokio::sync::Semaphore,
+    pub(super) max_replicas: usize,
     pub(super) _ticker: Ticker,
+}
+
+/// Counters of the runtime's durable calls, for `/metrics`.
+#[derive(Default)]
+pub struct DurableStats {
+    /// Steps run (guest calls begun), over every durable call.
+    steps: AtomicU64,
+    /// Calls waiting now on a model call the host makes for them, holding
+    /// no instance.
+    waiting: AtomicU64,
+    /// Role calls waiting now for admission (`max_replicas` in flight).
+    admitting: AtomicU64,
+}
+
+/// Counts a call as waiting on a model until dropped (also when the call's
+/// future is dropped mid-wait).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the plugin runtime is doing now: instance slots in use, calls
+/// waiting on a model with no instance, steps run so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuntimeLoad {
+    /// Instance slots held by running plugin calls.
+    pub running: u64,
+    /// The slots there are.
+    pub slots: u64,
+    /// Durable calls waiting on a model, holding no instance.
+    pub waiting_on_model: u64,
+    /// Guest steps begun since the runtime started (a durable call takes
+    /// one more step per model call).
+    pub steps: u64,
+    /// Role calls (replicas) in flight: admitted and not yet returned.
+    pub replicas: u64,
+    /// The most replicas in flight at once ([`RuntimeConfig::max_replicas`]).
+    pub max_replicas: u64,
+    /// Role calls waiting for admission.
+    pub waiting_for_admission: u64,
 }
 
 impl PluginRuntime {
@@ -182,6 +240,9 @@ impl PluginRuntime {
             voter_linker: mk("voter")?,
             voter_v2_linker: mk("voter 0.2")?,
             slots: tokio::sync::Semaphore::new(config.max_concurrent_calls.max(1) as usize),
+            durable_stats: DurableStats::default(),
+            replicas: tokio::sync::Semaphore::new(config.replicas_limit()),
+            max_replicas: config.replicas_limit(),
             engine,
             pooling,
             config,
@@ -202,6 +263,20 @@ impl PluginRuntime {
     /// The runtime's settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// What the runtime is doing now.
+    pub fn load(&self) -> RuntimeLoad {
+        let slots = u64::from(self.config.max_concurrent_calls.max(1));
+        RuntimeLoad {
+            running: slots.saturating_sub(self.slots.available_permits() as u64),
+            slots,
+            waiting_on_model: self.durable_stats.waiting.load(Ordering::Relaxed),
+            steps: self.durable_stats.steps.load(Ordering::Relaxed),
+            replicas: (self.max_replicas - self.replicas.available_permits()) as u64,
+            max_replicas: self.max_replicas as u64,
+            waiting_for_admission: self.durable_stats.admitting.load(Ordering::Relaxed),
+        }
     }
 
     /// The limits of a call: the invocation's, else the runtime's defaults.
@@ -225,6 +300,19 @@ impl PluginRuntime {
     }
 
     fn new_store(&self, inv: &Invocation, plugin: &Plugin) -> Store<StoreState> {
+        self.new_step(inv, plugin, None, None, Default::default())
+    }
+
+    /// A store for one step of a durable call: its clock and log quota go
+    /// on from the steps before, its imports replay from `tape`.
+    fn new_step(
+        &self,
+        inv: &Invocation,
+        plugin: &Plugin,
+        clock: Option<Arc<ComputeClock>>,
+        tape: Option<Tape>,
+        log: LogQuota,
+    ) -> Store<StoreState> {
         let limits = self.limits_of(inv).clone();
         let stdout = CappedPipe::new(limits.output_bytes);
         let stderr = CappedPipe::new(limits.output_bytes);
@@ -232,7 +320,10 @@ impl PluginRuntime {
         if info.plugin.is_empty() {
             info.plugin = plugin.id();
         }
-        let seed = super::wasi::seed(&info);
+        let mut seed = super::wasi::seed(&info);
+        if self.config.reseed_each_step {
+            seed[0] = seed[0].wrapping_add(tape.as_ref().map_or(0, Tape::steps) as u8);
+        }
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -252,6 +343,9 @@ impl PluginRuntime {
             grants: inv.grants,
             services: inv.services.clone(),
             info,
+            clock,
+            tape,
+            log,
         };
         let state = StoreState::new(wasi.build(), setup, stdout, stderr);
         let mut store = Store::new(&self.engine, state);
@@ -306,6 +400,16 @@ impl PluginRuntime {
             Ok(r) => return Ok(r),
             Err(e) => e,
         };
+        if let Some(full) = e.downcast_ref::<TapeFull>() {
+            return Err(tape_full(plugin, full.clone()));
+        }
+        if let Some(d) = e.downcast_ref::<Diverged>() {
+            return Err(PluginError::Nondeterministic {
+                plugin: name,
+                call: d.call,
+                reason: format!("it made {} where it made {} before", d.got, d.expected),
+            });
+        }
         if let Some(c) = e.downcast_ref::<CapabilityDenied>() {
             return Err(PluginError::CapabilityDenied {
                 plugin: name,
@@ -590,7 +694,8 @@ impl PluginRuntime {
         Ok(([t1 - t0, t2 - t1, t3 - t2, t4 - t3], memory))
     }
 
-    /// Asks a verifier to judge `candidate`.
+    /// Asks a verifier to judge `candidate`. A verifier that calls a model
+    /// (a judge) waits for it holding no instance, like a role.
     pub async fn verify(
         &self,
         plugin: &Plugin,
@@ -598,22 +703,16 @@ impl PluginRuntime {
         task: &Task,
         candidate: &Candidate,
     ) -> Result<Verdict, PluginError> {
-        let Pre::Verifier(pre) = &plugin.0.pre else {
+        if !matches!(plugin.0.pre, Pre::Verifier(_)) {
             return Err(wrong_kind(plugin, PluginKind::Verifier));
+        }
+        let (out, _) = self
+            .durable(plugin, inv, Durable::Verify(task, candidate))
+            .await?;
+        let DurableOut::Verdict(verdict) = out else {
+            unreachable!("a verifier's step returns a verdict")
         };
-        let _slot = self.slot(plugin).await?;
-        let mut store = self.new_store(inv, plugin);
-        let clock = store.data().clock.clone();
-        let store_ref = &mut store;
-        let result = guard(&clock, async move {
-            instantiate!(self, pre, store_ref)?
-                .call_verify(&mut *store_ref, task, candidate)
-                .await
-        })
-        .await;
-        let verdict = self
-            .finish(plugin, &store, result)?
-            .map_err(|error| self.guest_error(plugin, inv, error))?;
+        let verdict = verdict.map_err(|error| self.guest_error(plugin, inv, error))?;
         self.fits(plugin, inv, "its verdict", sizes::verdict(&verdict))?;
         if !(verdict.score.is_finite() && (0.0..=1.0).contains(&verdict.score)) {
             return Err(PluginError::BadOutput {
@@ -628,33 +727,39 @@ impl PluginRuntime {
     /// host's to vouch for: `node` is set from the host's own record of the
     /// completions this call received (empty when it made none), `replica`
     /// from the call; its confidence must lie in 0..1.
+    ///
+    /// While the role waits on a model it holds no instance slot (see
+    /// [`tape`](super::tape)), unless the runtime runs calls straight
+    /// through ([`RuntimeConfig::reexecute`](super::RuntimeConfig) off).
     pub async fn run_role(
         &self,
         plugin: &Plugin,
         inv: &Invocation,
         task: &Task,
     ) -> Result<Outcome, PluginError> {
-        let Pre::Role(pre) = &plugin.0.pre else {
+        if !matches!(plugin.0.pre, Pre::Role(_)) {
             return Err(wrong_kind(plugin, PluginKind::Role));
+        }
+        // Past `max_replicas` a replica waits here, holding nothing.
+        let admitted = match self.replicas.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = Waiting::new(&self.durable_stats.admitting);
+                self.replicas.acquire().await.map_err(|_| closed())?
+            }
         };
-        let _slot = self.slot(plugin).await?;
-        let mut store = self.new_store(inv, plugin);
-        let clock = store.data().clock.clone();
-        let store_ref = &mut store;
-        let result = guard(&clock, async move {
-            instantiate!(self, pre, store_ref)?
-                .call_run(&mut *store_ref, task)
-                .await
-        })
-        .await;
-        let mut outcome = self
-            .finish(plugin, &store, result)?
-            .map_err(|error| self.guest_error(plugin, inv, error))?;
+        let result = self.durable(plugin, inv, Durable::Role(task)).await;
+        drop(admitted);
+        let (out, last_node) = result?;
+        let DurableOut::Outcome(outcome) = out else {
+            unreachable!("a role's step returns an outcome")
+        };
+        let mut outcome = outcome.map_err(|error| self.guest_error(plugin, inv, error))?;
         self.fits(plugin, inv, "its outcome", sizes::outcome(&outcome))?;
         match &mut outcome {
             Outcome::Candidate(c) => {
                 check_candidate(plugin, c)?;
-                c.node = store.data().last_node.clone().unwrap_or_default();
+                c.node = last_node.unwrap_or_default();
                 c.replica = inv.info.replica;
             }
             Outcome::Plan(plan) => {
@@ -666,6 +771,129 @@ impl PluginRuntime {
         }
         Ok(outcome)
     }
+
+    /// Runs a role's or a verifier's call in steps (durable re-execution):
+    /// each step runs the guest from the start on a fresh instance, with
+    /// the imports of earlier steps answered from the call's tape, until it
+    /// reaches a model call it has not made yet; the instance is then
+    /// given back, the host makes the model call, and the next step
+    /// begins. One clock bounds all the steps (compute and wall time), and
+    /// every step runs on the same version of the plugin. Returns the
+    /// guest's result and the node of its last model reply.
+    async fn durable(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        call: Durable<'_>,
+    ) -> Result<(DurableOut, Option<String>), PluginError> {
+        let limits = self.limits_of(inv);
+        let clock = ComputeClock::start(limits.deadline, limits.wall);
+        let mut tape = self
+            .config
+            .reexecute
+            .then(|| Tape::bounded(limits.host_calls as usize, limits.memory_bytes as usize));
+        let mut log = LogQuota::default();
+        let stats = &self.durable_stats;
+        loop {
+            // Waiting for a slot is not the plugin's compute.
+            let slot = clock.waiting_on(self.slot(plugin)).await?;
+            if let Some(t) = &mut tape {
+                t.rewind();
+            }
+            stats.steps.fetch_add(1, Ordering::Relaxed);
+            let mut store = self.new_step(inv, plugin, Some(clock.clone()), tape.take(), log);
+            let store_ref = &mut store;
+            let result = guard(&clock, async move {
+                match (call, &plugin.0.pre) {
+                    (Durable::Role(task), Pre::Role(pre)) => instantiate!(self, pre, store_ref)?
+                        .call_run(&mut *store_ref, task)
+                        .await
+                        .map(DurableOut::Outcome),
+                    (Durable::Verify(task, c), Pre::Verifier(pre)) => {
+                        instantiate!(self, pre, store_ref)?
+                            .call_verify(&mut *store_ref, task, c)
+                            .await
+                            .map(DurableOut::Verdict)
+                    }
+                    _ => unreachable!("the caller checked the plugin's kind"),
+                }
+            })
+            .await;
+            let state = store.data_mut();
+            log = std::mem::take(&mut state.log);
+            tape = state.tape.take();
+            let suspended = matches!(&result, Err(e) if e.downcast_ref::<Suspended>().is_some());
+            if !suspended {
+                let last_node = store.data().last_node.clone();
+                let out = self.finish(plugin, &store, result)?;
+                if let Some(d) = tape.as_ref().and_then(Tape::unfinished) {
+                    return Err(self
+                        .finish::<()>(plugin, &store, Err(d.into()))
+                        .unwrap_err());
+                }
+                return Ok((out, last_node));
+            }
+            // The step ended at a new model call: give the instance back,
+            // make the call, record its reply, run the guest again.
+            drop(store);
+            drop(slot);
+            let t = tape.as_mut().expect("only a durable call suspends");
+            let request = t
+                .take_pending()
+                .expect("a suspended step names its request");
+            let services = inv
+                .services
+                .clone()
+                .expect("a call without services does not suspend");
+            let mut info = inv.info.clone();
+            if info.plugin.is_empty() {
+                info.plugin = plugin.id();
+            }
+            // Bounded by the call's wall-clock limit, as when the guest
+            // waited inside its own call.
+            let waiting = Waiting::new(&stats.waiting);
+            let reply = guard(&clock, async {
+                Ok(clock
+                    .waiting_on(services.chat(&info, request.clone()))
+                    .await)
+            })
+            .await;
+            drop(waiting);
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) if e.downcast_ref::<WallReached>().is_some() => {
+                    return Err(PluginError::WallTimeout {
+                        plugin: plugin.label(),
+                        wall: clock.wall,
+                    })
+                }
+                // The watchdog's other stop; waiting is not compute, so
+                // only a clock that was already spent gets here.
+                Err(_) => {
+                    return Err(PluginError::Timeout {
+                        plugin: plugin.label(),
+                        deadline: clock.budget,
+                    })
+                }
+            };
+            if let Err(full) = t.answer(&request, reply) {
+                return Err(tape_full(plugin, full));
+            }
+        }
+    }
+}
+
+/// The call a durable plugin call makes at each step.
+#[derive(Clone, Copy)]
+enum Durable<'a> {
+    Role(&'a Task),
+    Verify(&'a Task, &'a Candidate),
+}
+
+/// What one step of a durable call returned.
+enum DurableOut {
+    Outcome(Result<Outcome, super::GuestError>),
+    Verdict(Result<Verdict, super::GuestError>),
 }
 
 /// The numbers of a candidate must lie in the WIT's stated ranges.
@@ -679,6 +907,18 @@ fn check_candidate(plugin: &Plugin, c: &Candidate) -> Result<(), PluginError> {
         }
     }
     Ok(())
+}
+
+/// A call whose record of host calls passed its bounds.
+fn tape_full(plugin: &Plugin, full: TapeFull) -> PluginError {
+    PluginError::TooLarge {
+        plugin: plugin.label(),
+        what: "its record of host calls (kept to run it again after each model call; \
+               `host_calls` and `memory_bytes` in its limits)"
+            .into(),
+        bytes: full.bytes,
+        limit: full.limit,
+    }
 }
 
 fn closed() -> PluginError {

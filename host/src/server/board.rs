@@ -257,7 +257,7 @@ impl Board {
 
     /// The runs: in progress first (newest first), then the recent ones
     /// (newest first). The body of `GET /v1/runs`.
-    pub fn list(&self) -> Value {
+    pub fn list(&self, load: Option<&crate::plugin::RuntimeLoad>) -> Value {
         let (running, finished) = {
             let runs = lock(&self.runs);
             let running: Vec<_> = runs.running.iter().rev().cloned().collect();
@@ -274,6 +274,7 @@ impl Board {
             "running": running.len(),
             "keep": self.keep,
             "events_per_run": self.events_per_run,
+            "load": load,
             "data": data,
         })
     }
@@ -334,14 +335,15 @@ impl Board {
     }
 
     /// `/ui` and the JSON it reads, behind `auth`.
-    pub fn routes(self: Arc<Self>, auth: Auth) -> axum::Router {
+    /// `load`: what the plugin runtime is doing, shown above the runs.
+    pub fn routes(self: Arc<Self>, auth: Auth, load: LoadFn) -> axum::Router {
         let list = {
             let (board, auth) = (self.clone(), auth.clone());
             move |headers: HeaderMap| async move {
                 if !auth(&headers) {
                     return unauthorised();
                 }
-                json_reply(board.list())
+                json_reply(board.list(Some(&load())))
             }
         };
         let one = {
@@ -381,6 +383,9 @@ impl Board {
             .route("/v1/runs/{id}", get(one))
     }
 }
+
+/// What the plugin runtime is doing now, for `/v1/runs`.
+pub type LoadFn = Arc<dyn Fn() -> crate::plugin::RuntimeLoad + Send + Sync>;
 
 #[derive(Deserialize)]
 struct After {
@@ -528,7 +533,7 @@ mod tests {
             board.end(&id, Some(&result(&id, &i.to_string())));
         }
         board.begin("run-live", "team", "still going");
-        let list = board.list();
+        let list = board.list(None);
         let ids: Vec<&str> = list["data"]
             .as_array()
             .unwrap()
@@ -617,7 +622,7 @@ mod tests {
         );
         assert_eq!(r["run"]["state"], "never ran");
         assert_eq!(r["run"]["question"].as_str().unwrap().len(), 1_000);
-        let listed = &board.list()["data"][0];
+        let listed = &board.list(None)["data"][0];
         assert_eq!(
             listed["question"].as_str().unwrap().chars().count(),
             QUESTION_LISTED + 1

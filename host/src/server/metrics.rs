@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use crate::plugin::RuntimeLoad;
 use crate::team::job::JobResult;
 
 #[derive(Default)]
@@ -55,8 +56,9 @@ impl Metrics {
         c.seconds += r.wall.as_secs_f64();
     }
 
-    /// The text at `/metrics`; `waiting`: requests waiting for a slot now.
-    pub fn render(&self, waiting: usize) -> String {
+    /// The text at `/metrics`; `waiting`: requests waiting for a slot now;
+    /// `load`: what the plugin runtime is doing.
+    pub fn render(&self, waiting: usize, load: &RuntimeLoad) -> String {
         let c = self.counts();
         let mut s = String::new();
         s.push_str("# HELP conclave_requests_total Chat completion requests by HTTP status.\n# TYPE conclave_requests_total counter\n");
@@ -82,6 +84,45 @@ impl Metrics {
         ));
         s.push_str("# HELP conclave_run_seconds_total Wall time of finished runs.\n# TYPE conclave_run_seconds_total counter\n");
         s.push_str(&format!("conclave_run_seconds_total {:.6}\n", c.seconds));
+        let gauges = [
+            (
+                "conclave_replicas_in_flight",
+                "Replicas (role calls) in flight: running or waiting on a model.",
+                load.replicas,
+            ),
+            (
+                "conclave_replicas_max",
+                "The most replicas in flight at once (--max-replicas).",
+                load.max_replicas,
+            ),
+            (
+                "conclave_replicas_waiting_for_admission",
+                "Replicas waiting for admission past --max-replicas.",
+                load.waiting_for_admission,
+            ),
+            (
+                "conclave_replicas_waiting_on_model",
+                "Role and verifier calls waiting on a model call, holding no plugin instance.",
+                load.waiting_on_model,
+            ),
+            (
+                "conclave_plugin_instances_running",
+                "Plugin instance slots in use: calls computing now.",
+                load.running,
+            ),
+            (
+                "conclave_plugin_instance_slots",
+                "Plugin instance slots there are.",
+                load.slots,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            s.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            ));
+        }
+        s.push_str("# HELP conclave_plugin_steps_total Plugin guest calls begun (a durable call takes one more per model call).\n# TYPE conclave_plugin_steps_total counter\n");
+        s.push_str(&format!("conclave_plugin_steps_total {}\n", load.steps));
         s
     }
 }

@@ -193,7 +193,11 @@ impl Server {
             let digest = self.app.token_digest;
             Arc::new(move |headers: &HeaderMap| authorised_by(digest.as_ref(), headers))
         };
-        let board = self.app.board.clone().routes(auth);
+        let load: board::LoadFn = {
+            let runtime = self.app.teams.runtime().clone();
+            Arc::new(move || runtime.load())
+        };
+        let board = self.app.board.clone().routes(auth, load);
         let router = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models::models))
@@ -257,7 +261,10 @@ async fn metrics_text(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(app.waiting.load(Ordering::SeqCst)),
+        app.metrics.render(
+            app.waiting.load(Ordering::SeqCst),
+            &app.teams.runtime().load(),
+        ),
     )
         .into_response()
 }

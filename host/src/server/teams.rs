@@ -317,6 +317,11 @@ impl Teams {
         }))
     }
 
+    /// The plugin runtime every served team shares.
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
+    }
+
     /// Follows every served spec file, reloading one that changes once it
     /// has been quiet for `settle`; with `plugins`, each team's plugin
     /// files are followed too (see [`PreparedTeam::watch`]). Stops when

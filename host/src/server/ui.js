@@ -91,7 +91,19 @@
 
   // ---- the list of runs ----
 
+  // What the process holds now: replicas in flight against their bound,
+  // those waiting on a model (no plugin instance held), instances computing.
+  function renderLoad(l) {
+    if (!l) return;
+    $("#load").textContent =
+      "replicas in flight " + l.replicas + " of " + l.max_replicas +
+      (l.waiting_for_admission ? " (" + l.waiting_for_admission + " waiting for admission)" : "") +
+      " · " + l.waiting_on_model + " waiting on a model · plugin instances computing " +
+      l.running + " of " + l.slots;
+  }
+
   function renderRuns(list) {
+    renderLoad(list.load);
     const body = $("#runs tbody");
     const rows = list.data.map((r) => {
       const tr = el("tr", {
