@@ -394,3 +394,64 @@ async fn replicas_past_the_bound_wait_for_admission_and_then_run() {
     assert_eq!(peak_on_model.load(Ordering::SeqCst), 4);
     assert_eq!(services.calls.load(Ordering::SeqCst), 12);
 }
+
+/// The same seeded job journals the same records whether its replicas ran
+/// in steps or straight through: a replayed host call writes nothing, and
+/// no model call is made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_execution_writes_no_record_a_straight_run_does_not() {
+    use conclave::journal::sqlite::SqliteJournal;
+    use conclave::journal::Journal;
+    use conclave::team::events::{Event, Quiet};
+    use conclave::team::job::PreparedTeam;
+    use conclave::team::submit::Job;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    let text = format!("{}\n[router]\nseed = 7\n", super::journal::TEAM);
+    std::fs::write(&path, &text).unwrap();
+    let mut kinds = Vec::new();
+    for reexecute in [true, false] {
+        let spec = conclave::spec::team::TeamSpec::parse(&text, &path).unwrap();
+        let team = PreparedTeam::prepare(spec, runtime(reexecute), &conclave_tests::plugin_dir())
+            .await
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(data.path()).unwrap();
+        let done = team
+            .submit(
+                &Job::new("run-same", "What is 40 + 2?", Some("42")),
+                journal.clone() as Arc<dyn Journal>,
+                None,
+                Arc::new(Quiet),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await;
+        assert!(done.journal_error.is_none(), "{:?}", done.journal_error);
+        let log = journal.read("run-same").unwrap();
+        let events: Vec<String> = log
+            .events()
+            .map(|(_, e)| match e {
+                // What a replica's model call was, without its timing.
+                Event::ModelCall {
+                    task,
+                    replica,
+                    call,
+                    text,
+                    replayed,
+                    ..
+                } => format!("model-call {task}/{replica}#{call} {text:?} replayed={replayed}"),
+                other => other.name().to_string(),
+            })
+            .collect();
+        kinds.push((log.records.len(), events));
+    }
+    assert_eq!(kinds[0].0, kinds[1].0, "as many records either way");
+    let (mut a, mut b) = (kinds[0].1.clone(), kinds[1].1.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    let calls = a.iter().filter(|e| e.starts_with("model-call")).count();
+    assert!(calls >= 9, "3 tasks of 3 replicas: {calls} model calls");
+    assert!(a.iter().all(|e| !e.contains("replayed=true")));
+}
