@@ -653,3 +653,57 @@ fn a_deposed_coordinators_queued_work_is_dropped_by_the_workers() {
     assert!(dropped >= 2, "{}", second.stderr());
     signal(a.child(), "CONT");
 }
+
+#[test]
+fn a_withdrawal_by_another_coordinator_does_not_drop_this_ones_replicas() {
+    // What a deposed coordinator withdraws as it stops names the same
+    // (run, task, replica) as its successor's redraws of the run it took
+    // over: the worker must drop only the items of the coordinator that
+    // withdrew them, or the successor's replicas are dropped unanswered and
+    // its run never ends.
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team(3));
+    let server = coordinator(dir.path(), &spec, &nats);
+    let worker = Worker::start_inflight(dir.path(), "w", &spec, &nats, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = ask(&server, "What is 40 + 2?");
+    worker.wait_for("took run");
+    let run = wait_for_run(&journal, 1);
+    // Withdrawals of every replica number of the run, from another
+    // coordinator's inbox and from one that names none (an older host).
+    let url = nats.config().url;
+    let cancel = format!("conclave.{}.cancel", nats.config().name);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        for replica in 0..6u32 {
+            for reply in [
+                Some(format!(
+                    "conclave.{}.results.another-coordinator",
+                    nats.config().name
+                )),
+                None,
+            ] {
+                let mut w = serde_json::json!({"run": run, "task": "answer", "replica": replica});
+                if let Some(r) = reply {
+                    w["reply"] = r.into();
+                }
+                client
+                    .publish(cancel.clone(), serde_json::to_vec(&w).unwrap().into())
+                    .await
+                    .unwrap();
+            }
+        }
+        client.flush().await.unwrap();
+    });
+    let log = wait_for_end(&journal, &run, &[&server]);
+    assert_complete(&log, "What is 40 + 2?");
+    let reply = answer(asked);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        !worker.stderr().contains("withdrawn by its coordinator"),
+        "{}",
+        worker.stderr()
+    );
+}

@@ -109,12 +109,19 @@ pub(crate) struct WorkItem {
     pub(crate) term: Option<u64>,
 }
 
-/// A withdrawn replica.
+/// A withdrawn replica: the item its coordinator queued for `(run, task,
+/// replica)` with results to `reply`. The coordinator is part of the key:
+/// a successor that takes the run over draws the same replica numbers
+/// again, and what a deposed coordinator withdraws as it stops must not
+/// drop the successor's items. (A withdrawal from an older coordinator,
+/// with no `reply`, matches nothing.)
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Withdrawn {
     pub(crate) run: String,
     pub(crate) task: String,
     pub(crate) replica: u32,
+    #[serde(default)]
+    pub(crate) reply: String,
 }
 
 /// A worker's heartbeat.
@@ -275,14 +282,17 @@ impl WorkQueue {
             },
         )
         .await?;
+        // This queue's own inbox (the process, and a random part: a process
+        // that coordinates again gets another), which its withdrawals name.
         let inbox = format!(
-            "conclave.{}.results.{}",
+            "conclave.{}.results.{}-{:016x}",
             names.name,
             token(
                 &super::lease::Holder::this_process(None)
                     .id
                     .replace('/', "-")
-            )
+            ),
+            rand::random::<u64>()
         );
         let results = client
             .subscribe(inbox.clone())
@@ -399,7 +409,12 @@ impl Drop for Withdraw {
             return;
         }
         let (run, task, replica) = self.key.clone();
-        let w = Withdrawn { run, task, replica };
+        let w = Withdrawn {
+            run,
+            task,
+            replica,
+            reply: self.inner.inbox.clone(),
+        };
         let client = self.inner.client.clone();
         let subject = self.inner.names.cancel();
         if let (Ok(body), Ok(rt)) = (

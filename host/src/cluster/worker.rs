@@ -312,6 +312,7 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
         run: job.run.clone(),
         task: job.task.clone(),
         replica: job.replica,
+        reply: item.reply.clone(),
     };
     let what = format!(
         "run {} task {} replica {} (delivery {attempt})",
