@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 mod bench;
 mod bench_args;
+mod bench_load;
 mod eval;
 mod journal;
 mod plugins;
