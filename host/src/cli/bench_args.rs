@@ -145,8 +145,10 @@ pub(super) enum BenchCmd {
         /// Questions in flight, one level each.
         #[arg(long, value_delimiter = ',', default_value = "20,80,400,2000")]
         in_flight: Vec<usize>,
-        /// Questions per team and level (at least 3 × the level).
-        #[arg(long, default_value_t = 200)]
+        /// Questions per team and level (at least 3 × the level); with
+        /// fewer, the p50 ratios at 20 and 80 in flight are too noisy to
+        /// judge the goal by.
+        #[arg(long, default_value_t = 600)]
         items: usize,
         /// Each sample's chance of the right answer.
         #[arg(long, default_value_t = 0.7)]
