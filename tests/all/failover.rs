@@ -49,25 +49,36 @@ impl Server {
         nats: &Nats,
         ttl: &str,
     ) -> Server {
+        Server::start_with(dir, name, spec, nats, ttl, &[])
+    }
+
+    /// [`Server::start_with_ttl`] with `more` arguments to `serve`.
+    pub(crate) fn start_with(
+        dir: &Path,
+        name: &str,
+        spec: &str,
+        nats: &Nats,
+        ttl: &str,
+        more: &[&str],
+    ) -> Server {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
-        let child = command(
-            &[
-                "serve",
-                spec,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--lease-ttl",
-                ttl,
-                "--no-watch",
-            ],
-            &dir.join(name),
-            &nats.env(),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "serve",
+            spec,
+            "--listen",
+            &listen,
+            "--lease-ttl",
+            ttl,
+            "--no-watch",
+        ];
+        args.extend_from_slice(more);
+        let child = command(&args, &dir.join(name), &nats.env())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
         Server {
             child: Some(child),
             port,
@@ -339,6 +350,47 @@ fn a_deposed_coordinator_writes_nothing_more_and_stops() {
         reply.starts_with("HTTP/1.1 503")
             && reply.contains("coordinator_changed")
             && reply.contains(&run),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_request_queued_at_a_coordinator_that_loses_the_lease_is_told_to_ask_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team());
+    // One run at a time: a second request waits in the queue.
+    let a = Server::start_with(
+        dir.path(),
+        "a",
+        &spec,
+        &nats,
+        TTL,
+        &["--max-concurrency", "1"],
+    );
+    a.wait_health(200, Duration::from_secs(60));
+    let b = Server::start(dir.path(), "b", &spec, &nats);
+    b.wait_health(503, Duration::from_secs(60));
+    let _running = a.ask("What is 40 + 2?");
+    let _run = wait_for_run(&journal, 6);
+    let mut queued = a.ask("What is 1 + 2?");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(a.child(), "STOP");
+    b.wait_health(200, Duration::from_secs(30));
+    signal(a.child(), "CONT");
+    // The queued request never ran: its client is told so, with a 503 it
+    // may retry, not a 504 blaming a deadline ten minutes away.
+    let mut reply = String::new();
+    queued
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = queued.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("coordinator_changed"), "{reply}");
+    assert!(reply.contains("it never ran"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("retry-after: 1"),
         "{reply}"
     );
 }

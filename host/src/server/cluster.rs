@@ -116,6 +116,25 @@ pub(super) async fn healthz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// What a request answers that was cancelled while it waited for a slot,
+/// its client still there: in cluster mode, this server lost the lease
+/// (the request never ran: ask the coordinator again); `None` otherwise.
+pub(super) fn left_the_queue(app: &App) -> Option<Refused> {
+    let c = app.config.cluster.as_ref()?;
+    let why = match c.role() {
+        Role::Deposed { why, .. } => why,
+        Role::Standby { .. } => "another server coordinates now".to_string(),
+        Role::Leading { .. } => return None,
+    };
+    Some(Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "coordinator_changed",
+        message: format!(
+            "this server stopped coordinating ({why}) while the request waited for a slot; it never ran: send it again, to the cluster's coordinator"
+        ),
+    })
+}
+
 /// What a run cancelled because this server lost the lease answers: it is
 /// not over, the next coordinator resumes it.
 pub(super) fn handed_over(app: &App, r: &JobResult) -> Option<Refused> {

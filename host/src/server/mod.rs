@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -510,7 +510,12 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             deadline_passed,
             ..
         } => (result, deadline_passed),
-        Outcome::NoSlot | Outcome::Left => {
+        Outcome::Left => {
+            let e = cluster::left_the_queue(&app).unwrap_or_else(|| no_slot(&app));
+            app.metrics.request(e.status.as_str());
+            return e.into_response();
+        }
+        Outcome::NoSlot => {
             app.metrics.request("504");
             return no_slot(&app).into_response();
         }
@@ -606,9 +611,18 @@ fn no_slot(app: &App) -> Refused {
 }
 
 impl IntoResponse for Refused {
+    /// A 503 says when to try again (`Retry-After`, in seconds): every
+    /// 503 here is a state that passes (a full queue, a coordinator
+    /// changing, a journal out of reach).
     fn into_response(self) -> Response {
         let body = self.body(None);
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .entry(header::RETRY_AFTER)
+                .or_insert(HeaderValue::from(1));
+        }
+        r
     }
 }
 

@@ -87,7 +87,13 @@ pub(super) fn stream(
                     return;
                 }
             },
-            Outcome::NoSlot | Outcome::Left => {
+            Outcome::Left => {
+                let e = super::cluster::left_the_queue(app).unwrap_or_else(|| no_slot(app));
+                let _ = tx.send(fail(e, None)).await;
+                let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
+                return;
+            }
+            Outcome::NoSlot => {
                 let _ = tx.send(fail(no_slot(app), None)).await;
                 let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
                 return;
