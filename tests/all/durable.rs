@@ -115,6 +115,19 @@ async fn script(
     )
 }
 
+/// A solver replica's call: `llm` granted, on `services`.
+fn solver_call(services: Arc<dyn HostServices>, replica: u32) -> Invocation {
+    let mut inv = Invocation::new(
+        Grants {
+            llm: true,
+            ..Grants::default()
+        },
+        Some(services),
+    );
+    inv.info.replica = replica;
+    inv
+}
+
 fn runtime(reexecute: bool) -> Arc<PluginRuntime> {
     runtime_with(RuntimeConfig {
         reexecute,
@@ -278,15 +291,8 @@ async fn replicas_at_once(
     let calls = (0..n).map(|replica| {
         let (rt, solver, services) = (rt.clone(), solver.clone(), services.clone());
         tokio::spawn(async move {
-            let mut inv = Invocation::new(
-                Grants {
-                    llm: true,
-                    ..Grants::default()
-                },
-                Some(services),
-            );
-            inv.info.replica = replica as u32;
-            rt.run_role(&solver, &inv, &task("")).await
+            rt.run_role(&solver, &solver_call(services, replica as u32), &task(""))
+                .await
         })
     });
     let mut out = Vec::new();
@@ -370,15 +376,8 @@ async fn replicas_past_the_bound_wait_for_admission_and_then_run() {
         .map(|replica| {
             let (rt, solver, services) = (rt.clone(), solver.clone(), services.clone());
             tokio::spawn(async move {
-                let mut inv = Invocation::new(
-                    Grants {
-                        llm: true,
-                        ..Grants::default()
-                    },
-                    Some(services),
-                );
-                inv.info.replica = replica;
-                rt.run_role(&solver, &inv, &task("")).await
+                rt.run_role(&solver, &solver_call(services, replica), &task(""))
+                    .await
             })
         })
         .collect();

@@ -235,18 +235,7 @@ async fn measure(
     };
     let (mut times, mut right, mut samples, mut tokens) = (Vec::new(), 0usize, 0u64, 0u64);
     for i in 0..b.items {
-        let (x, y) = (i % 97 + 3, i % 89 + 5);
-        let gold = (x + y).to_string();
-        let spec = TaskSpec {
-            gold: Some(gold.clone()),
-            replicas,
-            max_samples: replicas,
-            ..TaskSpec::new(
-                &format!("item-{i}"),
-                &format!("What is {x} + {y}?"),
-                AnswerKind::Number,
-            )
-        };
+        let (spec, gold) = item(i, replicas);
         // Each item its own meter, so tokens are per item.
         let ctx = TaskContext {
             meter: crate::team::budget::Meter::job(Default::default()),
@@ -274,6 +263,24 @@ async fn measure(
         cancelled_per_item: cancelled.load(Ordering::Relaxed) as f64 / n,
         hedges_per_item: hedges.load(Ordering::Relaxed) as f64 / n,
     }
+}
+
+/// The benchmarks' `i`-th question (a sum of two small numbers) for a
+/// task of `replicas` replicas, and its answer.
+pub(crate) fn item(i: usize, replicas: u32) -> (TaskSpec, String) {
+    let (x, y) = (i % 97 + 3, i % 89 + 5);
+    let gold = (x + y).to_string();
+    let spec = TaskSpec {
+        gold: Some(gold.clone()),
+        replicas,
+        max_samples: replicas,
+        ..TaskSpec::new(
+            &format!("item-{i}"),
+            &format!("What is {x} + {y}?"),
+            AnswerKind::Number,
+        )
+    };
+    (spec, gold)
 }
 
 /// Quantile `q` of `xs`, with the 95% interval of the order statistics

@@ -20,14 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::consensus::{quantile, solver_team, ConsensusBench, Quantile};
+use super::consensus::{item, quantile, solver_team, ConsensusBench, Quantile};
 use crate::journal::sqlite::SqliteJournal;
 use crate::journal::{Journal, Recorder};
-use crate::plugin::AnswerKind;
 use crate::plugin::{PluginRuntime, RuntimeConfig};
 use crate::team::caps::Caps;
 use crate::team::consensus::{
-    ConsensusConfig, Decide, ReplicaHedge, StopReason, TaskContext, TaskSpec, Team,
+    ConsensusConfig, Decide, ReplicaHedge, StopReason, TaskContext, Team,
 };
 use crate::team::events::{Event, Observer};
 
@@ -351,18 +350,7 @@ async fn measure(rt: &Arc<PluginRuntime>, team: &Arc<Team>, how: Load<'_>) -> Lo
                 if i >= items {
                     break mine;
                 }
-                let (x, y) = (i % 97 + 3, i % 89 + 5);
-                let gold = (x + y).to_string();
-                let spec = TaskSpec {
-                    gold: Some(gold.clone()),
-                    replicas,
-                    max_samples: replicas,
-                    ..TaskSpec::new(
-                        &format!("item-{i}"),
-                        &format!("What is {x} + {y}?"),
-                        AnswerKind::Number,
-                    )
-                };
+                let (spec, gold) = item(i, replicas);
                 let ctx = TaskContext {
                     meter: crate::team::budget::Meter::job(Default::default()),
                     observer: counted(),
