@@ -13,6 +13,8 @@ use conclave::{HostServices, PluginRuntime, RuntimeConfig};
 use conclave_tests::{fixture, plugin, runtime_with, task};
 use proptest::prelude::*;
 
+use super::server::{ask, metric, slow_team, start_team, until_metric};
+
 /// Model replies that differ with every call (so a model call made twice
 /// would show in what the role saw), a bus inbox that is emptied when read
 /// (so an inbox read again instead of replayed would show), and counts.
@@ -453,4 +455,44 @@ async fn re_execution_writes_no_record_a_straight_run_does_not() {
     let calls = a.iter().filter(|e| e.starts_with("model-call")).count();
     assert!(calls >= 9, "3 tasks of 3 replicas: {calls} model calls");
     assert!(a.iter().all(|e| !e.contains("replayed=true")));
+}
+
+/// What `serve` shows of it: `/metrics` and `/ui`'s `/v1/runs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_replicas_waiting_on_their_model_holding_no_instance() {
+    let s = start_team(&slow_team("2s"), |_| {}).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", s.base);
+    let asked = tokio::spawn(c.post(&url).json(&ask("What is 1 + 1?")).send());
+    // The three replicas wait on their node at once, none in an instance.
+    until_metric(&c, &s.base, "conclave_replicas_waiting_on_model", 3.0).await;
+    assert_eq!(
+        metric(&c, &s.base, "conclave_replicas_in_flight").await,
+        3.0
+    );
+    assert_eq!(
+        metric(&c, &s.base, "conclave_plugin_instances_running").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&c, &s.base, "conclave_plugin_instance_slots").await,
+        128.0
+    );
+    assert!(metric(&c, &s.base, "conclave_replicas_max").await >= 1024.0);
+    // `/ui` reads the same from `/v1/runs`.
+    let runs: serde_json::Value = c
+        .get(format!("{}/v1/runs", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs["load"]["waiting_on_model"], 3, "{runs}");
+    assert_eq!(asked.await.unwrap().unwrap().status(), 200);
+    until_metric(&c, &s.base, "conclave_replicas_in_flight", 0.0).await;
+    // Each replica took a step up to its model call, and at least the two
+    // that decided (a majority of 3) a second one after it.
+    assert!(metric(&c, &s.base, "conclave_plugin_steps_total").await >= 5.0);
+    s.shutdown.cancel();
 }
