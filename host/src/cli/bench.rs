@@ -406,55 +406,8 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             }
             exit::OK
         }
-        BenchCmd::Load {
-            in_flight,
-            items,
-            accuracy,
-            nodes,
-            model,
-            latencies,
-            slots,
-            no_reexecute,
-            journal,
-            seed,
-            hedge_quantile,
-            json,
-        } => {
-            let b = conclave::bench::load::LoadBench {
-                base: conclave::bench::consensus::ConsensusBench {
-                    plugins: default_plugin_dir(),
-                    latencies,
-                    models: vec![model],
-                    items,
-                    accuracy,
-                    nodes,
-                    seed,
-                    hedge_quantile,
-                },
-                levels: in_flight,
-                items,
-                slots,
-                reexecute: !no_reexecute,
-                journal,
-            };
-            super::bench_load::load(b, json)
-        }
-        BenchCmd::Reexecute {
-            iterations,
-            waiting_rust,
-            waiting_python,
-            fixtures,
-            json,
-        } => {
-            let b = conclave::bench::reexecute::ReexecuteBench {
-                plugins: default_plugin_dir(),
-                fixtures,
-                iterations,
-                waiting_rust,
-                waiting_python,
-            };
-            super::bench_load::reexecute(b, json)
-        }
+        BenchCmd::Load(args) => super::bench_load::load(args),
+        BenchCmd::Reexecute(args) => super::bench_load::reexecute(args),
         BenchCmd::Journal {
             tasks,
             latency,

@@ -141,68 +141,12 @@ pub(super) enum BenchCmd {
     /// to 5 replicas deciding early with hedging, 5 waiting for all, and
     /// one sample, on sim nodes replaying the paper's latencies; p50/p95,
     /// accuracy, instance slots, replicas waiting, memory and CPU.
-    Load {
-        /// Questions in flight, one level each.
-        #[arg(long, value_delimiter = ',', default_value = "20,80,400,2000")]
-        in_flight: Vec<usize>,
-        /// Questions per team and level (at least 3 × the level); with
-        /// fewer, the p50 ratios at 20 and 80 in flight are too noisy to
-        /// judge the goal by.
-        #[arg(long, default_value_t = 600)]
-        items: usize,
-        /// Each sample's chance of the right answer.
-        #[arg(long, default_value_t = 0.7)]
-        accuracy: f64,
-        /// Sim nodes the team spreads over.
-        #[arg(long, default_value_t = 2)]
-        nodes: usize,
-        /// The model whose measured latencies the nodes replay (a substring
-        /// of the CSV's `model` column).
-        #[arg(long, default_value = "gpt-5.2")]
-        model: String,
-        /// `model,latency_s` CSV of measured latencies.
-        #[arg(long, default_value = "data/paper-amdahl/llm_call_latencies.csv")]
-        latencies: PathBuf,
-        /// Instance slots of the plugin runtime.
-        #[arg(long, default_value_t = 128)]
-        slots: u32,
-        /// Hold an instance while a replica waits on its model (the
-        /// runtime before durable re-execution), for comparison.
-        #[arg(long)]
-        no_reexecute: bool,
-        /// Journal each question as a run in a SQLite journal (a temporary
-        /// folder), durable at each decision as `serve` and `eval` are;
-        /// reports records and commits per second and the flush wait.
-        #[arg(long)]
-        journal: bool,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// The early team's hedge quantile.
-        #[arg(long, default_value_t = 0.9)]
-        hedge_quantile: f64,
-        #[arg(long)]
-        json: bool,
-    },
+    Load(super::bench_load::LoadArgs),
     /// What durable re-execution costs: compute per model call (roles of
     /// 1, 4 and 16 calls, the built-in solver and programmer; held
     /// instance against steps) and the memory of replicas waiting on a
     /// model.
-    Reexecute {
-        #[arg(long, default_value_t = 500)]
-        iterations: usize,
-        /// Rust `solver` replicas left waiting at once for the memory row.
-        #[arg(long, default_value_t = 10_000)]
-        waiting_rust: usize,
-        /// Python `programmer` replicas left waiting at once.
-        #[arg(long, default_value_t = 1_000)]
-        waiting_python: usize,
-        /// Where the test fixtures are (`scripts/build-plugins.sh` builds
-        /// them).
-        #[arg(long, default_value = "target/fixtures")]
-        fixtures: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Reexecute(super::bench_load::ReexecuteArgs),
     /// The journal's cost on a job of many tasks, its append rate, and
     /// replay speed.
     Journal {

@@ -1,24 +1,111 @@
 //! `conclave bench load` and `conclave bench reexecute`: what a team costs
 //! the host under load, printed.
 
-use super::exit;
+use std::path::PathBuf;
+
+use super::{default_plugin_dir, exit};
+
+/// `conclave bench load`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct LoadArgs {
+    /// Questions in flight, one level each.
+    #[arg(long, value_delimiter = ',', default_value = "20,80,400,2000")]
+    in_flight: Vec<usize>,
+    /// Questions per team and level (at least 3 × the level); with
+    /// fewer, the p50 ratios at 20 and 80 in flight are too noisy to
+    /// judge the goal by.
+    #[arg(long, default_value_t = 600)]
+    items: usize,
+    /// Each sample's chance of the right answer.
+    #[arg(long, default_value_t = 0.7)]
+    accuracy: f64,
+    /// Sim nodes the team spreads over.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// The model whose measured latencies the nodes replay (a substring
+    /// of the CSV's `model` column).
+    #[arg(long, default_value = "gpt-5.2")]
+    model: String,
+    /// `model,latency_s` CSV of measured latencies.
+    #[arg(long, default_value = "data/paper-amdahl/llm_call_latencies.csv")]
+    latencies: PathBuf,
+    /// Instance slots of the plugin runtime.
+    #[arg(long, default_value_t = 128)]
+    slots: u32,
+    /// Hold an instance while a replica waits on its model (the
+    /// runtime before durable re-execution), for comparison.
+    #[arg(long)]
+    no_reexecute: bool,
+    /// Journal each question as a run in a SQLite journal (a temporary
+    /// folder), durable at each decision as `serve` and `eval` are;
+    /// reports records and commits per second and the flush wait.
+    #[arg(long)]
+    journal: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The early team's hedge quantile.
+    #[arg(long, default_value_t = 0.9)]
+    hedge_quantile: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `conclave bench reexecute`'s arguments.
+#[derive(clap::Args)]
+pub(crate) struct ReexecuteArgs {
+    #[arg(long, default_value_t = 500)]
+    iterations: usize,
+    /// Rust `solver` replicas left waiting at once for the memory row.
+    #[arg(long, default_value_t = 10_000)]
+    waiting_rust: usize,
+    /// Python `programmer` replicas left waiting at once.
+    #[arg(long, default_value_t = 1_000)]
+    waiting_python: usize,
+    /// Where the test fixtures are (`scripts/build-plugins.sh` builds
+    /// them).
+    #[arg(long, default_value = "target/fixtures")]
+    fixtures: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
 
 /// Runs `bench load` and prints its table.
-pub(super) fn load(b: conclave::bench::load::LoadBench, json: bool) -> u8 {
-    let report = match conclave::bench::load::run(b) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
+pub(super) fn load(args: LoadArgs) -> u8 {
+    let LoadArgs {
+        in_flight,
+        items,
+        accuracy,
+        nodes,
+        model,
+        latencies,
+        slots,
+        no_reexecute,
+        journal,
+        seed,
+        hedge_quantile,
+        json,
+    } = args;
+    let b = conclave::bench::load::LoadBench {
+        base: conclave::bench::consensus::ConsensusBench {
+            plugins: default_plugin_dir(),
+            latencies,
+            models: vec![model],
+            items,
+            accuracy,
+            nodes,
+            seed,
+            hedge_quantile,
+        },
+        levels: in_flight,
+        items,
+        slots,
+        reexecute: !no_reexecute,
+        journal,
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serialisable")
-        );
-        return exit::OK;
-    }
+    let report = match to_print(conclave::bench::load::run(b), json) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     println!(
         "{} latencies on {} sim nodes, real time, {} cores; {} instance slots, \
          re-execution {}, at most {} replicas in flight{}:",
@@ -81,21 +168,25 @@ pub(super) fn load(b: conclave::bench::load::LoadBench, json: bool) -> u8 {
 }
 
 /// Runs `bench reexecute` and prints its tables.
-pub(super) fn reexecute(b: conclave::bench::reexecute::ReexecuteBench, json: bool) -> u8 {
-    let report = match conclave::bench::reexecute::run(b) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
+pub(super) fn reexecute(args: ReexecuteArgs) -> u8 {
+    let ReexecuteArgs {
+        iterations,
+        waiting_rust,
+        waiting_python,
+        fixtures,
+        json,
+    } = args;
+    let b = conclave::bench::reexecute::ReexecuteBench {
+        plugins: default_plugin_dir(),
+        fixtures,
+        iterations,
+        waiting_rust,
+        waiting_python,
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serialisable")
-        );
-        return exit::OK;
-    }
+    let report = match to_print(conclave::bench::reexecute::run(b), json) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     println!(
         "compute of a role call on a model that answers at once ({} calls each):",
         report.iterations
@@ -121,4 +212,23 @@ pub(super) fn reexecute(b: conclave::bench::reexecute::ReexecuteBench, json: boo
         );
     }
     exit::OK
+}
+
+/// A benchmark's report to print as a table, or the exit code once it
+/// failed (said on stderr) or was printed as JSON.
+fn to_print<T: serde::Serialize>(report: Result<T, String>, json: bool) -> Result<T, u8> {
+    match report {
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::FAILURE)
+        }
+        Ok(r) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r).expect("serialisable")
+            );
+            Err(exit::OK)
+        }
+        Ok(r) => Ok(r),
+    }
 }
