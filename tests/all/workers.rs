@@ -664,7 +664,16 @@ fn a_withdrawal_by_another_coordinator_does_not_drop_this_ones_replicas() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path(), true);
     let journal = JetStreamJournal::connect(&nats.config()).unwrap();
-    let spec = team_file(dir.path(), &team(3));
+    // The team waits for every ballot: an early decision would make its
+    // own coordinator withdraw the last replica, which is not what this
+    // test is about.
+    let spec = team_file(
+        dir.path(),
+        &team(3).replace(
+            "name = \"remote\"\n",
+            "name = \"remote\"\nconsensus = { decide = \"all\" }\n",
+        ),
+    );
     let server = coordinator(dir.path(), &spec, &nats);
     let worker = Worker::start_inflight(dir.path(), "w", &spec, &nats, 3);
     std::thread::sleep(Duration::from_millis(1500));
