@@ -3,7 +3,8 @@
 //! coordinator; when it is killed (`SIGKILL`) mid-run the standby takes the
 //! lease and finishes the run from the journal; when it is stopped
 //! (`SIGSTOP`) past its lease and then continued, it finds itself deposed,
-//! writes nothing more, and exits.
+//! writes nothing more, and goes on as a standby; so does a coordinator
+//! whose NATS server was down past its lease, which then leads again.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -134,23 +135,6 @@ impl Server {
 
     pub(crate) fn child(&self) -> &Child {
         self.child.as_ref().unwrap()
-    }
-
-    /// Waits for the process to exit on its own; its status code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub(crate) fn kill(&mut self) {
@@ -314,13 +298,44 @@ fn cluster_status(dir: &Path, nats: &Nats) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The rest of a reply to a request sent with [`Server::ask`].
+/// (The connection is kept alive: the reply ends where its
+/// `content-length` says.)
+fn reply(mut client: TcpStream) -> String {
+    client
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&got).to_string(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 #[test]
-fn a_deposed_coordinator_writes_nothing_more_and_stops() {
+fn a_deposed_coordinator_writes_nothing_more_and_rejoins_as_a_standby() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path(), true);
     let journal = JetStreamJournal::connect(&nats.config()).unwrap();
-    let (mut a, b) = two_servers(dir.path(), &nats);
-    let mut client = a.ask("What is 40 + 2?");
+    let (mut a, mut b) = two_servers(dir.path(), &nats);
+    let client = a.ask("What is 40 + 2?");
     let run = wait_for_run(&journal, 6);
     // Stopped, not dead: its lease runs out and the standby takes over.
     signal(a.child(), "STOP");
@@ -329,29 +344,87 @@ fn a_deposed_coordinator_writes_nothing_more_and_stops() {
     let finished = wait_for_end(&journal, &run, &[&b]);
     assert_complete(&finished, &submitted_question(&finished));
 
-    // Continued: it finds the lease gone, stops, and writes nothing.
+    // Continued: it finds the lease gone, stops its run, writes nothing
+    // more, and stays up as a standby.
     signal(a.child(), "CONT");
-    let code = a.wait_exit(Duration::from_secs(30));
-    assert_eq!(code, Some(1), "{}", a.stderr());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.stderr().contains("rejoins the cluster as a standby") {
+        assert!(Instant::now() < deadline, "{}", a.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.wait_health(503, Duration::from_secs(30));
     assert!(
-        a.stderr().contains("lost the coordinator lease"),
+        a.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "a deposed coordinator keeps running: {}",
+        a.stderr()
+    );
+    assert!(
+        a.stderr().contains("lost the coordinator lease of term"),
         "{}",
         a.stderr()
     );
     assert_fenced_off(&journal.read(&run).unwrap(), &finished, stopped_at);
     assert_eq!(b.health(), Some(200), "the new coordinator serves");
     // Its client was told the run goes on elsewhere.
-    let mut reply = String::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = client.read_to_string(&mut reply);
+    let told = reply(client);
     assert!(
-        reply.starts_with("HTTP/1.1 503")
-            && reply.contains("coordinator_changed")
-            && reply.contains(&run),
-        "{reply}"
+        told.starts_with("HTTP/1.1 503")
+            && told.contains("coordinator_changed")
+            && told.contains(&run),
+        "{told}"
     );
+
+    // A standby like any other: when the coordinator dies, it leads again
+    // (a later term) and runs requests to their end.
+    b.kill();
+    a.wait_health(200, Duration::from_secs(30));
+    let answered = reply(a.ask("What is 1 + 2?"));
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    assert!(answered.contains("\"choices\""), "{answered}");
+}
+
+#[test]
+fn a_coordinator_deposed_by_a_nats_restart_leads_again_and_finishes_its_own_run() {
+    // The only server; the NATS server is down longer than the lease's
+    // deadline (three quarters of its 2 s), so the coordinator is deposed.
+    // It must not stop for good: it rejoins, takes the lease again in a
+    // later term, and resumes the run it was running from the journal.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team());
+    let a = Server::start(dir.path(), "a", &spec, &nats);
+    a.wait_health(200, Duration::from_secs(60));
+    let client = a.ask("What is 40 + 2?");
+    let run = wait_for_run(&journal, 6);
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    nats.spawn();
+    let log = wait_for_end(&journal, &run, &[&a]);
+    assert_complete(&log, "What is 40 + 2?");
+    assert_eq!(log.ended().unwrap().stop.to_string(), "decided");
+    let said = a.stderr();
+    assert!(
+        said.contains("lost the coordinator lease of term")
+            && said.contains(&format!("taking over run {run}")),
+        "{said}"
+    );
+    // Terms: the one it lost and the one it leads in now (and, while the
+    // server was still starting, maybe one more it lost again).
+    let terms = said
+        .lines()
+        .filter(|l| l.starts_with("coordinating the cluster (term"))
+        .count();
+    assert!(terms >= 2, "{said}");
+    let told = reply(client);
+    assert!(
+        told.starts_with("HTTP/1.1 503") && told.contains("coordinator_changed"),
+        "{told}"
+    );
+    // And it serves.
+    a.wait_health(200, Duration::from_secs(30));
+    let answered = reply(a.ask("What is 1 + 2?"));
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }
 
 #[test]

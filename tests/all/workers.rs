@@ -716,3 +716,52 @@ fn a_withdrawal_by_another_coordinator_does_not_drop_this_ones_replicas() {
         worker.stderr()
     );
 }
+
+#[test]
+fn a_coordinator_deposed_by_a_nats_restart_leads_again_and_its_workers_finish_the_run() {
+    // The only coordinator loses its 2 s lease while the NATS server is
+    // down and stops its run; it must lead again in a later term and draw
+    // the run's replicas again, for the workers to run.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), true);
+    let spec = team_file(dir.path(), &team(3));
+    let server = coordinator(dir.path(), &spec, &nats);
+    let worker = Worker::start_inflight(dir.path(), "w", &spec, &nats, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = ask(&server, "What is 40 + 2?");
+    worker.wait_for("took run");
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    nats.spawn();
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let run = wait_for_run(&journal, 1);
+    let log = wait_for_end(&journal, &run, &[&server]);
+    assert_complete(&log, "What is 40 + 2?");
+    assert!(
+        matches!(
+            &log.ended().unwrap().stop,
+            conclave::team::consensus::StopReason::Decided
+        ),
+        "{:?}\n{}\n---\n{}",
+        log.ended(),
+        server.stderr(),
+        worker.stderr()
+    );
+    let said = server.stderr();
+    assert!(
+        said.contains("lost the coordinator lease of term")
+            && said.contains(&format!("taking over run {run}")),
+        "{said}"
+    );
+    // The worker ran the new term's replicas.
+    assert!(
+        worker.stderr().matches("done run").count() >= 2,
+        "{}",
+        worker.stderr()
+    );
+    let reply = answer(asked);
+    assert!(
+        reply.starts_with("HTTP/1.1 503") && reply.contains("coordinator_changed"),
+        "{reply}"
+    );
+}

@@ -6,6 +6,7 @@
 //! its own copy of the node. Requests per second, and the ratio to the
 //! baseline measured in the same invocation.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,10 +16,15 @@ use serde::Serialize;
 use super::failover::{free_port, wait_health, Server};
 use crate::journal::jetstream::ClusterConfig;
 
-/// One task of three replicas on a simulated node that serves two calls
-/// at a time, each call's latency drawn from the paper's measured calls
-/// (`LATENCIES`, by `MODEL`, times `SCALE`).
-fn team(latencies: &Path) -> String {
+/// One task of three replicas on a simulated node that serves
+/// `node_concurrency` calls at a time (0: any number), each call's latency
+/// drawn from the paper's measured calls (`LATENCIES`, by `MODEL`, times
+/// `SCALE`).
+fn team(latencies: &Path, node_concurrency: usize) -> String {
+    let cap = match node_concurrency {
+        0 => String::new(),
+        n => format!("max_concurrency = {n}\n"),
+    };
     format!(
         r#"[team]
 name = "workers-bench"
@@ -27,8 +33,7 @@ name = "workers-bench"
 name = "sim"
 backend = "sim"
 accuracy = 0.7
-max_concurrency = 2
-latency = {{ kind = "empirical", csv = {:?}, model = "{MODEL}", scale = {SCALE} }}
+{cap}latency = {{ kind = "empirical", csv = {:?}, model = "{MODEL}", scale = {SCALE} }}
 
 [[task]]
 id = "answer"
@@ -48,6 +53,15 @@ pub const LATENCIES: &str = "data/paper-amdahl/llm_call_latencies.csv";
 const MODEL: &str = "openai_gpt-5.2";
 const SCALE: f64 = 0.2;
 
+/// The load: requests sent at once, replicas each worker runs at once,
+/// and calls each copy of the node serves at once (0: any number).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Shape {
+    pub requests: usize,
+    pub max_inflight: usize,
+    pub node_concurrency: usize,
+}
+
 /// One configuration's numbers.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -59,13 +73,18 @@ pub struct Row {
     pub per_second: f64,
     /// Requests per second over the baseline's.
     pub speedup: f64,
+    /// What the requests that did not get 200 got, counted.
+    pub failed: BTreeMap<String, usize>,
+    /// Peak resident memory: of the process alone (baseline), or the
+    /// largest of the workers'.
+    pub peak_rss_bytes: u64,
 }
 
 /// The numbers.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkersReport {
     pub cluster: String,
-    pub requests: usize,
+    pub shape: Shape,
     pub rows: Vec<Row>,
 }
 
@@ -91,24 +110,43 @@ fn cluster_args(c: &ClusterConfig) -> Vec<String> {
     a
 }
 
-/// Sends `n` requests at once; how many got 200, and the wall time.
-async fn burst(http: &reqwest::Client, port: u16, n: usize) -> (usize, Duration) {
+/// Sends `n` requests at once; how many got 200, the wall time, and what
+/// the others got (status and error code, or the transport's error), counted.
+async fn burst(
+    http: &reqwest::Client,
+    port: u16,
+    n: usize,
+) -> (usize, Duration, BTreeMap<String, usize>) {
     let t0 = Instant::now();
     let asks: Vec<_> = (0..n)
         .map(|i| {
             let req = http
                 .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
                 .json(&serde_json::json!({"messages": [{"role": "user", "content": format!("What is {i} + 2?")}]}));
-            tokio::spawn(async move { req.send().await.ok().map(|r| r.status().as_u16()) })
+            tokio::spawn(async move {
+                match req.send().await {
+                    Ok(r) if r.status().as_u16() == 200 => None,
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+                        Some(format!("{status} {code}").trim().to_string())
+                    }
+                    Err(e) => Some(format!("no answer: {e}")),
+                }
+            })
         })
         .collect();
     let mut ok = 0;
+    let mut failed = BTreeMap::new();
     for a in asks {
-        if let Ok(Some(200)) = a.await {
-            ok += 1;
+        match a.await {
+            Ok(None) => ok += 1,
+            Ok(Some(why)) => *failed.entry(why).or_default() += 1,
+            Err(e) => *failed.entry(format!("client task: {e}")).or_default() += 1,
         }
     }
-    (ok, t0.elapsed())
+    (ok, t0.elapsed(), failed)
 }
 
 /// Runs the benchmark: the baseline, then each count in `workers`;
@@ -117,7 +155,7 @@ pub async fn run(
     exe: &Path,
     cluster: &ClusterConfig,
     workers: &[usize],
-    requests: usize,
+    shape: Shape,
     latencies: &Path,
 ) -> Result<WorkersReport, String> {
     let latencies = latencies.canonicalize().map_err(|e| {
@@ -128,7 +166,7 @@ pub async fn run(
     })?;
     let dir = std::env::temp_dir().join(format!("conclave-bench-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let report = measure(exe, cluster, workers, requests, &dir, &latencies).await;
+    let report = measure(exe, cluster, workers, shape, &dir, &latencies).await;
     let _ = std::fs::remove_dir_all(&dir);
     report
 }
@@ -137,12 +175,13 @@ async fn measure(
     exe: &Path,
     cluster: &ClusterConfig,
     workers: &[usize],
-    requests: usize,
+    shape: Shape,
     dir: &Path,
     latencies: &Path,
 ) -> Result<WorkersReport, String> {
+    let requests = shape.requests;
     let spec = dir.join("team.toml");
-    std::fs::write(&spec, team(latencies)).map_err(|e| e.to_string())?;
+    std::fs::write(&spec, team(latencies, shape.node_concurrency)).map_err(|e| e.to_string())?;
     let spec_arg = spec.display().to_string();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
@@ -170,14 +209,16 @@ async fn measure(
             port,
         };
         wait_health(&http, server.port, 200, Duration::from_secs(60)).await?;
-        let (ok, wall) = burst(&http, server.port, requests).await;
+        let (ok, wall, failed) = burst(&http, server.port, requests).await;
         rows.push(Row {
             workers: None,
             requests,
             ok,
             wall,
+            failed,
             per_second: requests as f64 / wall.as_secs_f64(),
             speedup: 1.0,
+            peak_rss_bytes: peak_rss(&server.child),
         });
     }
     let base = rows[0].per_second;
@@ -201,7 +242,7 @@ async fn measure(
                 "worker".into(),
                 spec_arg.clone(),
                 "--max-inflight".into(),
-                "2".into(),
+                shape.max_inflight.to_string(),
             ];
             args.extend(cluster_args(&config));
             procs.push(Server {
@@ -218,22 +259,35 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(crate::cluster::work::HEARTBEAT_EVERY * 2).await;
-        let (ok, wall) = burst(&http, port, requests).await;
+        let (ok, wall, failed) = burst(&http, port, requests).await;
         let per_second = requests as f64 / wall.as_secs_f64();
         rows.push(Row {
             workers: Some(n),
             requests,
             ok,
             wall,
+            failed,
             per_second,
             speedup: per_second / base,
+            peak_rss_bytes: procs.iter().map(|p| peak_rss(&p.child)).max().unwrap_or(0),
         });
         drop(procs);
         drop(coordinator);
     }
     Ok(WorkersReport {
         cluster: cluster.url.clone(),
-        requests,
+        shape,
         rows,
     })
+}
+
+/// A running child's peak resident memory (Linux's `VmHWM`; 0 elsewhere).
+fn peak_rss(child: &std::process::Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }

@@ -468,6 +468,8 @@ pub async fn run(cmd: BenchCmd) -> u8 {
         BenchCmd::Workers {
             workers,
             requests,
+            max_inflight,
+            node_concurrency,
             latencies,
             json,
             store,
@@ -483,9 +485,12 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                     return exit::FAILURE;
                 }
             };
-            match conclave::bench::workers::run(&exe, &cluster, &workers, requests, &latencies)
-                .await
-            {
+            let shape = conclave::bench::workers::Shape {
+                requests,
+                max_inflight,
+                node_concurrency,
+            };
+            match conclave::bench::workers::run(&exe, &cluster, &workers, shape, &latencies).await {
                 Ok(r) if json => {
                     println!(
                         "{}",
@@ -495,12 +500,19 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 }
                 Ok(r) => {
                     println!(
-                        "workers: {} requests at once, one task of 3 replicas on a sim node serving 2 calls at a time (the paper's GPT-5.2 call latencies x 0.2); {}",
-                        r.requests, r.cluster
+                        "workers: {} requests at once, one task of 3 replicas on a sim node serving {} at a time (the paper's GPT-5.2 call latencies x 0.2), each worker running {} at once; {}",
+                        r.shape.requests,
+                        match r.shape.node_concurrency {
+                            0 => "any number of calls".to_string(),
+                            1 => "1 call".to_string(),
+                            n => format!("{n} calls"),
+                        },
+                        r.shape.max_inflight,
+                        r.cluster
                     );
                     println!(
-                        "  {:<34} {:>6} {:>9} {:>8} {:>9}",
-                        "", "ok", "wall", "req/s", "vs alone"
+                        "  {:<34} {:>9} {:>9} {:>8} {:>9} {:>16}",
+                        "", "ok", "wall", "req/s", "vs alone", "peak RSS"
                     );
                     for row in &r.rows {
                         let label = match row.workers {
@@ -511,12 +523,24 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                             ),
                         };
                         println!(
-                            "  {label:<34} {:>6} {:>8.2?} {:>8.2} {:>8.2}x",
+                            "  {label:<34} {:>9} {:>8.2?} {:>8.2} {:>8.2}x {:>16}",
                             format!("{}/{}", row.ok, row.requests),
                             row.wall,
                             row.per_second,
-                            row.speedup
+                            row.speedup,
+                            format!(
+                                "{} MiB{}",
+                                row.peak_rss_bytes >> 20,
+                                if row.workers.is_some() {
+                                    " a worker"
+                                } else {
+                                    ""
+                                }
+                            )
                         );
+                        for (why, n) in &row.failed {
+                            println!("    not answered: {n} × {why}");
+                        }
                     }
                     exit::OK
                 }

@@ -189,6 +189,15 @@ pub(super) enum BenchCmd {
         /// Requests sent at once.
         #[arg(long, default_value_t = 24)]
         requests: usize,
+        /// Replicas each worker runs at once (`conclave worker
+        /// --max-inflight`).
+        #[arg(long, default_value_t = 2)]
+        max_inflight: usize,
+        /// Calls the simulated node (each process's copy) serves at once;
+        /// 0: no limit, so that the workers, not the node, are what is
+        /// measured (with `--max-inflight` in the thousands).
+        #[arg(long, default_value_t = 2)]
+        node_concurrency: usize,
         /// The paper's measured call latencies, which the simulated node
         /// replays (GPT-5.2's, scaled by 0.2).
         #[arg(long, default_value = conclave::bench::workers::LATENCIES)]

@@ -1,6 +1,5 @@
 //! `conclave serve`: teams as OpenAI-compatible models.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::team::open_journal;
@@ -61,7 +60,6 @@ pub async fn serve(args: ServeArgs) -> u8 {
     let shutdown = tokio_util::sync::CancellationToken::new();
     // Cluster mode: join the election; serve while coordinating.
     let mut election = None;
-    let deposed = Arc::new(AtomicBool::new(false));
     if let Some(cluster) = store.cluster() {
         let me = Holder::this_process(Some(
             advertise.unwrap_or_else(|| format!("http://{listen}")),
@@ -101,7 +99,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
             }
         }
         tokio::spawn(coordinator.clone().lead(shutdown.clone()));
-        tokio::spawn(print_role(joined.role(), shutdown.clone(), deposed.clone()));
+        tokio::spawn(print_role(joined.role()));
         config.cluster = Some(coordinator);
         election = Some(joined);
     }
@@ -151,7 +149,6 @@ pub async fn serve(args: ServeArgs) -> u8 {
         e.leave().await;
     }
     match served {
-        Ok(()) if deposed.load(Ordering::SeqCst) => exit::FAILURE,
         Ok(()) => exit::OK,
         Err(e) => {
             report(&e);
@@ -160,13 +157,10 @@ pub async fn serve(args: ServeArgs) -> u8 {
     }
 }
 
-/// Says where this server stands in its cluster as that changes; once it
-/// is deposed, stops it (its runs are the next coordinator's).
-async fn print_role(
-    mut role: tokio::sync::watch::Receiver<Role>,
-    shutdown: tokio_util::sync::CancellationToken,
-    deposed: Arc<AtomicBool>,
-) {
+/// Says where this server stands in its cluster as that changes: a
+/// deposed coordinator stops its runs (their next coordinator resumes
+/// them) and goes on as a standby.
+async fn print_role(mut role: tokio::sync::watch::Receiver<Role>) {
     loop {
         let now = role.borrow_and_update().clone();
         match now {
@@ -181,13 +175,10 @@ async fn print_role(
             Role::Standby { leader: None } => {
                 eprintln!("standby: waiting for the coordinator lease")
             }
-            Role::Deposed { why, .. } => {
+            Role::Deposed { term, why } => {
                 eprintln!(
-                    "error: this server lost the coordinator lease ({why}); stopping: its runs are resumed by the next coordinator"
+                    "error: this server lost the coordinator lease of term {term} ({why}): it stopped its runs, which the next coordinator resumes, and rejoins the cluster as a standby"
                 );
-                deposed.store(true, Ordering::SeqCst);
-                shutdown.cancel();
-                return;
             }
         }
         if role.changed().await.is_err() {

@@ -15,8 +15,9 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures::TryStreamExt;
@@ -34,7 +35,9 @@ use crate::team::events::{Event, Observer};
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// A registered run that never reached the journal (its coordinator died
-/// between registering and journaling it) is forgotten after this long.
+/// or was deposed between registering and journaling it; its client was
+/// answered, or lost its connection) is forgotten once a coordinator has
+/// found it missing from the journal for this long.
 const NEVER_JOURNALED: Duration = Duration::from_secs(60);
 
 /// A run's entry in the registry.
@@ -82,8 +85,17 @@ pub struct Coordinator {
     running: Mutex<HashSet<String>>,
     /// Runs that could not be resumed here (reported once).
     given_up: Mutex<HashSet<String>>,
+    /// Registered runs not found in the journal, and when this process
+    /// first found them so (its own clock: another's may be off).
+    unjournaled: Mutex<std::collections::HashMap<String, Instant>>,
     /// Where the replicas of resumed runs go (the cluster's workers).
     workers: std::sync::OnceLock<Arc<dyn crate::team::remote::RemoteReplicas>>,
+    /// The term this process runs requests in (0: none): set once it leads
+    /// and the runs of any term it lost before have stopped and its journal
+    /// takes writes again.
+    ready: AtomicU64,
+    /// Why this process last lost the lease, for what its clients are told.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl Coordinator {
@@ -107,13 +119,31 @@ impl Coordinator {
             role,
             running: Default::default(),
             given_up: Default::default(),
+            unjournaled: Default::default(),
             workers: Default::default(),
+            ready: AtomicU64::new(0),
+            lost: Default::default(),
         }))
     }
 
     /// Where this process stands in the election now.
     pub fn role(&self) -> Role {
         self.role.borrow().clone()
+    }
+
+    /// The term this process runs requests in now: it leads, and it is
+    /// ready (the runs of a term it lost before have stopped).
+    pub fn serving(&self) -> Option<u64> {
+        let ready = self.ready.load(Ordering::SeqCst);
+        match self.role() {
+            Role::Leading { term } if term == ready => Some(term),
+            _ => None,
+        }
+    }
+
+    /// Why this process last lost the coordinator lease, if it did.
+    pub fn lost_lease(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Registers `run`, about to start under `term`, before its submission
@@ -147,19 +177,32 @@ impl Coordinator {
     }
 
     /// A token cancelled once this process no longer leads in `term`. A
-    /// deposed process's journal is fenced first, so that nothing its runs
-    /// record on their way out (their cancellation) is written.
+    /// process that no longer leads at all has its journal fenced first, so
+    /// that nothing its runs record on their way out (their cancellation)
+    /// is written; the fence is lifted when it leads again and those runs
+    /// have stopped ([`Self::lead`]).
     pub fn while_leading(&self, term: u64) -> CancellationToken {
         let token = CancellationToken::new();
         let cancel = token.clone();
         let mut role = self.role.clone();
         let journal = self.journal.clone();
+        let lost = self.lost.clone();
         tokio::spawn(async move {
             loop {
                 let now = role.borrow_and_update().clone();
                 if !matches!(now, Role::Leading { term: t } if t == term) {
-                    if let Role::Deposed { why, .. } = now {
+                    let why = match now {
+                        Role::Deposed { why, .. } => Some(why),
+                        Role::Standby { .. } => Some(format!(
+                            "this server no longer coordinates the cluster (it led in term {term})"
+                        )),
+                        // A later term of this process: its journal is
+                        // not this term's to fence.
+                        Role::Leading { .. } => None,
+                    };
+                    if let Some(why) = why {
                         journal.fence(&why);
+                        *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                     }
                     cancel.cancel();
                     return;
@@ -192,6 +235,34 @@ impl Coordinator {
                 }
             };
             let leading = self.while_leading(term);
+            // The runs of a term this process lost stop first (they were
+            // cancelled as it was deposed); only then does its journal take
+            // writes again, so that nothing they record on their way out
+            // lands in a run this term resumes.
+            let waiting = Instant::now();
+            let mut said = false;
+            loop {
+                let left = self.lock_running().len();
+                if left == 0 || leading.is_cancelled() {
+                    break;
+                }
+                if !said && waiting.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        "coordinator (term {term}): waiting for {left} runs of the term this server lost to stop before it coordinates"
+                    );
+                    said = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = leading.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            if leading.is_cancelled() {
+                continue;
+            }
+            self.journal.unfence();
+            self.ready.store(term, Ordering::SeqCst);
             while !leading.is_cancelled() {
                 self.take_over(term, &leading).await;
                 tokio::select! {
@@ -200,6 +271,9 @@ impl Coordinator {
                     _ = tokio::time::sleep(SCAN_EVERY) => {}
                 }
             }
+            let _ = self
+                .ready
+                .compare_exchange(term, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 
@@ -246,6 +320,12 @@ impl Coordinator {
             let journal = self.journal.clone();
             let run = reg.run.clone();
             let read = tokio::task::spawn_blocking(move || journal.read(&run)).await;
+            if !matches!(read, Ok(Err(JournalError::NoRun { .. }))) {
+                self.unjournaled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&reg.run);
+            }
             match read {
                 Ok(Ok(log)) if log.ended().is_some() => {
                     let _ = self.registry.delete(key.as_str()).await;
@@ -278,10 +358,44 @@ impl Coordinator {
                     );
                     tokio::spawn(self.clone().resume(reg.run, leading.child_token()));
                 }
-                Ok(Err(JournalError::NoRun { .. }))
-                    if now_ms().saturating_sub(reg.at_ms) > NEVER_JOURNALED.as_millis() as u64 =>
-                {
-                    let _ = self.registry.delete(key.as_str()).await;
+                Ok(Err(JournalError::NoRun { .. })) => {
+                    // Its coordinator stopped between registering it and
+                    // journaling it (and told its client), or the journal
+                    // is slow: said once, forgotten after a while.
+                    let first = *self
+                        .unjournaled
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(reg.run.clone())
+                        .or_insert_with(|| {
+                            tracing::info!(
+                                "run {} is registered under term {} but not in the journal; it is forgotten if it is not there within {:?}",
+                                reg.run,
+                                reg.term,
+                                NEVER_JOURNALED
+                            );
+                            Instant::now()
+                        });
+                    if first.elapsed() > NEVER_JOURNALED {
+                        // Only the entry as read: not a registration made
+                        // again meanwhile.
+                        if self
+                            .registry
+                            .delete_expect_revision(key.as_str(), Some(entry.revision))
+                            .await
+                            .is_ok()
+                        {
+                            tracing::info!(
+                                "run {}: forgotten, never journaled (registered under term {})",
+                                reg.run,
+                                reg.term
+                            );
+                        }
+                        self.unjournaled
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&reg.run);
+                    }
                 }
                 Ok(Err(e)) => tracing::warn!("run {}: {e}", reg.run),
                 Err(e) => tracing::warn!("run {}: {e}", reg.run),

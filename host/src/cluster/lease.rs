@@ -81,6 +81,7 @@ pub enum Role {
     Leading { term: u64 },
     /// This process held the lease in `term` and lost it (it could not
     /// renew it in time, or another took it): it must stop coordinating.
+    /// A quarter of the TTL later it is a standby again.
     Deposed { term: u64, why: String },
 }
 
@@ -174,9 +175,12 @@ impl Drop for Election {
     }
 }
 
-/// The election loop: standby until the key can be created, then holder
-/// until a renewal fails or the deadline passes, then deposed (for good:
-/// the process stops coordinating).
+/// The election loop, until `stop`: standby until the key can be created,
+/// then holder until a renewal fails or the deadline passes, then deposed
+/// (the process stops coordinating in that term), and, a quarter of `ttl`
+/// later, a standby again: a coordinator that lost the lease to a slow or
+/// restarted server, or to a pause, rejoins by itself, and may lead again
+/// in a later term.
 async fn elect(
     store: kv::Store,
     me: Holder,
@@ -184,7 +188,31 @@ async fn elect(
     tx: watch::Sender<Role>,
     stop: CancellationToken,
 ) {
-    let value: bytes::Bytes = serde_json::to_vec(&me).unwrap_or_default().into();
+    loop {
+        let Some((term, why)) = hold(&store, &me, ttl, &tx, &stop).await else {
+            return;
+        };
+        let _ = tx.send(Role::Deposed { term, why });
+        // Deposed stays what the process reads for a moment, so that all
+        // who watch the role see it (and stop what they do in `term`)
+        // before it turns standby.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 4) => {}
+        }
+    }
+}
+
+/// One term: standby until the key can be created, then holder until the
+/// lease is lost (`Some((term, why))`) or `stop` (`None`).
+async fn hold(
+    store: &kv::Store,
+    me: &Holder,
+    ttl: Duration,
+    tx: &watch::Sender<Role>,
+    stop: &CancellationToken,
+) -> Option<(u64, String)> {
+    let value: bytes::Bytes = serde_json::to_vec(me).unwrap_or_default().into();
     let every = ttl / 4;
     let deadline_after = ttl * 3 / 4;
     // Standby.
@@ -193,8 +221,12 @@ async fn elect(
         match store.create(KEY, value.clone()).await {
             Ok(rev) => break (rev, rev, sent),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // This process's own entry, from the term it just lost,
+                // until it expires: nobody else leads yet.
                 let leader = match store.get(KEY).await {
-                    Ok(Some(v)) => serde_json::from_slice::<Holder>(&v).ok(),
+                    Ok(Some(v)) => serde_json::from_slice::<Holder>(&v)
+                        .ok()
+                        .filter(|h| h.id != me.id),
                     _ => None,
                 };
                 tx.send_if_modified(|r| {
@@ -214,14 +246,14 @@ async fn elect(
             }
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(every) => {}
         }
     };
     let _ = tx.send(Role::Leading { term });
     let value: bytes::Bytes = serde_json::to_vec(&Holder {
         term: Some(term),
-        ..me
+        ..me.clone()
     })
     .unwrap_or_default()
     .into();
@@ -230,13 +262,20 @@ async fn elect(
     let mut wait = Duration::ZERO;
     let why = loop {
         let deadline = renewed + deadline_after;
+        let slept_at = Instant::now();
         tokio::select! {
             _ = stop.cancelled() => {
                 // Released for the next holder, if it is still ours.
                 let _ = store.delete_expect_revision(KEY, Some(revision)).await;
-                return;
+                return None;
             }
             _ = tokio::time::sleep(wait) => {}
+        }
+        let late = Instant::now().saturating_duration_since(slept_at + wait);
+        if late > every {
+            tracing::warn!(
+                "coordinator lease: this process woke {late:?} late to renew the lease (it renews every {every:?}): it is starved of CPU"
+            );
         }
         wait = every;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -251,6 +290,12 @@ async fn elect(
             Ok(Ok(rev)) => {
                 revision = rev;
                 renewed = sent;
+                let took = sent.elapsed();
+                if took > every {
+                    tracing::warn!(
+                        "coordinator lease: a renewal took {took:?} to be acknowledged (it renews every {every:?} and is deposed {deadline_after:?} after its last acknowledged renewal): the NATS server is slow to write"
+                    );
+                }
             }
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 break "another process took the coordinator lease".to_string();
@@ -266,5 +311,5 @@ async fn elect(
             }
         }
     };
-    let _ = tx.send(Role::Deposed { term, why });
+    Some((term, why))
 }

@@ -114,7 +114,10 @@ pub(crate) struct WorkItem {
 /// a successor that takes the run over draws the same replica numbers
 /// again, and what a deposed coordinator withdraws as it stops must not
 /// drop the successor's items. (A withdrawal from an older coordinator,
-/// with no `reply`, matches nothing.)
+/// with no `reply`, matches nothing.) So is its term: a coordinator that
+/// was deposed and leads again in a later term takes its own runs over,
+/// from the same inbox, and what it withdrew as it stopped must not drop
+/// what it queues in the new term.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Withdrawn {
     pub(crate) run: String,
@@ -122,6 +125,8 @@ pub(crate) struct Withdrawn {
     pub(crate) replica: u32,
     #[serde(default)]
     pub(crate) reply: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) term: Option<u64>,
 }
 
 /// A worker's heartbeat.
@@ -394,6 +399,8 @@ struct Withdraw {
     inner: Arc<Inner>,
     key: Key,
     seq: Option<u64>,
+    /// The term its item carries.
+    term: Option<u64>,
 }
 
 impl Drop for Withdraw {
@@ -414,6 +421,7 @@ impl Drop for Withdraw {
             task,
             replica,
             reply: self.inner.inbox.clone(),
+            term: self.term,
         };
         let client = self.inner.client.clone();
         let subject = self.inner.names.cancel();
@@ -446,17 +454,18 @@ impl RemoteReplicas for WorkQueue {
             let team = job.team.clone();
             let (tx, mut rx) = oneshot::channel();
             inner.lock_pending().insert(key.clone(), Pending { tx });
-            let mut withdraw = Withdraw {
-                inner: inner.clone(),
-                key,
-                seq: None,
-            };
             let subject = inner.names.subject(&team);
             use super::lease::Role;
             let term = inner.role.as_ref().and_then(|r| match &*r.borrow() {
                 Role::Leading { term } | Role::Deposed { term, .. } => Some(*term),
                 Role::Standby { .. } => None,
             });
+            let mut withdraw = Withdraw {
+                inner: inner.clone(),
+                key,
+                seq: None,
+                term,
+            };
             let item = WorkItem {
                 reply: inner.inbox.clone(),
                 job,

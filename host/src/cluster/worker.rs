@@ -313,6 +313,7 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
         task: job.task.clone(),
         replica: job.replica,
         reply: item.reply.clone(),
+        term: item.term,
     };
     let what = format!(
         "run {} task {} replica {} (delivery {attempt})",

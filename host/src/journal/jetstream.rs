@@ -205,6 +205,8 @@ enum Msg {
     Truncate(String, u64, Reply<()>),
     /// Every later write is refused, for this reason.
     Fence(String),
+    /// Lifts the fence, forgetting what the writer knew of each run.
+    Unfence,
 }
 
 /// A journal on a JetStream stream.
@@ -378,6 +380,11 @@ impl Journal for JetStreamJournal {
             "{why}: the runs of this process were {}, and nothing more of them is written",
             super::TAKEN_OVER
         )));
+    }
+
+    fn unfence(&self) {
+        self.next.clear();
+        self.send(Msg::Unfence);
     }
 
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError> {

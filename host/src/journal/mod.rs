@@ -213,6 +213,13 @@ pub trait Journal: Send + Sync {
     fn fence(&self, why: &str) {
         let _ = why;
     }
+
+    /// Lifts [`Self::fence`], for a process that leads again (a new term,
+    /// after its runs of the old one stopped): what it knew of each run's
+    /// place in the store is forgotten, so that a run it writes again goes
+    /// on after what the store holds now, whoever wrote it meanwhile.
+    /// Failures other than the fence stay.
+    fn unfence(&self) {}
 }
 
 /// The future a store's `flush` returns: its writer's answer on `rx`, as a
@@ -271,6 +278,11 @@ impl Numbering {
         *n += 1;
         queue(id.clone(), seq);
         seq
+    }
+
+    /// Forgets every run's place: each goes on after what the store holds.
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// After a truncation: `run` goes on at `next`.

@@ -25,18 +25,25 @@ pub(super) struct Lead {
 }
 
 /// Whether this server runs a request now: `Ok(None)` outside cluster
-/// mode, `Ok(Some(_))` as the coordinator, else where it stands (what
-/// [`standby`] answers).
-pub(super) fn admit(cluster: Option<&Arc<Coordinator>>) -> Result<Option<Lead>, Role> {
+/// mode, `Ok(Some(_))` as the coordinator, else the 503 that says where it
+/// stands.
+pub(super) fn admit(cluster: Option<&Arc<Coordinator>>) -> Result<Option<Lead>, Box<Response>> {
     let Some(c) = cluster else {
         return Ok(None);
     };
-    match c.role() {
-        Role::Leading { term } => Ok(Some(Lead {
+    match (c.role(), c.serving()) {
+        (Role::Leading { term }, Some(ready)) if ready == term => Ok(Some(Lead {
             coordinator: c.clone(),
             term,
         })),
-        other => Err(other),
+        (Role::Leading { term }, _) => Err(Box::new(unavailable(
+            "standby",
+            format!(
+                "this server has just taken the coordinator lease (term {term}) and is stopping the runs of the term it lost before; try again in a second"
+            ),
+            None,
+        ))),
+        (other, _) => Err(Box::new(standby(&other))),
     }
 }
 
@@ -52,6 +59,18 @@ impl Lead {
                 code: "cluster_unavailable",
                 message,
             })?;
+        // The lease may have changed hands since the request was admitted.
+        if self.coordinator.serving() != Some(self.term) {
+            self.coordinator.finished(run, true).await;
+            return Err(Refused {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "coordinator_changed",
+                message: format!(
+                    "this server stopped coordinating in term {} before the request started; it never ran: send it again, to the cluster's coordinator",
+                    self.term
+                ),
+            });
+        }
         let deposed = self.coordinator.while_leading(self.term);
         let run = cancel.clone();
         tokio::spawn(async move {
@@ -68,6 +87,23 @@ impl Lead {
     pub(super) async fn end(&self, run: &str, durable: bool) {
         self.coordinator.finished(run, durable).await;
     }
+}
+
+/// 503 with `code` and `message`, `Retry-After: 1`, and where the
+/// coordinator serves (`at`), if known.
+fn unavailable(code: &'static str, message: String, at: Option<String>) -> Response {
+    let mut r = Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        message,
+    }
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    if let Some(v) = at.and_then(|u| HeaderValue::from_str(&u).ok()) {
+        r.headers_mut().insert("conclave-coordinator", v);
+    }
+    r
 }
 
 /// 503 from a standby: who coordinates, and where it serves.
@@ -89,30 +125,31 @@ pub(super) fn standby(role: &Role) -> Response {
             None,
         ),
         Role::Deposed { why, .. } => (
-            format!("this server lost the coordinator lease ({why}) and is stopping"),
+            format!(
+                "this server lost the coordinator lease ({why}) and rejoins its cluster as a standby; try again in a few seconds"
+            ),
             None,
         ),
         Role::Leading { .. } => ("this server coordinates".to_string(), None),
     };
-    let mut r = Refused {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "standby",
-        message,
-    }
-    .into_response();
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(1));
-    if let Some(v) = at.and_then(|u| HeaderValue::from_str(&u).ok()) {
-        r.headers_mut().insert("conclave-coordinator", v);
-    }
-    r
+    unavailable("standby", message, at)
 }
 
 /// `/healthz`: `ok` from a server that runs requests; 503 from a standby.
 pub(super) async fn healthz(State(app): State<Arc<App>>) -> Response {
     match admit(app.config.cluster.as_ref()) {
         Ok(_) => "ok\n".into_response(),
-        Err(role) => standby(&role),
+        Err(refused) => *refused,
+    }
+}
+
+/// Why this server no longer coordinates, as its clients are told.
+fn why_not_leading(c: &Coordinator) -> String {
+    match c.role() {
+        Role::Deposed { why, .. } => why,
+        _ => c
+            .lost_lease()
+            .unwrap_or_else(|| "another server coordinates now".to_string()),
     }
 }
 
@@ -121,11 +158,10 @@ pub(super) async fn healthz(State(app): State<Arc<App>>) -> Response {
 /// (the request never ran: ask the coordinator again); `None` otherwise.
 pub(super) fn left_the_queue(app: &App) -> Option<Refused> {
     let c = app.config.cluster.as_ref()?;
-    let why = match c.role() {
-        Role::Deposed { why, .. } => why,
-        Role::Standby { .. } => "another server coordinates now".to_string(),
-        Role::Leading { .. } => return None,
-    };
+    if matches!(c.role(), Role::Leading { .. }) {
+        return None;
+    }
+    let why = why_not_leading(c);
     Some(Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "coordinator_changed",
@@ -142,15 +178,16 @@ pub(super) fn handed_over(app: &App, r: &JobResult) -> Option<Refused> {
     if !matches!(r.stop, StopReason::Cancelled(_)) {
         return None;
     }
-    match c.role() {
-        Role::Deposed { why, .. } => Some(Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "coordinator_changed",
-            message: format!(
-                "this server lost the coordinator lease ({why}) while running {}: the next coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
-                r.run_id, r.run_id
-            ),
-        }),
-        _ => None,
+    if matches!(c.role(), Role::Leading { .. }) {
+        return None;
     }
+    let why = why_not_leading(c);
+    Some(Refused {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "coordinator_changed",
+        message: format!(
+            "this server lost the coordinator lease ({why}) while running {}: the next coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
+            r.run_id, r.run_id
+        ),
+    })
 }

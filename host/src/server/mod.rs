@@ -385,9 +385,9 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     // Cluster mode: only the coordinator runs requests.
     let lead = match cluster::admit(app.config.cluster.as_ref()) {
         Ok(lead) => lead,
-        Err(role) => {
+        Err(refused) => {
             app.metrics.request("503");
-            return cluster::standby(&role);
+            return *refused;
         }
     };
     let team = served.team.clone();

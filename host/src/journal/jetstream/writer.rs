@@ -229,6 +229,15 @@ impl Writer {
                         self.failed = Some(why.clone());
                         self.fenced_all = Some(why);
                     }
+                    Msg::Unfence => {
+                        if let Some(why) = self.fenced_all.take() {
+                            if self.failed.as_ref() == Some(&why) {
+                                self.failed = None;
+                            }
+                        }
+                        self.fenced.clear();
+                        self.last.clear();
+                    }
                 }
             }
             self.publish(std::mem::take(&mut batch)).await;
