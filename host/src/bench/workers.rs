@@ -53,11 +53,15 @@ pub const LATENCIES: &str = "data/paper-amdahl/llm_call_latencies.csv";
 const MODEL: &str = "openai_gpt-5.2";
 const SCALE: f64 = 0.2;
 
-/// The load: requests sent at once, replicas each worker runs at once,
-/// and calls each copy of the node serves at once (0: any number).
+/// The load: requests sent at once, the coordinator's lease, replicas each
+/// worker runs at once, and calls each copy of the node serves at once (0:
+/// any number).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Shape {
     pub requests: usize,
+    /// The coordinator's `--lease-ttl`.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     pub max_inflight: usize,
     pub node_concurrency: usize,
 }
@@ -73,8 +77,10 @@ pub struct Row {
     pub per_second: f64,
     /// Requests per second over the baseline's.
     pub speedup: f64,
-    /// What the requests that did not get 200 got, counted.
+    /// What the requests that did not get 200 got in the end, counted.
     pub failed: BTreeMap<String, usize>,
+    /// Times a request was asked again after a 503.
+    pub retried: usize,
     /// Peak resident memory: of the process alone (baseline), or the
     /// largest of the workers'.
     pub peak_rss_bytes: u64,
@@ -88,11 +94,13 @@ pub struct WorkersReport {
     pub rows: Vec<Row>,
 }
 
-fn spawn(exe: &Path, args: &[String]) -> Result<std::process::Child, String> {
+/// Starts this binary with `args`, its standard error in `log`.
+fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<std::process::Child, String> {
+    let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     Command::new(exe)
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
@@ -110,13 +118,11 @@ fn cluster_args(c: &ClusterConfig) -> Vec<String> {
     a
 }
 
-/// Sends `n` requests at once; how many got 200, the wall time, and what
-/// the others got (status and error code, or the transport's error), counted.
-async fn burst(
-    http: &reqwest::Client,
-    port: u16,
-    n: usize,
-) -> (usize, Duration, BTreeMap<String, usize>) {
+/// Sends `n` requests at once, each asked again after a 503 (up to
+/// `RETRIES` times); how many got 200, the wall time, what the others got
+/// in the end (status and error code, or the transport's error), counted,
+/// and how many times a request was asked again.
+async fn burst(http: &reqwest::Client, port: u16, n: usize) -> Burst {
     let t0 = Instant::now();
     let asks: Vec<_> = (0..n)
         .map(|i| {
@@ -124,29 +130,70 @@ async fn burst(
                 .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
                 .json(&serde_json::json!({"messages": [{"role": "user", "content": format!("What is {i} + 2?")}]}));
             tokio::spawn(async move {
-                match req.send().await {
-                    Ok(r) if r.status().as_u16() == 200 => None,
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let body: serde_json::Value = r.json().await.unwrap_or_default();
-                        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
-                        Some(format!("{status} {code}").trim().to_string())
+                // As a client of a cluster does: a 503 (a standby, a
+                // coordinator that changed) is asked again after its
+                // Retry-After, a bounded number of times.
+                let mut retries = 0;
+                loop {
+                    let Some(req) = req.try_clone() else {
+                        return (Some("cannot repeat the request".to_string()), retries);
+                    };
+                    match req.send().await {
+                        Ok(r) if r.status().as_u16() == 200 => return (None, retries),
+                        Ok(r) if r.status().as_u16() == 503 && retries < RETRIES => {
+                            retries += 1;
+                            let after = r
+                                .headers()
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                                .unwrap_or(1);
+                            tokio::time::sleep(Duration::from_secs(after)).await;
+                        }
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body: serde_json::Value = r.json().await.unwrap_or_default();
+                            let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+                            return (Some(format!("{status} {code}").trim().to_string()), retries);
+                        }
+                        Err(e) => return (Some(format!("no answer: {e}")), retries),
                     }
-                    Err(e) => Some(format!("no answer: {e}")),
                 }
             })
         })
         .collect();
     let mut ok = 0;
     let mut failed = BTreeMap::new();
+    let mut retried = 0;
     for a in asks {
         match a.await {
-            Ok(None) => ok += 1,
-            Ok(Some(why)) => *failed.entry(why).or_default() += 1,
+            Ok((None, r)) => {
+                ok += 1;
+                retried += r;
+            }
+            Ok((Some(why), r)) => {
+                *failed.entry(why).or_default() += 1;
+                retried += r;
+            }
             Err(e) => *failed.entry(format!("client task: {e}")).or_default() += 1,
         }
     }
-    (ok, t0.elapsed(), failed)
+    Burst {
+        ok,
+        wall: t0.elapsed(),
+        failed,
+        retried,
+    }
+}
+
+/// How many times a client asks again after a 503.
+const RETRIES: usize = 30;
+
+/// What a burst got.
+struct Burst {
+    ok: usize,
+    wall: Duration,
+    failed: BTreeMap<String, usize>,
+    retried: usize,
 }
 
 /// Runs the benchmark: the baseline, then each count in `workers`;
@@ -167,7 +214,13 @@ pub async fn run(
     let dir = std::env::temp_dir().join(format!("conclave-bench-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let report = measure(exe, cluster, workers, shape, &dir, &latencies).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    // The processes' logs are kept where a request was not answered.
+    match &report {
+        Ok(r) if r.rows.iter().all(|row| row.failed.is_empty()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        _ => eprintln!("the processes' standard error is kept in {}", dir.display()),
+    }
     report
 }
 
@@ -205,17 +258,23 @@ async fn measure(
         let mut args = serve_args(port);
         args.extend(["--data-dir".into(), dir.join("alone").display().to_string()]);
         let server = Server {
-            child: spawn(exe, &args)?,
+            child: spawn(exe, &args, &dir.join("alone.log"))?,
             port,
         };
         wait_health(&http, server.port, 200, Duration::from_secs(60)).await?;
-        let (ok, wall, failed) = burst(&http, server.port, requests).await;
+        let Burst {
+            ok,
+            wall,
+            failed,
+            retried,
+        } = burst(&http, server.port, requests).await;
         rows.push(Row {
             workers: None,
             requests,
             ok,
             wall,
             failed,
+            retried,
             per_second: requests as f64 / wall.as_secs_f64(),
             speedup: 1.0,
             peak_rss_bytes: peak_rss(&server.child),
@@ -230,14 +289,17 @@ async fn measure(
         let port = free_port()?;
         let mut args = serve_args(port);
         args.extend(cluster_args(&config));
-        args.extend(["--lease-ttl".into(), "2s".into()]);
+        args.extend([
+            "--lease-ttl".into(),
+            humantime::format_duration(shape.lease_ttl).to_string(),
+        ]);
         let coordinator = Server {
-            child: spawn(exe, &args)?,
+            child: spawn(exe, &args, &dir.join(format!("coordinator-{n}.log")))?,
             port,
         };
         wait_health(&http, port, 200, Duration::from_secs(60)).await?;
         let mut procs = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let mut args = vec![
                 "worker".into(),
                 spec_arg.clone(),
@@ -246,7 +308,7 @@ async fn measure(
             ];
             args.extend(cluster_args(&config));
             procs.push(Server {
-                child: spawn(exe, &args)?,
+                child: spawn(exe, &args, &dir.join(format!("worker-{n}-{i}.log")))?,
                 port: 0,
             });
         }
@@ -259,7 +321,12 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(crate::cluster::work::HEARTBEAT_EVERY * 2).await;
-        let (ok, wall, failed) = burst(&http, port, requests).await;
+        let Burst {
+            ok,
+            wall,
+            failed,
+            retried,
+        } = burst(&http, port, requests).await;
         let per_second = requests as f64 / wall.as_secs_f64();
         rows.push(Row {
             workers: Some(n),
@@ -267,6 +334,7 @@ async fn measure(
             ok,
             wall,
             failed,
+            retried,
             per_second,
             speedup: per_second / base,
             peak_rss_bytes: procs.iter().map(|p| peak_rss(&p.child)).max().unwrap_or(0),

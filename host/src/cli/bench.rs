@@ -468,6 +468,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
         BenchCmd::Workers {
             workers,
             requests,
+            lease_ttl,
             max_inflight,
             node_concurrency,
             latencies,
@@ -487,6 +488,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
             };
             let shape = conclave::bench::workers::Shape {
                 requests,
+                lease_ttl,
                 max_inflight,
                 node_concurrency,
             };
@@ -500,7 +502,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 }
                 Ok(r) => {
                     println!(
-                        "workers: {} requests at once, one task of 3 replicas on a sim node serving {} at a time (the paper's GPT-5.2 call latencies x 0.2), each worker running {} at once; {}",
+                        "workers: {} requests at once (each asked again after a 503, up to 30 times), one task of 3 replicas on a sim node serving {} at a time (the paper's GPT-5.2 call latencies x 0.2), each worker running {} at once, lease TTL {}; {}",
                         r.shape.requests,
                         match r.shape.node_concurrency {
                             0 => "any number of calls".to_string(),
@@ -508,6 +510,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                             n => format!("{n} calls"),
                         },
                         r.shape.max_inflight,
+                        humantime::format_duration(r.shape.lease_ttl),
                         r.cluster
                     );
                     println!(
@@ -538,6 +541,9 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                                 }
                             )
                         );
+                        if row.retried > 0 {
+                            println!("    asked again after a 503: {} times", row.retried);
+                        }
                         for (why, n) in &row.failed {
                             println!("    not answered: {n} × {why}");
                         }

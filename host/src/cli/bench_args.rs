@@ -189,6 +189,9 @@ pub(super) enum BenchCmd {
         /// Requests sent at once.
         #[arg(long, default_value_t = 24)]
         requests: usize,
+        /// The coordinator's `--lease-ttl`.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        lease_ttl: std::time::Duration,
         /// Replicas each worker runs at once (`conclave worker
         /// --max-inflight`).
         #[arg(long, default_value_t = 2)]

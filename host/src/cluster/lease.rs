@@ -87,10 +87,15 @@ pub enum Role {
 
 /// Taking part in the election until dropped (a holder that leaves
 /// releases the lease).
+///
+/// The election runs on a thread of its own, with its own connection and
+/// its own single-threaded runtime: a process whose runtime is busy (a
+/// burst of thousands of requests on a small machine) must still renew its
+/// lease on time, or it is deposed for being slow rather than gone.
 pub struct Election {
     role: watch::Receiver<Role>,
     stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
     ttl: Duration,
 }
 
@@ -103,48 +108,47 @@ impl Election {
         me: Holder,
         ttl: Duration,
     ) -> Result<Election, String> {
-        let ttl = ttl.max(MIN_TTL);
-        let js = super::connect(config, "election").await?;
-        let name = format!("conclave-{}-lease", config.name);
-        let store = super::bucket(
-            &js,
-            kv::Config {
-                bucket: name.clone(),
-                description: "Conclave's coordinator lease".into(),
-                history: 1,
-                max_age: ttl,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let ttl = match store.status().await {
-            Ok(s) if s.max_age() >= MIN_TTL => {
-                if s.max_age() != ttl {
-                    tracing::warn!(
-                        "the lease bucket {name} has a time to live of {:?}, which this process uses (not {:?})",
-                        s.max_age(),
-                        ttl
-                    );
-                }
-                s.max_age()
-            }
-            Ok(s) => {
-                return Err(format!(
-                    "the lease bucket {name} has no usable time to live ({:?}); delete it to let it be created again",
-                    s.max_age()
-                ))
-            }
-            Err(e) => return Err(format!("cannot read the lease bucket {name}: {e}")),
-        };
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
         let (tx, role) = watch::channel(Role::Standby { leader: None });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(elect(store, me, ttl, tx, stop.clone()));
+        let config = config.clone();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("conclave-lease".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ =
+                            opened_tx.send(Err(format!("cannot start the lease's runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match open(&config, ttl).await {
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                        }
+                        Ok((store, ttl)) => {
+                            let _ = opened_tx.send(Ok(ttl));
+                            elect(store, me, ttl, tx, stopped).await;
+                        }
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start the lease's thread: {e}"))?;
+        let ttl = opened
+            .await
+            .map_err(|_| "the lease's thread stopped".to_string())??;
         Ok(Election {
             role,
             stop,
-            task: Some(task),
+            done: Some(done),
             ttl,
         })
     }
@@ -163,8 +167,8 @@ impl Election {
     /// standby can take it on its next try).
     pub async fn leave(mut self) {
         self.stop.cancel();
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
         }
     }
 }
@@ -172,6 +176,45 @@ impl Election {
 impl Drop for Election {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Connects, opens the lease bucket (made with `ttl` if it is not there)
+/// and says the time to live it has.
+async fn open(config: &ClusterConfig, ttl: Duration) -> Result<(kv::Store, Duration), String> {
+    let ttl = ttl.max(MIN_TTL);
+    let js = super::connect(config, "election").await?;
+    let name = format!("conclave-{}-lease", config.name);
+    let store = super::bucket(
+        &js,
+        kv::Config {
+            bucket: name.clone(),
+            description: "Conclave's coordinator lease".into(),
+            history: 1,
+            max_age: ttl,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    match store.status().await {
+        Ok(s) if s.max_age() >= MIN_TTL => {
+            if s.max_age() != ttl {
+                tracing::warn!(
+                    "the lease bucket {name} has a time to live of {:?}, which this process uses (not {:?})",
+                    s.max_age(),
+                    ttl
+                );
+            }
+            let ttl = s.max_age();
+            Ok((store, ttl))
+        }
+        Ok(s) => Err(format!(
+            "the lease bucket {name} has no usable time to live ({:?}); delete it to let it be created again",
+            s.max_age()
+        )),
+        Err(e) => Err(format!("cannot read the lease bucket {name}: {e}")),
     }
 }
 
