@@ -56,13 +56,23 @@ impl Nats {
     }
 
     fn start_with(binary: PathBuf, dir: &Path, sync_always: bool) -> Nats {
+        Nats::start_configured(binary, dir, sync_always, "")
+    }
+
+    /// A server (syncing every write) with `more` in its configuration:
+    /// an `authorization` or a `tls` block.
+    pub(crate) fn start_secured(dir: &Path, more: &str) -> Nats {
+        Nats::start_configured(nats_binary(), dir, true, more)
+    }
+
+    fn start_configured(binary: PathBuf, dir: &Path, sync_always: bool, more: &str) -> Nats {
         let (port, http) = (free_port(), free_port());
         let store = dir.join("nats-store");
         let conf = dir.join(format!("nats-{port}.conf"));
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\njetstream {{\n  store_dir: {:?}\n{}}}\n",
+                "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\njetstream {{\n  store_dir: {:?}\n{}}}\n{more}\n",
                 store.display().to_string(),
                 if sync_always {
                     "  sync_interval: always\n"

@@ -6,6 +6,7 @@ mod calibrate;
 mod cli;
 mod clients;
 mod cluster;
+mod cluster_auth;
 mod consensus;
 mod contract;
 mod durable;

@@ -23,7 +23,7 @@ use crate::journal::{command, team_file};
 
 /// One task of `replicas` replicas on a simulated node whose calls take
 /// about 2.5 s: longer than the ack wait below.
-fn team(replicas: u32) -> String {
+pub(crate) fn team(replicas: u32) -> String {
     format!(
         r#"
 [team]
@@ -47,10 +47,10 @@ answer_kind = "number"
 }
 
 /// The work queue's ack wait in these tests.
-const ACK_WAIT: &str = "1s";
+pub(crate) const ACK_WAIT: &str = "1s";
 
 /// A `conclave worker` process, its standard error in a file.
-struct Worker {
+pub(crate) struct Worker {
     child: Option<Child>,
     log: PathBuf,
 }
@@ -78,7 +78,7 @@ impl Worker {
     }
 
     /// ... with `extra` arguments.
-    fn start_args(
+    pub(crate) fn start_args(
         dir: &Path,
         name: &str,
         spec: &str,
@@ -117,7 +117,7 @@ impl Worker {
         w
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -126,7 +126,7 @@ impl Worker {
         format!("/{}", self.child.as_ref().unwrap().id())
     }
 
-    fn wait_for(&self, line: &str) {
+    pub(crate) fn wait_for(&self, line: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.stderr().contains(line) {
             assert!(
@@ -138,7 +138,7 @@ impl Worker {
         }
     }
 
-    fn child(&self) -> &Child {
+    pub(crate) fn child(&self) -> &Child {
         self.child.as_ref().unwrap()
     }
 }
@@ -194,7 +194,7 @@ fn ballots(log: &RunLog) -> Vec<u32> {
 
 /// Sends a chat request, asking the server to close the connection after
 /// its answer; read it with [`answer`].
-fn ask(server: &Server, question: &str) -> std::net::TcpStream {
+pub(crate) fn ask(server: &Server, question: &str) -> std::net::TcpStream {
     use std::io::Write;
     let body = serde_json::json!({"messages": [{"role": "user", "content": question}]}).to_string();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
@@ -208,7 +208,7 @@ fn ask(server: &Server, question: &str) -> std::net::TcpStream {
 }
 
 /// The answer to a request sent with [`ask`].
-fn answer(mut s: std::net::TcpStream) -> String {
+pub(crate) fn answer(mut s: std::net::TcpStream) -> String {
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);

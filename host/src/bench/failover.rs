@@ -113,12 +113,9 @@ fn start(
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--lease-ttl", &humantime::format_duration(ttl).to_string()])
         .arg("--no-watch")
-        .args(["--cluster", &cluster.url, "--cluster-name", &cluster.name])
+        .envs(cluster.child_env())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if let Some(m) = &cluster.monitor {
-        c.args(["--cluster-monitor", m]);
-    }
     let child = c
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;

@@ -94,28 +94,22 @@ pub struct WorkersReport {
     pub rows: Vec<Row>,
 }
 
-/// Starts this binary with `args`, its standard error in `log`.
-fn spawn(exe: &Path, args: &[String], log: &Path) -> Result<std::process::Child, String> {
+/// Starts this binary with `args`, its standard error in `log`, and
+/// `cluster` (its credentials included) in its environment if given.
+fn spawn(
+    exe: &Path,
+    args: &[String],
+    cluster: Option<&ClusterConfig>,
+    log: &Path,
+) -> Result<std::process::Child, String> {
     let err = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     Command::new(exe)
         .args(args)
+        .envs(cluster.map(|c| c.child_env()).unwrap_or_default())
         .stdout(Stdio::null())
         .stderr(err)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))
-}
-
-fn cluster_args(c: &ClusterConfig) -> Vec<String> {
-    let mut a = vec![
-        "--cluster".into(),
-        c.url.clone(),
-        "--cluster-name".into(),
-        c.name.clone(),
-    ];
-    if let Some(m) = &c.monitor {
-        a.extend(["--cluster-monitor".into(), m.clone()]);
-    }
-    a
 }
 
 /// Sends `n` requests at once, each asked again after a 503 (up to
@@ -258,7 +252,7 @@ async fn measure(
         let mut args = serve_args(port);
         args.extend(["--data-dir".into(), dir.join("alone").display().to_string()]);
         let server = Server {
-            child: spawn(exe, &args, &dir.join("alone.log"))?,
+            child: spawn(exe, &args, None, &dir.join("alone.log"))?,
             port,
         };
         wait_health(&http, server.port, 200, Duration::from_secs(60)).await?;
@@ -288,27 +282,35 @@ async fn measure(
         };
         let port = free_port()?;
         let mut args = serve_args(port);
-        args.extend(cluster_args(&config));
         args.extend([
             "--lease-ttl".into(),
             humantime::format_duration(shape.lease_ttl).to_string(),
         ]);
         let coordinator = Server {
-            child: spawn(exe, &args, &dir.join(format!("coordinator-{n}.log")))?,
+            child: spawn(
+                exe,
+                &args,
+                Some(&config),
+                &dir.join(format!("coordinator-{n}.log")),
+            )?,
             port,
         };
         wait_health(&http, port, 200, Duration::from_secs(60)).await?;
         let mut procs = Vec::new();
         for i in 0..n {
-            let mut args = vec![
+            let args = vec![
                 "worker".into(),
                 spec_arg.clone(),
                 "--max-inflight".into(),
                 shape.max_inflight.to_string(),
             ];
-            args.extend(cluster_args(&config));
             procs.push(Server {
-                child: spawn(exe, &args, &dir.join(format!("worker-{n}-{i}.log")))?,
+                child: spawn(
+                    exe,
+                    &args,
+                    Some(&config),
+                    &dir.join(format!("worker-{n}-{i}.log")),
+                )?,
                 port: 0,
             });
         }

@@ -523,6 +523,58 @@ pub(crate) struct StoreArgs {
     /// (default: port 8222 of the --cluster host).
     #[arg(long, env = "CONCLAVE_CLUSTER_MONITOR", value_name = "URL")]
     cluster_monitor: Option<String>,
+    /// A credentials file (user JWT and NKey seed, as `nsc` writes it) for
+    /// a NATS server in operator mode.
+    #[arg(long, env = "CONCLAVE_CLUSTER_CREDS", value_name = "FILE")]
+    cluster_creds: Option<PathBuf>,
+    /// A file holding the NKey seed (`SU...`) of a user the NATS server
+    /// lists by its public key.
+    #[arg(long, env = "CONCLAVE_CLUSTER_NKEY", value_name = "FILE")]
+    cluster_nkey: Option<PathBuf>,
+    /// A user of the NATS server; its password is read from
+    /// CONCLAVE_CLUSTER_PASSWORD.
+    #[arg(long, env = "CONCLAVE_CLUSTER_USER", value_name = "USER")]
+    cluster_user: Option<String>,
+    /// The NATS user's password. Give it in the environment: a value on
+    /// the command line is visible to every user of the machine.
+    #[arg(
+        long,
+        env = "CONCLAVE_CLUSTER_PASSWORD",
+        hide_env_values = true,
+        hide = true
+    )]
+    cluster_password: Option<String>,
+    /// A token the NATS server requires. Give it in the environment, as
+    /// with the password.
+    #[arg(
+        long,
+        env = "CONCLAVE_CLUSTER_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    cluster_token: Option<String>,
+    /// The CA (PEM) that signed the NATS server's certificate: the
+    /// connection must then be TLS, and the server's certificate is checked
+    /// against it.
+    #[arg(long, env = "CONCLAVE_CLUSTER_CA", value_name = "FILE")]
+    cluster_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a NATS server that verifies its
+    /// clients' (with --cluster-key).
+    #[arg(
+        long,
+        env = "CONCLAVE_CLUSTER_CERT",
+        value_name = "FILE",
+        requires = "cluster_key"
+    )]
+    cluster_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "CONCLAVE_CLUSTER_KEY",
+        value_name = "FILE",
+        requires = "cluster_cert"
+    )]
+    cluster_key: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -540,6 +592,16 @@ impl StoreArgs {
                 name: self.cluster_name.clone(),
                 monitor: self.cluster_monitor.clone(),
                 replicas: 1,
+                auth: conclave::journal::jetstream::ClusterAuth {
+                    creds: self.cluster_creds.clone(),
+                    nkey_seed: self.cluster_nkey.clone(),
+                    user: self.cluster_user.clone(),
+                    password: self.cluster_password.clone(),
+                    token: self.cluster_token.clone(),
+                    ca: self.cluster_ca.clone(),
+                    cert: self.cluster_cert.clone(),
+                    key: self.cluster_key.clone(),
+                },
             })
     }
 }

@@ -38,21 +38,13 @@ use std::time::Duration;
 
 use crate::journal::jetstream::ClusterConfig;
 
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A client of the cluster's NATS server, for the election and the
 /// coordinator's registry (the journal has a connection of its own).
 pub(crate) async fn connect(
     config: &ClusterConfig,
     what: &str,
 ) -> Result<async_nats::jetstream::Context, String> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("conclave {what}"))
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(config.url.as_str())
-        .await
-        .map_err(|e| format!("{}: cannot connect: {e}", config.url))?;
+    let client = config.connect(what).await?;
     Ok(async_nats::jetstream::new(client))
 }
 

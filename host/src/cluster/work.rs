@@ -268,12 +268,10 @@ impl WorkQueue {
         config: &ClusterConfig,
         role: Option<tokio::sync::watch::Receiver<super::lease::Role>>,
     ) -> Result<Self, String> {
-        let client = async_nats::ConnectOptions::new()
-            .name("conclave coordinator (work)")
-            .connection_timeout(super::CONNECT_TIMEOUT)
-            .connect(config.url.as_str())
+        let client = config
+            .connect("coordinator (work)")
             .await
-            .map_err(|e| format!("{}: cannot connect: {e}", config.url))?;
+            .map_err(|e| format!("{}: {e}", config.url))?;
         let js = jetstream::new(client.clone());
         let names = Names::of(config);
         stream(&js, &names, config).await?;

@@ -104,12 +104,11 @@ pub async fn run(
     say: Say,
 ) -> Result<(), String> {
     let url = &config.cluster.url;
-    let client = async_nats::ConnectOptions::new()
-        .name("conclave worker")
-        .connection_timeout(super::CONNECT_TIMEOUT)
-        .connect(url.as_str())
+    let client = config
+        .cluster
+        .connect("worker")
         .await
-        .map_err(|e| format!("{url}: cannot connect: {e}"))?;
+        .map_err(|e| format!("{url}: {e}"))?;
     let js = jetstream::new(client.clone());
     let names = Names::of(&config.cluster);
     let work = stream(&js, &names, &config.cluster).await?;

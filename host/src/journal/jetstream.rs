@@ -59,8 +59,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{now_ms, Entry, Journal, JournalError, Numbering, RunLog, RunRow};
 use crate::team::events::Event;
 
+mod auth;
 mod chunk;
 mod writer;
+
+pub use auth::ClusterAuth;
 use writer::Writer;
 
 /// How a journal finds its cluster.
@@ -77,6 +80,8 @@ pub struct ClusterConfig {
     /// Copies of each record JetStream keeps (a NATS cluster of at least
     /// that many servers is needed above 1).
     pub replicas: usize,
+    /// Credentials and TLS for the server.
+    pub auth: ClusterAuth,
 }
 
 impl ClusterConfig {
@@ -87,6 +92,7 @@ impl ClusterConfig {
             name: DEFAULT_NAME.into(),
             monitor: None,
             replicas: 1,
+            auth: ClusterAuth::default(),
         }
     }
 

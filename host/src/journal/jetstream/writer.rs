@@ -18,9 +18,6 @@ use crate::journal::{now_ms, Record, RunLog, RunRow, VERSION};
 /// always` came in 2.10).
 const OLDEST_SERVER: (u64, u64) = (2, 10);
 
-/// How long the initial connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How long one record is retried (server restarting, leader moving)
 /// before its write fails.
 const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -104,12 +101,7 @@ async fn check_sync(monitor: &str) -> Result<(), String> {
 
 impl Writer {
     pub(super) async fn start(config: ClusterConfig) -> Result<Writer, String> {
-        let client = async_nats::ConnectOptions::new()
-            .name("conclave")
-            .connection_timeout(CONNECT_TIMEOUT)
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let client = config.connect("journal").await?;
         let version = client.server_info().version;
         if !version_ok(&version) {
             return Err(format!(

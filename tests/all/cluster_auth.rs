@@ -1,0 +1,240 @@
+//! Cluster commands against a real nats-server that requires credentials
+//! (a user and password, a token, an NKey) or TLS: without them a command
+//! is refused and says which setting gives what the server wants; with
+//! them the cluster works, the coordinator and a worker included.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::Nats;
+use crate::failover::Server;
+use crate::journal::{command, conclave, team_file};
+use crate::workers::{answer, ask, team, Worker, ACK_WAIT};
+
+/// `conclave cluster` (connects and reads the cluster's state) with
+/// `args` and `env` beside the server's address.
+fn status(dir: &Path, nats: &Nats, args: &[&str], env: &[(&'static str, String)]) -> Output {
+    let mut all = nats.env();
+    all.extend_from_slice(env);
+    let mut a = vec!["cluster"];
+    a.extend_from_slice(args);
+    conclave(&a, &dir.join("status"), &all)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+const PASSWORD: &str = "s3cret-pass";
+
+#[test]
+fn a_server_that_requires_a_password_refuses_the_cluster_without_it_and_works_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_secured(
+        dir.path(),
+        &format!("authorization {{\n  users = [\n    {{ user: \"conclave\", password: \"{PASSWORD}\" }}\n  ]\n}}"),
+    );
+    // Without credentials: refused, and told how to give them.
+    let none = status(dir.path(), &nats, &[], &[]);
+    assert!(!none.status.success());
+    assert!(
+        stderr(&none).contains("requires authentication")
+            && stderr(&none).contains("--cluster-user"),
+        "{}",
+        stderr(&none)
+    );
+    // A wrong password: refused as such.
+    let wrong = status(
+        dir.path(),
+        &nats,
+        &["--cluster-user", "conclave"],
+        &[("CONCLAVE_CLUSTER_PASSWORD", "guess".into())],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("refused this process's credentials"),
+        "{}",
+        stderr(&wrong)
+    );
+    // A user without a password is a usage error, named.
+    let half = status(dir.path(), &nats, &["--cluster-user", "conclave"], &[]);
+    assert!(!half.status.success());
+    assert!(
+        stderr(&half).contains("needs its password"),
+        "{}",
+        stderr(&half)
+    );
+    let right = status(
+        dir.path(),
+        &nats,
+        &["--cluster-user", "conclave"],
+        &[("CONCLAVE_CLUSTER_PASSWORD", PASSWORD.into())],
+    );
+    assert!(right.status.success(), "{}", stderr(&right));
+    assert!(
+        String::from_utf8_lossy(&right.stdout).contains("coordinator:"),
+        "{:?}",
+        right
+    );
+
+    // A worker without credentials stops at once and says why.
+    let spec = team_file(dir.path(), &team(3));
+    let mut refused = command(&["worker", &spec], &dir.path().join("refused"), &nats.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the worker did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    refused
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("requires authentication"), "{said}");
+
+    // With them, a coordinator and a worker run a request to its end.
+    let creds = ["--cluster-user", "conclave", "--cluster-password", PASSWORD];
+    let server = Server::start_with(dir.path(), "coordinator", &spec, &nats, "10s", &creds);
+    server.wait_health(200, Duration::from_secs(60));
+    let worker = Worker::start_args(dir.path(), "w", &spec, &nats, 3, ACK_WAIT, &creds);
+    std::thread::sleep(Duration::from_millis(1500));
+    let reply = answer(ask(&server, "What is 40 + 2?"));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    worker.wait_for("done run");
+}
+
+#[test]
+fn a_token_and_an_nkey_are_given_to_the_server_that_requires_them() {
+    // A token.
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_secured(
+        dir.path(),
+        "authorization {\n  token: \"t0ken-for-conclave\"\n}",
+    );
+    let none = status(dir.path(), &nats, &[], &[]);
+    assert!(
+        !none.status.success() && stderr(&none).contains("CONCLAVE_CLUSTER_TOKEN"),
+        "{}",
+        stderr(&none)
+    );
+    let ok = status(
+        dir.path(),
+        &nats,
+        &[],
+        &[("CONCLAVE_CLUSTER_TOKEN", "t0ken-for-conclave".into())],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    drop(nats);
+
+    // An NKey: the server lists the user's public key; the process signs
+    // the server's nonce with the seed in its file.
+    let dir = tempfile::tempdir().unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let nats = Nats::start_secured(
+        dir.path(),
+        &format!(
+            "authorization {{\n  users = [\n    {{ nkey: \"{}\" }}\n  ]\n}}",
+            user.public_key()
+        ),
+    );
+    let seed = dir.path().join("user.nk");
+    std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
+    let ok = status(
+        dir.path(),
+        &nats,
+        &["--cluster-nkey", &seed.display().to_string()],
+        &[],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // Another user's seed is refused.
+    let other = dir.path().join("other.nk");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    let refused = status(
+        dir.path(),
+        &nats,
+        &["--cluster-nkey", &other.display().to_string()],
+        &[],
+    );
+    assert!(
+        !refused.status.success()
+            && stderr(&refused).contains("refused this process's credentials"),
+        "{}",
+        stderr(&refused)
+    );
+    // Two ways at once is a usage error.
+    let both = status(
+        dir.path(),
+        &nats,
+        &["--cluster-nkey", &seed.display().to_string()],
+        &[("CONCLAVE_CLUSTER_TOKEN", "x".into())],
+    );
+    assert!(
+        !both.status.success() && stderr(&both).contains("not several"),
+        "{}",
+        stderr(&both)
+    );
+}
+
+#[test]
+fn a_tls_server_is_reached_with_its_ca_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA, and a certificate for 127.0.0.1 that it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "conclave test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let server_cert = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let cert_file = write("server.pem", server_cert.pem());
+    let key_file = write("server-key.pem", server_key.serialize_pem());
+    let nats = Nats::start_secured(
+        dir.path(),
+        &format!("tls {{\n  cert_file: {cert_file:?}\n  key_file: {key_file:?}\n}}"),
+    );
+    let without = status(dir.path(), &nats, &[], &[]);
+    assert!(!without.status.success());
+    assert!(
+        stderr(&without).contains("--cluster-ca"),
+        "{}",
+        stderr(&without)
+    );
+    // Another CA does not vouch for the server.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = other.self_signed(&other_key).unwrap();
+    let other_file = write("other-ca.pem", other.pem());
+    let wrong = status(dir.path(), &nats, &["--cluster-ca", &other_file], &[]);
+    assert!(!wrong.status.success(), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("TLS"), "{}", stderr(&wrong));
+    let with = status(dir.path(), &nats, &["--cluster-ca", &ca_file], &[]);
+    assert!(with.status.success(), "{}", stderr(&with));
+    assert!(
+        String::from_utf8_lossy(&with.stdout).contains("coordinator:"),
+        "{with:?}"
+    );
+}
