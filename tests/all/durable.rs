@@ -496,3 +496,109 @@ async fn metrics_show_replicas_waiting_on_their_model_holding_no_instance() {
     assert!(metric(&c, &s.base, "conclave_plugin_steps_total").await >= 5.0);
     s.shutdown.cancel();
 }
+
+/// The same through a team's vote: with 8 instance slots, 200 questions to
+/// a team of 5 replicas (1,000 replicas) on a node that takes 3 s a call
+/// all wait on their model at once, and every question is decided by its
+/// 5 ballots, journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_eight_instance_slots_a_thousand_replicas_of_a_team_all_decide() {
+    use conclave::journal::sqlite::SqliteJournal;
+    use conclave::journal::Journal;
+    use conclave::team::consensus::StopReason;
+    use conclave::team::events::Quiet;
+    use conclave::team::job::PreparedTeam;
+    use conclave::team::submit::Job;
+
+    let text = r#"
+[team]
+name = "many"
+consensus = { decide = "all" }
+
+[[node]]
+name = "sim"
+backend = "sim"
+accuracy = 1.0
+seed = 3
+latency = { kind = "lognormal", median = "3s", sigma = 0.01 }
+
+[[task]]
+id = "answer"
+role = "solver"
+replicas = 5
+voter = "majority"
+answer_kind = "number"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("team.toml");
+    std::fs::write(&path, text).unwrap();
+    let rt = runtime_with(RuntimeConfig {
+        max_concurrent_calls: 8,
+        ..RuntimeConfig::default()
+    });
+    let spec = conclave::spec::team::TeamSpec::parse(text, &path).unwrap();
+    let team = Arc::new(
+        PreparedTeam::prepare(spec, rt.clone(), &conclave_tests::plugin_dir())
+            .await
+            .unwrap(),
+    );
+    let journal: Arc<dyn Journal> = SqliteJournal::open(&dir.path().join("data")).unwrap();
+    // The most replicas seen waiting on their model at once.
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = {
+        let (rt, peak) = (rt.clone(), peak.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(
+                    rt.load().waiting_on_model,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let runs = (0..200u32).map(|i| {
+        let (team, journal) = (team.clone(), journal.clone());
+        tokio::spawn(async move {
+            let gold = (i + 2).to_string();
+            let done = team
+                .submit(
+                    &Job::new(
+                        &format!("run-{i}"),
+                        &format!("What is {i} + 2?"),
+                        Some(&gold),
+                    ),
+                    journal,
+                    None,
+                    Arc::new(Quiet),
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await;
+            (gold, done)
+        })
+    });
+    let mut decided = 0;
+    for r in runs.collect::<Vec<_>>() {
+        let (gold, done) = r.await.unwrap();
+        assert!(done.journal_error.is_none(), "{:?}", done.journal_error);
+        let r = done.result;
+        assert!(
+            matches!(r.stop, StopReason::Decided),
+            "{}: {:?} ({:?})",
+            r.run_id,
+            r.stop,
+            r.tasks
+        );
+        assert_eq!(r.answer.as_deref(), Some(gold.as_str()), "{}", r.run_id);
+        assert_eq!((r.support, r.total), (5, 5), "{}", r.run_id);
+        decided += 1;
+    }
+    probe.abort();
+    assert_eq!(decided, 200);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak >= 900,
+        "only {peak} replicas waited on their model at once"
+    );
+    assert_eq!(rt.load().running, 0);
+}
