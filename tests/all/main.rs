@@ -33,3 +33,4 @@ mod spec_sandbox;
 mod ui;
 mod ui_browser;
 mod workers;
+mod workers_coordinators;
