@@ -182,36 +182,7 @@ pub(super) enum BenchCmd {
     /// a simulated node serving two calls at a time, by one `serve`
     /// process alone (the baseline) and by a `serve --cluster` coordinator
     /// with 1, 2, 4 ... `conclave worker` processes.
-    Workers {
-        /// Worker counts to measure (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
-        workers: Vec<usize>,
-        /// Requests sent at once.
-        #[arg(long, default_value_t = 24)]
-        requests: usize,
-        /// The coordinator's `--lease-ttl`.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        lease_ttl: std::time::Duration,
-        /// Replicas each worker runs at once (`conclave worker
-        /// --max-inflight`).
-        #[arg(long, default_value_t = 2)]
-        max_inflight: usize,
-        /// Calls the simulated node (each process's copy) serves at once;
-        /// 0: no limit, so that the workers, not the node, are what is
-        /// measured (with `--max-inflight` in the thousands).
-        #[arg(long, default_value_t = 2)]
-        node_concurrency: usize,
-        /// The paper's measured call latencies, which the simulated node
-        /// replays (GPT-5.2's, scaled by 0.2).
-        #[arg(long, default_value = conclave::bench::workers::LATENCIES)]
-        latencies: PathBuf,
-        #[arg(long)]
-        json: bool,
-        /// `--cluster URL` (required): the NATS server; the benchmark uses
-        /// cluster names of its own on it.
-        #[command(flatten)]
-        store: StoreArgs,
-    },
+    Workers(super::bench_workers::WorkersArgs),
     /// What serving costs: a sim node directly, a team in-process, a team
     /// over HTTP; at 1 and 64 clients.
     Serve {
