@@ -565,3 +565,53 @@ fn the_coordinator_takes_over_the_run_of_a_killed_run_process() {
     );
     assert_eq!(log.ended().unwrap().stop.to_string(), "decided");
 }
+
+#[test]
+fn requests_queued_at_a_coordinator_deposed_by_a_nats_restart_are_told_to_ask_again() {
+    // The only server, one run at a time, so that the next requests wait
+    // in its queue. The NATS server is down past the lease's deadline: the
+    // coordinator is deposed, and takes the lease again in a later term
+    // once the server is back. Each queued request is told that the term
+    // which admitted it ended (503 coordinator_changed, "it never ran"),
+    // never a 504 that blames a deadline ten minutes away. (Under load a
+    // queued request can end only after the server leads again, which
+    // once made it a 504; `conclave bench chaos --seed 0 --lease-ttl 2s`
+    // shows that order, this test the contract.)
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path(), true);
+    let journal = JetStreamJournal::connect(&nats.config()).unwrap();
+    let spec = team_file(dir.path(), &team());
+    let a = Server::start_with(
+        dir.path(),
+        "a",
+        &spec,
+        &nats,
+        "2s",
+        &["--max-concurrency", "1"],
+    );
+    a.wait_health(200, Duration::from_secs(60));
+    let running = a.ask("What is 40 + 2?");
+    let _run = wait_for_run(&journal, 6);
+    let queued: Vec<_> = (0..4)
+        .map(|i| a.ask(&format!("What is {i} + 2?")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    nats.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    nats.spawn();
+    for q in queued {
+        let told = reply(q);
+        assert!(
+            told.starts_with("HTTP/1.1 503")
+                && told.contains("coordinator_changed")
+                && told.contains("it never ran"),
+            "{told}"
+        );
+    }
+    let told = reply(running);
+    assert!(
+        told.starts_with("HTTP/1.1 503") && told.contains("coordinator_changed"),
+        "{told}"
+    );
+    a.wait_health(200, Duration::from_secs(30));
+}

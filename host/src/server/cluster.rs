@@ -153,41 +153,45 @@ fn why_not_leading(c: &Coordinator) -> String {
     }
 }
 
+/// Whether the term `lead` admitted a request in is over: this process
+/// lost that lease, even if it has taken the lease again since (a later
+/// term of its own does not bring back the runs the lost one stopped).
+fn term_lost(lead: &Lead) -> bool {
+    !matches!(lead.coordinator.role(), Role::Leading { term } if term == lead.term)
+}
+
 /// What a request answers that was cancelled while it waited for a slot,
-/// its client still there: in cluster mode, this server lost the lease
-/// (the request never ran: ask the coordinator again); `None` otherwise.
-pub(super) fn left_the_queue(app: &App) -> Option<Refused> {
-    let c = app.config.cluster.as_ref()?;
-    if matches!(c.role(), Role::Leading { .. }) {
-        return None;
-    }
-    let why = why_not_leading(c);
+/// its client still there: in cluster mode, the term that admitted it
+/// ended (the request never ran: ask the coordinator again); `None`
+/// otherwise.
+pub(super) fn left_the_queue(lead: Option<&Lead>) -> Option<Refused> {
+    let lead = lead.filter(|l| term_lost(l))?;
+    let why = why_not_leading(&lead.coordinator);
     Some(Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "coordinator_changed",
         message: format!(
-            "this server stopped coordinating ({why}) while the request waited for a slot; it never ran: send it again, to the cluster's coordinator"
+            "this server stopped coordinating in term {} ({why}) while the request waited for a slot; it never ran: send it again, to the cluster's coordinator",
+            lead.term
         ),
     })
 }
 
-/// What a run cancelled because this server lost the lease answers: it is
-/// not over, the next coordinator resumes it.
-pub(super) fn handed_over(app: &App, r: &JobResult) -> Option<Refused> {
-    let c = app.config.cluster.as_ref()?;
+/// What a run cancelled because this server lost the lease of the term
+/// that admitted it answers: it is not over, the next coordinator (this
+/// server again, perhaps, in a later term) resumes it.
+pub(super) fn handed_over(lead: Option<&Lead>, r: &JobResult) -> Option<Refused> {
     if !matches!(r.stop, StopReason::Cancelled(_)) {
         return None;
     }
-    if matches!(c.role(), Role::Leading { .. }) {
-        return None;
-    }
-    let why = why_not_leading(c);
+    let lead = lead.filter(|l| term_lost(l))?;
+    let why = why_not_leading(&lead.coordinator);
     Some(Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "coordinator_changed",
         message: format!(
-            "this server lost the coordinator lease ({why}) while running {}: the next coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
-            r.run_id, r.run_id
+            "this server lost the coordinator lease of term {} ({why}) while running {}: the cluster's coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
+            lead.term, r.run_id, r.run_id
         ),
     })
 }

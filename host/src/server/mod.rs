@@ -492,6 +492,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     let guard = CancelOnDrop(cancel);
     let reply = Reply {
         app: app.clone(),
+        lead: lead.clone(),
         team,
         model: team_name,
         ballots,
@@ -511,7 +512,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             ..
         } => (result, deadline_passed),
         Outcome::Left => {
-            let e = cluster::left_the_queue(&app).unwrap_or_else(|| no_slot(&app));
+            let e = cluster::left_the_queue(lead.as_ref()).unwrap_or_else(|| no_slot(&app));
             app.metrics.request(e.status.as_str());
             return e.into_response();
         }
@@ -520,8 +521,8 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             return no_slot(&app).into_response();
         }
     };
-    if let Some(e) =
-        cluster::handed_over(&app, &r).or_else(|| refusal(&r, app.config.deadline, deadline_passed))
+    if let Some(e) = cluster::handed_over(lead.as_ref(), &r)
+        .or_else(|| refusal(&r, app.config.deadline, deadline_passed))
     {
         app.metrics.request(e.status.as_str());
         return (e.status, axum::Json(e.body(Some(&*r)))).into_response();
@@ -542,6 +543,8 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
 /// What a reply needs besides the run's result.
 struct Reply {
     app: Arc<App>,
+    /// The term that admitted the request, in cluster mode.
+    lead: Option<cluster::Lead>,
     team: Arc<PreparedTeam>,
     model: String,
     ballots: Arc<Ballots>,

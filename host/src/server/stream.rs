@@ -77,7 +77,7 @@ pub(super) fn stream(
                 result,
                 deadline_passed,
                 ..
-            } => match super::cluster::handed_over(app, &result)
+            } => match super::cluster::handed_over(reply.lead.as_ref(), &result)
                 .or_else(|| refusal(&result, app.config.deadline, deadline_passed))
             {
                 None => result,
@@ -88,7 +88,8 @@ pub(super) fn stream(
                 }
             },
             Outcome::Left => {
-                let e = super::cluster::left_the_queue(app).unwrap_or_else(|| no_slot(app));
+                let e = super::cluster::left_the_queue(reply.lead.as_ref())
+                    .unwrap_or_else(|| no_slot(app));
                 let _ = tx.send(fail(e, None)).await;
                 let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
                 return;
