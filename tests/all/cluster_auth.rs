@@ -238,3 +238,127 @@ fn a_tls_server_is_reached_with_its_ca_and_refused_without_it() {
         "{with:?}"
     );
 }
+
+/// The configuration `conclave cluster --nats-permissions` prints, with
+/// the two users' passwords filled in.
+fn permissions(dir: &Path) -> String {
+    let out = conclave(
+        &["cluster", "--nats-permissions"],
+        &dir.join("permissions"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .replace("$CONCLAVE_COORDINATOR_PASSWORD", "\"coordinator-pass\"")
+        .replace("$CONCLAVE_WORKER_PASSWORD", "\"worker-pass\"")
+}
+
+/// Publishes `body` on `subject` into JetStream as `user`; whether the
+/// server stored it (an ack within 3 s).
+async fn stored(url: &str, user: &str, password: &str, subject: &str) -> Result<(), String> {
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let ack = js
+        .publish(subject.to_string(), "{}".into())
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(3), ack).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no ack within 3 s".into()),
+    }
+}
+
+#[test]
+fn with_the_printed_permissions_a_worker_runs_replicas_and_can_do_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_secured(dir.path(), &permissions(dir.path()));
+    let url = nats.env()[0].1.clone();
+    let spec = team_file(dir.path(), &team(3));
+    let server = Server::start_with(
+        dir.path(),
+        "coordinator",
+        &spec,
+        &nats,
+        "10s",
+        &[
+            "--cluster-user",
+            "coordinator",
+            "--cluster-password",
+            "coordinator-pass",
+        ],
+    );
+    server.wait_health(200, Duration::from_secs(60));
+    let worker = Worker::start_args(
+        dir.path(),
+        "w",
+        &spec,
+        &nats,
+        3,
+        ACK_WAIT,
+        &[
+            "--cluster-user",
+            "worker",
+            "--cluster-password",
+            "worker-pass",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // The worker does its job under its narrow permissions.
+    let reply = answer(ask(&server, "What is 40 + 2?"));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    worker.wait_for("done run");
+    // The operator's commands run as the coordinator.
+    let st = status(
+        dir.path(),
+        &nats,
+        &["--cluster-user", "coordinator"],
+        &[("CONCLAVE_CLUSTER_PASSWORD", "coordinator-pass".into())],
+    );
+    assert!(st.status.success(), "{}", stderr(&st));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // The coordinator may queue work (a team nobody serves, so that no
+        // worker takes it): the stream takes what is published there.
+        let queue = "conclave.conclave.work.nobody";
+        stored(&url, "coordinator", "coordinator-pass", queue)
+            .await
+            .expect("the coordinator queues work");
+        // The worker may not queue work, write the journal, or write the
+        // lease, and the server says so rather than storing it.
+        for subject in [
+            queue,
+            "conclave.conclave.journal.forged-run",
+            "$KV.conclave-conclave-lease.holder",
+            "$KV.conclave-conclave-coordinated.forged-run",
+        ] {
+            let got = stored(&url, "worker", "worker-pass", subject).await;
+            assert!(got.is_err(), "the worker could write {subject}");
+        }
+        // Nor delete the journal's stream.
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            "worker".into(),
+            "worker-pass".into(),
+        )
+        .connect(&url)
+        .await
+        .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let deleted = tokio::time::timeout(
+            Duration::from_secs(3),
+            js.delete_stream("CONCLAVE_CONCLAVE_JOURNAL"),
+        )
+        .await;
+        assert!(
+            !matches!(deleted, Ok(Ok(_))),
+            "the worker deleted the journal"
+        );
+    });
+    // The journal still holds the run, and the cluster still answers.
+    let reply = answer(ask(&server, "What is 2 + 3?"));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}

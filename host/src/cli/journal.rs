@@ -518,7 +518,7 @@ pub(crate) struct StoreArgs {
     /// Names the cluster's stream and bucket on the server, so that
     /// several clusters can share one.
     #[arg(long, env = "CONCLAVE_CLUSTER_NAME", default_value = conclave::journal::jetstream::DEFAULT_NAME)]
-    cluster_name: String,
+    pub(crate) cluster_name: String,
     /// The server's monitoring endpoint, read to check its sync setting
     /// (default: port 8222 of the --cluster host).
     #[arg(long, env = "CONCLAVE_CLUSTER_MONITOR", value_name = "URL")]

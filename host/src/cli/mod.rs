@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 mod bench;
 mod bench_args;
+mod bench_chaos;
 mod bench_load;
 mod bench_workers;
 mod eval;
@@ -165,7 +166,13 @@ enum Command {
     Cluster {
         #[arg(long)]
         json: bool,
-        /// `--cluster URL` (required).
+        /// Print, instead, nats-server configuration that gives
+        /// coordinators and workers of the cluster `--cluster-name` only
+        /// what each needs (a worker may take work and send results, and
+        /// nothing else); connects to nothing.
+        #[arg(long)]
+        nats_permissions: bool,
+        /// `--cluster URL` (required, except with --nats-permissions).
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -564,7 +571,11 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Runs { json, store } => journal::runs(json, &store),
         Command::Worker(args) => worker::worker(args).await,
-        Command::Cluster { json, store } => serve::cluster(json, &store).await,
+        Command::Cluster {
+            json,
+            nats_permissions,
+            store,
+        } => serve::cluster(json, nats_permissions, &store).await,
         Command::Calibrate {
             team,
             out,

@@ -188,7 +188,15 @@ async fn print_role(mut role: tokio::sync::watch::Receiver<Role>) {
 }
 
 /// `conclave cluster`.
-pub async fn cluster(json: bool, store: &super::StoreArgs) -> u8 {
+pub async fn cluster(json: bool, nats_permissions: bool, store: &super::StoreArgs) -> u8 {
+    if nats_permissions {
+        let config = conclave::journal::jetstream::ClusterConfig {
+            name: store.cluster_name.clone(),
+            ..conclave::journal::jetstream::ClusterConfig::new("")
+        };
+        print!("{}", conclave::cluster::permissions::nats_config(&config));
+        return exit::OK;
+    }
     let Some(cluster) = store.cluster() else {
         eprintln!("error: conclave cluster needs --cluster URL (or $CONCLAVE_CLUSTER)");
         return exit::USAGE;

@@ -31,6 +31,7 @@
 pub mod coordinator;
 pub mod lease;
 pub mod owner;
+pub mod permissions;
 pub mod work;
 pub mod worker;
 
