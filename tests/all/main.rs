@@ -3,6 +3,7 @@
 
 mod builtins;
 mod calibrate;
+mod chaos;
 mod cli;
 mod clients;
 mod cluster;

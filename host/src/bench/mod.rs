@@ -5,6 +5,7 @@
 //! Only measuring lives here; the CLI prints.
 
 pub mod amdahl;
+pub mod chaos;
 pub mod consensus;
 pub mod embedded;
 pub mod failover;

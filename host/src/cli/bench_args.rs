@@ -183,6 +183,11 @@ pub(super) enum BenchCmd {
     /// process alone (the baseline) and by a `serve --cluster` coordinator
     /// with 1, 2, 4 ... `conclave worker` processes.
     Workers(super::bench_workers::WorkersArgs),
+    /// The cluster under compound faults: a nats-server of its own, two
+    /// `serve --cluster` and three `worker` processes, clients asking
+    /// without pause, and a seeded schedule of kills, pauses and restarts;
+    /// checks that every request is answered and every run ends.
+    Chaos(super::bench_chaos::ChaosArgs),
     /// What serving costs: a sim node directly, a team in-process, a team
     /// over HTTP; at 1 and 64 clients.
     Serve {

@@ -1,0 +1,175 @@
+//! `conclave bench chaos`: the cluster under a seeded schedule of faults,
+//! on real processes and a real nats-server, printed.
+
+use std::path::PathBuf;
+
+use super::exit;
+
+/// `conclave bench chaos`' arguments.
+#[derive(clap::Args)]
+pub(crate) struct ChaosArgs {
+    /// The schedule's seed: 0 is the schedule an operator first reported
+    /// (a worker killed, another paused, the coordinator killed twice, the
+    /// NATS server killed); any other seed draws 5 to 9 faults.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Seeds to run, from `--seed` on, each on fresh processes.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) count: u64,
+    /// The servers' `--lease-ttl`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) lease_ttl: std::time::Duration,
+    /// Clients asking at once, one question after another.
+    #[arg(long, default_value_t = 40)]
+    pub(crate) clients: usize,
+    /// How long after the last fault every journaled run has to end.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub(crate) settle: std::time::Duration,
+    /// The nats-server program; the benchmark starts its own server (on a
+    /// free port, its store in a temporary folder) so that it can kill and
+    /// restart it. Default: target/nats/nats-server (from
+    /// scripts/install-nats.sh) if it is there, else nats-server on PATH.
+    #[arg(long)]
+    pub(crate) nats_server: Option<PathBuf>,
+    /// The paper's measured call latencies, which the simulated node
+    /// replays (GPT-5.2's, scaled by 0.25).
+    #[arg(long, default_value = conclave::bench::workers::LATENCIES)]
+    pub(crate) latencies: PathBuf,
+    /// Keep the processes' logs (a temporary folder, named at the end)
+    /// even when every invariant held.
+    #[arg(long)]
+    pub(crate) keep_logs: bool,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `conclave bench chaos`: exits 1 if an invariant broke on any seed.
+pub(crate) async fn chaos(args: ChaosArgs) -> u8 {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find this program to start its processes: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let nats_server = args.nats_server.clone().unwrap_or_else(|| {
+        let local = PathBuf::from("target/nats/nats-server");
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from("nats-server")
+        }
+    });
+    let mut code = exit::OK;
+    let mut reports = Vec::new();
+    for seed in args.seed..args.seed + args.count {
+        let config = conclave::bench::chaos::ChaosConfig {
+            seed,
+            lease_ttl: args.lease_ttl,
+            clients: args.clients,
+            settle: args.settle,
+            nats_server: nats_server.clone(),
+            latencies: args.latencies.clone(),
+            keep_logs: args.keep_logs,
+        };
+        let r = match conclave::bench::chaos::run(&exe, &config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: seed {seed}: {e}");
+                return exit::FAILURE;
+            }
+        };
+        if !r.broken.is_empty() {
+            code = exit::FAILURE;
+        }
+        if !args.json {
+            print(&r);
+        }
+        reports.push(r);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("serialisable")
+        );
+    }
+    code
+}
+
+fn print(r: &conclave::bench::chaos::ChaosReport) {
+    println!(
+        "chaos, seed {}: {} clients, lease TTL {}, two servers, {} workers, a team of 2 tasks x 3 replicas on a sim node (GPT-5.2 latencies x 0.25)",
+        r.seed,
+        r.clients,
+        humantime::format_duration(r.lease_ttl),
+        conclave::bench::chaos::WORKERS
+    );
+    for f in &r.faults {
+        let fault = serde_json::to_value(&f.step).expect("serialisable");
+        let mut what = fault["fault"].as_str().unwrap_or("?").to_string();
+        for key in ["for_ms", "restart_after_ms"] {
+            if let Some(ms) = fault[key].as_u64() {
+                what.push_str(&format!(
+                    " ({} {:.1} s)",
+                    if key == "for_ms" { "for" } else { "back after" },
+                    ms as f64 / 1000.0
+                ));
+            }
+        }
+        println!(
+            "  {:>6.1} s  {what:<36} {:<28} answers again after {}",
+            f.step.at_ms as f64 / 1000.0,
+            f.target,
+            f.recovered_after
+                .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "never".into())
+        );
+    }
+    println!(
+        "  requests: {} answered of {} (first try to answer: p50 {:.2} s, max {:.2} s); {} times asked again after a 503 or a dropped connection",
+        r.answered,
+        r.requests,
+        r.answer_p50.as_secs_f64(),
+        r.answer_max.as_secs_f64(),
+        r.retried
+    );
+    if !r.retried_because.is_empty() {
+        println!(
+            "    asked again because: {}",
+            r.retried_because
+                .iter()
+                .map(|(k, n)| format!("{n} × {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!(
+        "  runs: {} ended of {} journaled ({} decided){}",
+        r.runs_ended,
+        r.runs,
+        r.runs_decided,
+        r.all_ended_after
+            .map(|d| format!(", all ended {:.1} s after the last fault", d.as_secs_f64()))
+            .unwrap_or_default()
+    );
+    if !r.exited_by_themselves.is_empty() {
+        println!(
+            "  exited by themselves (started again): {}",
+            r.exited_by_themselves.join(", ")
+        );
+    }
+    if r.broken.is_empty() {
+        println!("  invariants: all held");
+    } else {
+        println!("  invariants broken:");
+        for b in r.broken.iter().take(20) {
+            println!("    {b}");
+        }
+        if r.broken.len() > 20 {
+            println!("    … and {} more", r.broken.len() - 20);
+        }
+    }
+    if let Some(dir) = &r.logs {
+        println!("  the processes' logs: {}", dir.display());
+    }
+}
