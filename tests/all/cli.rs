@@ -57,16 +57,22 @@ fn run_prints_the_answer_and_its_support_and_exits_zero() {
         "{out}"
     );
     assert!(out.contains("stop:       decided"), "{out}");
-    // Three replicas of a majority vote: decided on 2 agreeing ballots (the
-    // third cancelled) or on all 3.
+    // Three replicas of a majority (plurality) vote: decided on 2 agreeing
+    // ballots (the third cancelled), or on all 3, a plurality of one
+    // included (three different answers from a 0.9-accurate node).
     let support = out
         .lines()
         .find_map(|l| l.strip_prefix("support:    "))
         .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        ["2 of 2 ballots", "2 of 3 ballots", "3 of 3 ballots"]
-            .iter()
-            .any(|s| support.starts_with(s)),
+        [
+            "2 of 2 ballots",
+            "1 of 3 ballots",
+            "2 of 3 ballots",
+            "3 of 3 ballots"
+        ]
+        .iter()
+        .any(|s| support.starts_with(s)),
         "{out}"
     );
     let o = d.conclave(&[

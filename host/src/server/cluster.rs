@@ -177,14 +177,21 @@ pub(super) fn left_the_queue(lead: Option<&Lead>) -> Option<Refused> {
     })
 }
 
-/// What a run cancelled because this server lost the lease of the term
-/// that admitted it answers: it is not over, the next coordinator (this
-/// server again, perhaps, in a later term) resumes it.
-pub(super) fn handed_over(lead: Option<&Lead>, r: &JobResult) -> Option<Refused> {
-    if !matches!(r.stop, StopReason::Cancelled(_)) {
+/// What a run of a coordinator answers that was cancelled, its client
+/// still there and its deadline not passed: only the term that admitted
+/// it ending cancels such a run (this server lost the lease, perhaps
+/// noticed only after the run stopped, or another process took the run
+/// over), so it is not over: the cluster's coordinator (this server again,
+/// perhaps, in a later term) resumes it.
+pub(super) fn handed_over(
+    lead: Option<&Lead>,
+    r: &JobResult,
+    deadline_passed: bool,
+) -> Option<Refused> {
+    if !matches!(r.stop, StopReason::Cancelled(_)) || deadline_passed {
         return None;
     }
-    let lead = lead.filter(|l| term_lost(l))?;
+    let lead = lead?;
     let why = why_not_leading(&lead.coordinator);
     Some(Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,

@@ -521,7 +521,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             return no_slot(&app).into_response();
         }
     };
-    if let Some(e) = cluster::handed_over(lead.as_ref(), &r)
+    if let Some(e) = cluster::handed_over(lead.as_ref(), &r, deadline_passed)
         .or_else(|| refusal(&r, app.config.deadline, deadline_passed))
     {
         app.metrics.request(e.status.as_str());

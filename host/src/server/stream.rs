@@ -77,7 +77,7 @@ pub(super) fn stream(
                 result,
                 deadline_passed,
                 ..
-            } => match super::cluster::handed_over(reply.lead.as_ref(), &result)
+            } => match super::cluster::handed_over(reply.lead.as_ref(), &result, deadline_passed)
                 .or_else(|| refusal(&result, app.config.deadline, deadline_passed))
             {
                 None => result,
