@@ -15,9 +15,7 @@
 //! under; other seeds draw their own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,9 +23,15 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::failover::free_port;
+
 use crate::journal::jetstream::{ClusterConfig, JetStreamJournal};
 use crate::journal::{Entry, Journal, RunLog};
 use crate::team::events::Event;
+
+mod clients;
+mod procs;
+use clients::{client, Asked};
+use procs::{strike, Proc, Procs};
 
 /// What the benchmark is asked to do.
 #[derive(Clone, Debug)]
@@ -197,228 +201,15 @@ pub struct ChaosReport {
 }
 
 /// How long a client asks one question again before it gives up.
-const GIVE_UP: Duration = Duration::from_secs(180);
+pub(super) const GIVE_UP: Duration = Duration::from_secs(180);
 
-/// A process the benchmark starts, kills and starts again.
-struct Proc {
-    what: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    /// When it was last started.
-    started: Instant,
-    /// Killed on purpose (not to be started again by the supervisor).
-    down: bool,
-    paused: bool,
-}
-
-impl Proc {
-    fn start(&mut self, exe: &Path, env: &[(&'static str, String)]) -> Result<(), String> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| format!("{}: {e}", self.log.display()))?;
-        let child = Command::new(exe)
-            .args(&self.args)
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {} ({}): {e}", self.what, exe.display()))?;
-        self.child = Some(child);
-        self.started = Instant::now();
-        self.down = false;
-        self.paused = false;
-        Ok(())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if self.paused {
-                signal(&c, "CONT");
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.down = true;
-        self.paused = false;
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-}
-
-/// Sends `SIG<sig>` to `child` (`kill -<sig>`).
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status();
-}
-
-/// Every process of one chaos run.
-struct Procs {
-    exe: PathBuf,
-    env: Vec<(&'static str, String)>,
-    nats: Proc,
-    nats_exe: PathBuf,
-    servers: Vec<Proc>,
-    ports: Vec<u16>,
-    workers: Vec<Proc>,
-    worker_args: Vec<String>,
-    dir: PathBuf,
-    exited: Vec<String>,
-}
-
-impl Procs {
-    fn start_worker(&mut self) -> Result<usize, String> {
-        let i = self.workers.len();
-        let mut w = Proc {
-            what: format!("worker {i}"),
-            args: self.worker_args.clone(),
-            log: self.dir.join(format!("worker-{i}.log")),
-            child: None,
-            started: Instant::now(),
-            down: false,
-            paused: false,
-        };
-        w.start(&self.exe, &self.env)?;
-        self.workers.push(w);
-        Ok(i)
-    }
-
-    /// Starts again what exited without being killed, as a supervisor
-    /// would, and notes it.
-    fn supervise(&mut self) -> Result<(), String> {
-        let (exe, env) = (self.exe.clone(), self.env.clone());
-        for p in self.servers.iter_mut().chain(self.workers.iter_mut()) {
-            // At most once a second each, as a supervisor backs off.
-            if !p.down && !p.alive() && p.started.elapsed() > Duration::from_secs(1) {
-                let code = p
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
-                self.exited.push(format!("{} ({code})", p.what));
-                p.start(&exe, &env)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn kill_all(&mut self) {
-        for p in self.servers.iter_mut().chain(self.workers.iter_mut()) {
-            p.kill();
-        }
-        self.nats.kill();
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
-async fn health(http: &reqwest::Client, port: u16) -> Option<u16> {
+pub(super) async fn health(http: &reqwest::Client, port: u16) -> Option<u16> {
     http.get(format!("http://127.0.0.1:{port}/healthz"))
         .timeout(Duration::from_secs(1))
         .send()
         .await
         .ok()
         .map(|r| r.status().as_u16())
-}
-
-/// A request's life: when it was first sent, when it was answered 200
-/// (unset: never), why not, and how often it was asked again.
-struct Asked {
-    sent: Instant,
-    /// When its last try was sent.
-    attempt: Instant,
-    answered: Option<Instant>,
-    failed: Option<String>,
-    retries: usize,
-    /// Why it was asked again, counted.
-    why: BTreeMap<String, usize>,
-}
-
-/// One client: asks one question after another until `stop`, each one
-/// again (of the other server) after a 503 or a dropped connection, until
-/// `GIVE_UP`.
-async fn client(
-    id: usize,
-    http: reqwest::Client,
-    ports: Vec<u16>,
-    stop: Instant,
-    log: Arc<Mutex<Vec<Asked>>>,
-) {
-    let mut n = 0;
-    let mut which = id % ports.len();
-    while Instant::now() < stop {
-        n += 1;
-        let body = serde_json::json!({"messages": [{"role": "user", "content": format!("What is {id} + {n}?")}]});
-        let sent = Instant::now();
-        let mut attempt = sent;
-        let mut retries = 0;
-        let mut why: BTreeMap<String, usize> = BTreeMap::new();
-        let (answered, failed) = loop {
-            if sent.elapsed() > GIVE_UP {
-                break (None, Some(format!("no answer after {retries} tries")));
-            }
-            attempt = Instant::now();
-            let reply = http
-                .post(format!(
-                    "http://127.0.0.1:{}/v1/chat/completions",
-                    ports[which]
-                ))
-                .json(&body)
-                .send()
-                .await;
-            match reply {
-                Ok(r) if r.status().as_u16() == 200 => break (Some(Instant::now()), None),
-                Ok(r) if r.status().as_u16() == 503 => {
-                    let after = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                        .unwrap_or(1)
-                        .min(2);
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
-                    let code = body["error"]["code"].as_str().unwrap_or("?");
-                    *why.entry(format!("503 {code}")).or_default() += 1;
-                    retries += 1;
-                    which = (which + 1) % ports.len();
-                    tokio::time::sleep(Duration::from_millis(200 * after)).await;
-                }
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
-                    let code = body["error"]["code"].as_str().unwrap_or("").to_string();
-                    break (None, Some(format!("{status} {code}").trim().to_string()));
-                }
-                Err(_) => {
-                    *why.entry("no connection".into()).or_default() += 1;
-                    retries += 1;
-                    which = (which + 1) % ports.len();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        log.lock().expect("not poisoned").push(Asked {
-            sent,
-            attempt,
-            answered,
-            failed,
-            retries,
-            why,
-        });
-    }
 }
 
 /// The team: two tasks of three replicas (the second on the first's
@@ -815,113 +606,6 @@ fn counted_twice(run: &str, log: &RunLog) -> Vec<String> {
     }
     broken.sort();
     broken
-}
-
-/// Strikes `fault`; what it struck. A restart or a `SIGCONT` it owes is
-/// spawned into `pending`.
-async fn strike(
-    procs: &Arc<tokio::sync::Mutex<Procs>>,
-    http: &reqwest::Client,
-    fault: &Fault,
-    pending: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<String, String> {
-    let later = |procs: Arc<tokio::sync::Mutex<Procs>>,
-                 after_ms: u64,
-                 then: Box<dyn FnOnce(&mut Procs) + Send>| {
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(after_ms)).await;
-            then(&mut *procs.lock().await);
-        })
-    };
-    match fault {
-        Fault::KillWorker { worker } | Fault::PauseWorker { worker, .. } => {
-            let mut p = procs.lock().await;
-            let n = p.workers.len();
-            // The named worker, or the next one alive and running.
-            let Some(i) = (0..n)
-                .map(|k| (worker + k) % n)
-                .find(|&i| !p.workers[i].down && !p.workers[i].paused)
-            else {
-                return Ok("no worker running".into());
-            };
-            if let Fault::PauseWorker { for_ms, .. } = fault {
-                if let Some(c) = &p.workers[i].child {
-                    signal(c, "STOP");
-                }
-                p.workers[i].paused = true;
-                pending.push(later(
-                    procs.clone(),
-                    *for_ms,
-                    Box::new(move |p| {
-                        if let Some(c) = &p.workers[i].child {
-                            signal(c, "CONT");
-                        }
-                        p.workers[i].paused = false;
-                    }),
-                ));
-            } else {
-                p.workers[i].kill();
-            }
-            Ok(format!("worker {i}"))
-        }
-        Fault::KillCoordinator { restart_after_ms } | Fault::KillStandby { restart_after_ms } => {
-            let ports = procs.lock().await.ports.clone();
-            let mut coordinating = None;
-            for (i, port) in ports.iter().enumerate() {
-                if health(http, *port).await == Some(200) {
-                    coordinating = Some(i);
-                    break;
-                }
-            }
-            let i = match fault {
-                Fault::KillCoordinator { .. } => coordinating.unwrap_or(0),
-                _ => (coordinating.unwrap_or(0) + 1) % ports.len(),
-            };
-            let mut p = procs.lock().await;
-            if p.servers[i].down {
-                return Ok(format!("server {i} (already down)"));
-            }
-            p.servers[i].kill();
-            pending.push(later(
-                procs.clone(),
-                *restart_after_ms,
-                Box::new(move |p| {
-                    let (exe, env) = (p.exe.clone(), p.env.clone());
-                    if p.servers[i].down {
-                        if let Err(e) = p.servers[i].start(&exe, &env) {
-                            p.exited.push(format!("server {i} not restarted: {e}"));
-                        }
-                    }
-                }),
-            ));
-            Ok(format!(
-                "server {i} ({})",
-                if coordinating == Some(i) {
-                    "coordinating"
-                } else {
-                    "not coordinating"
-                }
-            ))
-        }
-        Fault::KillNats { restart_after_ms } => {
-            procs.lock().await.nats.kill();
-            pending.push(later(
-                procs.clone(),
-                *restart_after_ms,
-                Box::new(|p| {
-                    let exe = p.nats_exe.clone();
-                    if let Err(e) = p.nats.start(&exe, &[]) {
-                        p.exited.push(format!("nats-server not restarted: {e}"));
-                    }
-                }),
-            ));
-            Ok("nats-server".into())
-        }
-        Fault::StartWorker => {
-            let i = procs.lock().await.start_worker()?;
-            Ok(format!("worker {i} started"))
-        }
-    }
 }
 
 /// Waits until something accepts connections on `port`.
