@@ -153,19 +153,13 @@ fn why_not_leading(c: &Coordinator) -> String {
     }
 }
 
-/// Whether the term `lead` admitted a request in is over: this process
-/// lost that lease, even if it has taken the lease again since (a later
-/// term of its own does not bring back the runs the lost one stopped).
-fn term_lost(lead: &Lead) -> bool {
-    !matches!(lead.coordinator.role(), Role::Leading { term } if term == lead.term)
-}
-
 /// What a request answers that was cancelled while it waited for a slot,
-/// its client still there: in cluster mode, the term that admitted it
-/// ended (the request never ran: ask the coordinator again); `None`
-/// otherwise.
+/// its client still there: in cluster mode, only the term that admitted
+/// it ending cancels it (this server lost the lease, even if it noticed
+/// late or leads again by now): it never ran, ask the coordinator again.
+/// `None` outside cluster mode.
 pub(super) fn left_the_queue(lead: Option<&Lead>) -> Option<Refused> {
-    let lead = lead.filter(|l| term_lost(l))?;
+    let lead = lead?;
     let why = why_not_leading(&lead.coordinator);
     Some(Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
