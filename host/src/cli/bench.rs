@@ -477,12 +477,8 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                 eprintln!("error: bench failover needs --cluster URL (a NATS server that syncs every write; scripts/nats.conf)");
                 return exit::USAGE;
             };
-            let exe = match std::env::current_exe() {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("error: cannot find this program to start its servers: {e}");
-                    return exit::FAILURE;
-                }
+            let Some(exe) = this_program() else {
+                return exit::FAILURE;
             };
             match conclave::bench::failover::run(&exe, &cluster, kills, lease_ttl).await {
                 Ok(r) if json => {
@@ -625,4 +621,12 @@ fn print_sweep(
             s.no_decision
         );
     }
+}
+
+/// This program, which the cluster benchmarks start as their servers and
+/// workers; `None` (said on standard error) if it cannot be found.
+pub(super) fn this_program() -> Option<std::path::PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| eprintln!("error: cannot find this program to start its processes: {e}"))
+        .ok()
 }

@@ -45,12 +45,8 @@ pub(crate) struct ChaosArgs {
 
 /// `conclave bench chaos`: exits 1 if an invariant broke on any seed.
 pub(crate) async fn chaos(args: ChaosArgs) -> u8 {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find this program to start its processes: {e}");
-            return exit::FAILURE;
-        }
+    let Some(exe) = super::bench::this_program() else {
+        return exit::FAILURE;
     };
     let nats_server = args.nats_server.clone().unwrap_or_else(|| {
         let local = PathBuf::from("target/nats/nats-server");

@@ -54,12 +54,8 @@ pub(crate) async fn workers(args: WorkersArgs) -> u8 {
         eprintln!("error: bench workers needs --cluster URL (a NATS server with JetStream; scripts/nats.conf)");
         return exit::USAGE;
     };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find this program to start its processes: {e}");
-            return exit::FAILURE;
-        }
+    let Some(exe) = super::bench::this_program() else {
+        return exit::FAILURE;
     };
     let shape = conclave::bench::workers::Shape {
         requests,
