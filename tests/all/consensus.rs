@@ -35,6 +35,7 @@ async fn uses(rt: &PluginRuntime, name: &str, config: &str, grants: Grants) -> P
         config: config.into(),
         grants,
         limits: None,
+        synthesises: false,
     }
 }
 

@@ -98,7 +98,7 @@ async fn a_custom_plugin_path_is_loaded_and_its_kind_checked() {
         .replace(
             "[[plugin]]\nname = \"solver\"",
             &format!(
-                "[[plugin]]\nname = \"myvote\"\npath = {:?}\n\n[[plugin]]\nname = \"solver\"",
+                "[[plugin]]\nname = \"myvote\"\npath = {:?}\nsynthesises = true\n\n[[plugin]]\nname = \"solver\"",
                 fixture.display().to_string()
             ),
         )

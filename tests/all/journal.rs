@@ -219,14 +219,24 @@ fn replay_repeats_every_decision_and_another_voter_changes_them() {
     assert_eq!(rep["votes"], 3);
     assert_eq!(rep["changed"].as_array().unwrap().len(), 0);
     assert_eq!(rep["answer_before"], rep["answer_now"]);
-    // A voter that answers with its version and the ballot count.
+    // A voter that answers with its version and the ballot count: an
+    // answer no ballot gave, refused unless it is let synthesise.
     let other = workspace().join("target/fixtures/swap-v2.wasm");
+    let refused = conclave(
+        &["replay", "replay-1", "--voter", other.to_str().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("which none of the"), "{err}");
     let out = conclave(
         &[
             "replay",
             "replay-1",
             "--voter",
             other.to_str().unwrap(),
+            "--synthesises",
             "--json",
         ],
         dir.path(),
@@ -252,7 +262,7 @@ fn replay_reports_the_first_decision_a_changed_plugin_makes_differently() {
     let text = TEAM
         .replace(
             "[[task]]\nid = \"left\"",
-            "[[plugin]]\nname = \"myvote\"\npath = \"voter.wasm\"\n\n[[task]]\nid = \"left\"",
+            "[[plugin]]\nname = \"myvote\"\npath = \"voter.wasm\"\nsynthesises = true\n\n[[task]]\nid = \"left\"",
         )
         .replace("voter = \"majority\"", "voter = \"myvote\"");
     let spec = team_file(dir.path(), &text);

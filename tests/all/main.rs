@@ -31,6 +31,7 @@ mod scheduler;
 mod serve_teams;
 mod server;
 mod spec_sandbox;
+mod trust;
 mod ui;
 mod ui_browser;
 mod workers;

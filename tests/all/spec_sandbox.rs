@@ -74,12 +74,13 @@ async fn a_plugins_memory_cap_from_the_spec_is_the_one_enforced() {
 
 #[tokio::test]
 async fn a_plugins_result_limit_from_the_spec_is_the_one_enforced() {
-    let (_dir, team) = prepare(&spec(r#"{ do = "answer-2k" }"#, "")).await;
+    // Its answer is its own: declared so, or the host refuses it.
+    let (_dir, team) = prepare(&spec(r#"{ do = "answer-2k" }"#, "synthesises = true")).await;
     let (r, _) = run_job(&team.unwrap(), "run-limits", "What is 6 * 7?", Some("42")).await;
     assert_eq!(r.answer.as_deref(), Some("4".repeat(2000).as_str()));
     let why = failure(&spec(
         r#"{ do = "answer-2k" }"#,
-        "limits = { result_bytes = 1000 }",
+        "synthesises = true\nlimits = { result_bytes = 1000 }",
     ))
     .await;
     assert!(why.contains("2000 bytes, over the limit of 1000"), "{why}");

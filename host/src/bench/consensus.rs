@@ -158,6 +158,7 @@ pub(crate) async fn solver_team(
                 config: String::new(),
                 grants,
                 limits: None,
+                synthesises: false,
             })
         }
     };

@@ -53,6 +53,7 @@ async fn load(
         config: config.into(),
         grants,
         limits: None,
+        synthesises: false,
     })
 }
 

@@ -53,7 +53,7 @@ pub async fn resume(run: &str, json: bool, store: &StoreArgs) -> u8 {
 pub async fn replay(
     run: Option<&str>,
     (all, team): (bool, Option<&str>),
-    (voter, voter_config): (Option<&str>, &str),
+    (voter, voter_config, synthesises): (Option<&str>, &str, bool),
     (verifier, verifier_config): (Option<&str>, &str),
     json: bool,
     store: &StoreArgs,
@@ -75,7 +75,7 @@ pub async fn replay(
             match conclave::journal::replay::load_voter(&rt, v, voter_config, &default_plugin_dir())
                 .await
             {
-                Ok(p) => Some(p),
+                Ok(p) => Some(conclave::team::consensus::PluginUse { synthesises, ..p }),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return exit::BAD_PLUGIN;
@@ -392,9 +392,14 @@ pub fn trace(run: &str, json: bool, html: Option<&Path>, store: &StoreArgs) -> u
         "task", "samples", "support", "rounds", "straggler ms"
     );
     for x in &t.tasks {
+        let support = if x.synthesised {
+            format!("synth/{}", x.total)
+        } else {
+            format!("{} of {}", x.support, x.total)
+        };
         println!(
-            "{:<24} {:>8} {:>5} of {:<2} {:>6} {:>14.1}  {}",
-            x.task, x.samples, x.support, x.total, x.rounds, x.straggler_gap_ms, x.stop
+            "{:<24} {:>8} {:>9} {:>6} {:>14.1}  {}",
+            x.task, x.samples, support, x.rounds, x.straggler_gap_ms, x.stop
         );
     }
     println!("critical path: {}", t.critical_path.join(" -> "));

@@ -131,6 +131,12 @@ enum Command {
         /// The voter's config, JSON.
         #[arg(long, default_value = "{}")]
         voter_config: String,
+        /// Let the `--voter` decide answers none of the ballots gave (a
+        /// summary, a merge), marked synthesised; without it such a
+        /// decision is refused, as in a team whose [[plugin]] does not say
+        /// `synthesises = true`.
+        #[arg(long, requires = "voter")]
+        synthesises: bool,
         /// A weights file from `conclave calibrate`, given to the voter as
         /// `weights` in its config (for `--voter weighted`).
         #[arg(long, requires = "voter")]
@@ -549,6 +555,7 @@ async fn run(cli: Cli) -> u8 {
             team,
             voter,
             voter_config,
+            synthesises,
             weights,
             verifier,
             verifier_config,
@@ -562,7 +569,7 @@ async fn run(cli: Cli) -> u8 {
             journal::replay(
                 run.as_deref(),
                 (all, team.as_deref()),
-                (voter.as_deref(), &voter_config),
+                (voter.as_deref(), &voter_config, synthesises),
                 (verifier.as_deref(), &verifier_config),
                 json,
                 &store,

@@ -259,12 +259,20 @@ pub(super) fn finish(done: &conclave::journal::resume::Journaled, json: bool) ->
         let mut nodes = r.nodes.clone();
         nodes.sort();
         nodes.dedup();
-        println!(
-            "support:    {} of {} ballots (nodes: {})",
-            r.support,
-            r.total,
-            nodes.join(", ")
-        );
+        if r.synthesised {
+            println!(
+                "support:    synthesised by the voter from {} ballots; none of them gave this answer (nodes: {})",
+                r.total,
+                nodes.join(", ")
+            );
+        } else {
+            println!(
+                "support:    {} of {} ballots (nodes: {})",
+                r.support,
+                r.total,
+                nodes.join(", ")
+            );
+        }
         println!("runner-up:  {}", r.runner_up.as_deref().unwrap_or("(none)"));
         println!("samples:    {}", r.samples);
         println!(

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::RunLog;
+use crate::plugin::checks::vouch;
 use crate::plugin::{AnswerKind, Ballot, Invocation, PluginRuntime, Task};
 use crate::spec::team::{answer_kind, TeamSpec};
-use crate::team::consensus::{describe, PluginUse};
+use crate::team::consensus::{describe_as, PluginUse};
 use crate::team::events::Event;
 use crate::team::job::{load_plugins, JobError};
 
@@ -179,8 +180,13 @@ pub async fn replay(
                         grants: v.grants,
                         ..Default::default()
                     };
+                    let plugin = v.current();
+                    let by = crate::team::events::Served {
+                        plugin: v.name.clone(),
+                        hash: plugin.hash().to_string(),
+                    };
                     let verdict = runtime
-                        .verify(&v.current(), &inv, &t, &b.candidate)
+                        .verify(&plugin, &inv, &t, &b.candidate)
                         .await
                         .map_err(|e| ReplayError::Verifier {
                             run: run.clone(),
@@ -188,7 +194,11 @@ pub async fn replay(
                             verifier: v.name.clone(),
                             reason: e.to_string(),
                         })?;
-                    b.verdicts = vec![verdict];
+                    b.verdicts = vec![crate::team::consensus::judge::under_host_name(
+                        verdict,
+                        &by,
+                        &plugin.id(),
+                    )];
                 }
                 ballots.entry((task.clone(), *round)).or_default().push(b);
             }
@@ -231,10 +241,12 @@ pub async fn replay(
                         note_swap(&mut report.swapped, &using.name, recorded, plugin.hash());
                     }
                 }
+                let who = format!("voter `{}` ({})", using.name, plugin.id());
                 let now = runtime
                     .tally(&plugin, &inv, &t, &counted)
                     .await
-                    .map(|d| describe(&d))
+                    .and_then(|d| vouch(&who, d, &counted, using.synthesises))
+                    .map(|v| describe_as(&v.decision, v.synthesised))
                     .map_err(|e| ReplayError::Voter {
                         run: run.clone(),
                         task: task.clone(),
@@ -391,5 +403,6 @@ async fn load_kind(
         config: config.to_string(),
         grants: crate::plugin::Grants::of(&[crate::plugin::Capability::Log]),
         limits: None,
+        synthesises: false,
     })
 }

@@ -58,6 +58,8 @@ pub struct TaskRow {
     pub samples: u32,
     pub support: u32,
     pub total: u32,
+    /// The voter synthesised the answer: none of the ballots gave it.
+    pub synthesised: bool,
     pub rounds: u32,
     pub start_ms: u64,
     pub end_ms: u64,
@@ -378,8 +380,16 @@ pub fn trace(log: &RunLog) -> Trace {
                     row.samples = result.samples;
                     row.support = result.support;
                     row.total = result.total;
+                    row.synthesised = result.synthesised;
                     row.rounds = result.rounds;
-                    format!("task {task} ended: {}", result.stop)
+                    if result.synthesised {
+                        format!(
+                            "task {task} ended: {} (the voter synthesised the answer; none of the {} ballots gave it)",
+                            result.stop, result.total
+                        )
+                    } else {
+                        format!("task {task} ended: {}", result.stop)
+                    }
                 }
             },
         };
@@ -533,12 +543,15 @@ pub fn html(t: &Trace) -> String {
     for x in &t.tasks {
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
             esc(&x.task),
             esc(&x.stop),
             esc(x.answer.as_deref().unwrap_or("")),
-            x.support,
-            x.total,
+            if x.synthesised {
+                format!("synthesised from {}", x.total)
+            } else {
+                format!("{} of {}", x.support, x.total)
+            },
             x.samples,
             x.rounds,
             x.straggler_gap_ms

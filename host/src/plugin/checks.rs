@@ -97,6 +97,125 @@ pub(crate) fn check_decision(
     }
 }
 
+/// A voter's decision as the host vouches for it: the decided answer is
+/// one the ballots gave (as their answer or in their ranking), and the
+/// support and total are the host's own counts, not the voter's claim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vouched {
+    pub decision: Decision,
+    /// The answer is none of the ballots': the voter synthesised it, which
+    /// its team declared it may (`synthesises = true`).
+    pub synthesised: bool,
+}
+
+/// Checks a voter's decision against the ballots the host gave it, and
+/// replaces the counts it claimed with the host's: `support` is how many
+/// ballots answered the decided answer, `total` how many ballots the voter
+/// was given. A voter still chooses which answer wins and may weigh the
+/// ballots as it likes; it cannot name an answer no ballot gave (unless
+/// `may_synthesise`: then the decision is marked synthesised, with no
+/// support) nor misstate how many ballots carried it. `who` names the
+/// plugin in the error (the team's name for it and what it ran).
+pub fn vouch(
+    who: &str,
+    decision: Decision,
+    ballots: &[super::Ballot],
+    may_synthesise: bool,
+) -> Result<Vouched, PluginError> {
+    let Decision::Decided(mut d) = decision else {
+        return Ok(Vouched {
+            decision,
+            synthesised: false,
+        });
+    };
+    let given = |answer: &str| {
+        ballots.iter().any(|b| {
+            b.candidate.answer == answer || b.candidate.ranking.iter().any(|r| r == answer)
+        })
+    };
+    let bad = |reason: String| PluginError::BadOutput {
+        plugin: who.to_string(),
+        reason,
+    };
+    let answers = || {
+        let mut seen: Vec<&str> = Vec::new();
+        for b in ballots {
+            let a = b.candidate.answer.as_str();
+            if !seen.contains(&a) {
+                seen.push(a);
+            }
+        }
+        let listed: Vec<String> = seen
+            .iter()
+            .take(8)
+            .map(|a| format!("{:?}", clip(a, 40)))
+            .collect();
+        let more = seen.len().saturating_sub(8);
+        if more > 0 {
+            format!("{} and {more} more", listed.join(", "))
+        } else {
+            listed.join(", ")
+        }
+    };
+    let synthesised = !given(&d.answer);
+    if synthesised && !may_synthesise {
+        return Err(bad(format!(
+            "decided {:?} ({} of {}), which none of the {} ballots gave (their answers: {}); a \
+             voter that synthesises answers must be declared with `synthesises = true` in its \
+             [[plugin]] section",
+            clip(&d.answer, 80),
+            d.support,
+            d.total,
+            ballots.len(),
+            answers()
+        )));
+    }
+    if let Some(r) = &d.runner_up {
+        if !given(r) && !may_synthesise {
+            return Err(bad(format!(
+                "named {:?} as the runner-up, which none of the {} ballots gave (their answers: {})",
+                clip(r, 80),
+                ballots.len(),
+                answers()
+            )));
+        }
+    }
+    let support = ballots
+        .iter()
+        .filter(|b| b.candidate.answer == d.answer)
+        .count() as u32;
+    if (d.support, d.total) != (support, ballots.len() as u32) {
+        tracing::debug!(
+            plugin = who,
+            "the voter claimed {} of {} for {:?}; the ballots say {} of {}",
+            d.support,
+            d.total,
+            clip(&d.answer, 80),
+            support,
+            ballots.len()
+        );
+    }
+    d.support = support;
+    d.total = ballots.len() as u32;
+    Ok(Vouched {
+        decision: Decision::Decided(d),
+        synthesised,
+    })
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary, with `...`.
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{}...", &s[..end])
+    } else {
+        s.to_string()
+    }
+}
+
 /// The most subtasks one plan may have whatever a team allows: the ceiling
 /// of `[team] max_plan_subtasks` (default 64). It is what keeps
 /// [`check_plan`] cheap enough to run on the async threads as a plan comes

@@ -102,6 +102,7 @@ struct Outcome {
     answer: Option<String>,
     support: u32,
     total: u32,
+    synthesised: bool,
     runner_up: Option<String>,
     samples: u32,
     tokens: u64,
@@ -243,6 +244,7 @@ impl Board {
                 answer: r.answer.clone(),
                 support: r.support,
                 total: r.total,
+                synthesised: r.synthesised,
                 runner_up: r.runner_up.clone(),
                 samples: r.samples,
                 tokens: r.tokens_in + r.tokens_out,
@@ -413,6 +415,7 @@ fn summary(run: &Run, log: &Log, question: usize) -> Value {
         "answer": null,
         "support": null,
         "total": null,
+        "synthesised": null,
         "runner_up": null,
         "samples": null,
         "tokens": null,
@@ -431,6 +434,7 @@ fn summary(run: &Run, log: &Log, question: usize) -> Value {
             v["answer"] = json!(o.answer);
             v["support"] = json!(o.support);
             v["total"] = json!(o.total);
+            v["synthesised"] = json!(o.synthesised);
             v["runner_up"] = json!(o.runner_up);
             v["samples"] = json!(o.samples);
             v["tokens"] = json!(o.tokens);
@@ -449,6 +453,7 @@ fn task_json(id: &str, t: &TaskResult) -> Value {
         "answer": t.answer.as_deref().map(|a| cut(a, TEXT_KEPT)),
         "support": t.support,
         "total": t.total,
+        "synthesised": t.synthesised,
         "runner_up": t.runner_up.as_deref().map(|a| cut(a, TEXT_KEPT)),
         "samples": t.samples,
         "rounds": t.rounds,
@@ -510,6 +515,7 @@ mod tests {
             answer: Some(answer.into()),
             support: 2,
             total: 3,
+            synthesised: false,
             runner_up: Some("5".into()),
             stop: StopReason::Decided,
             nodes: vec![],

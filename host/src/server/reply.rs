@@ -361,6 +361,7 @@ pub(super) fn conclave(r: &JobResult, candidates: &[(String, u32)]) -> serde_jso
         "run_id": r.run_id,
         "support": r.support,
         "total": r.total,
+        "synthesised": r.synthesised,
         "runner_up": r.runner_up,
         "samples": r.samples,
         "stop": r.stop,

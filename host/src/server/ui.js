@@ -119,7 +119,7 @@
         el("td", { class: "started" }, fmtTime(r.started_ms)),
         el("td", { class: "wall" }, fmtMs(r.wall_ms)),
         el("td", { class: "answer" }, r.answer === null ? "" : r.answer),
-        el("td", { class: "support" }, r.total === null ? "" : r.support + " of " + r.total));
+        el("td", { class: "support" }, supportText(r)));
       tr.addEventListener("click", () => choose(r.id));
       return tr;
     });
@@ -217,6 +217,13 @@
     renderLists(view);
   }
 
+  // "3 of 5", or, for an answer the voter synthesised (no ballot gave it),
+  // "synthesised from 5 ballots".
+  function supportText(r) {
+    if (r.total === null || r.total === undefined) return "";
+    return r.synthesised ? "synthesised from " + r.total + " ballots" : r.support + " of " + r.total;
+  }
+
   function renderDecision(h) {
     const box = $("#decision");
     box.dataset.state = h.state;
@@ -229,8 +236,9 @@
     box.dataset.answer = h.answer === null ? "" : h.answer;
     box.dataset.support = h.support === null ? "" : h.support;
     box.dataset.total = h.total === null ? "" : h.total;
+    box.dataset.synthesised = h.synthesised ? "yes" : "no";
     const support = h.total === null ? "" :
-      "support " + h.support + " of " + h.total + (h.runner_up !== null ? " · runner-up " + h.runner_up : "");
+      (h.synthesised ? "" : "support ") + supportText(h) + (h.runner_up !== null ? " · runner-up " + h.runner_up : "");
     box.replaceChildren(
       el("div", { class: "answer" }, h.answer === null ? "no answer" : h.answer),
       el("div", { class: "support" }, support),
@@ -429,7 +437,7 @@
         el("td", {}, t.end === null ? "" : fmtMs(t.end)),
         el("td", { class: "state" }, r ? stopText(r.stop) : "running"),
         el("td", { class: "answer" }, r && r.answer !== null ? r.answer : ""),
-        el("td", {}, r ? r.support + " of " + r.total : ""),
+        el("td", {}, r ? supportText(r) : ""),
         el("td", {}, r ? r.samples : final ? final.samples : "")));
     }
     $("#tasks tbody").replaceChildren(...rows);

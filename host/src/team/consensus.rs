@@ -21,6 +21,7 @@ use super::events::{Event, Served};
 use super::services::RoutedServices;
 use crate::model::router::CallTag;
 use crate::model::Router;
+use crate::plugin::checks::vouch;
 use crate::plugin::{
     Ballot, CallInfo, Decided, Decision, Invocation, Outcome, Plugin, PluginError, PluginRuntime,
     Task,
@@ -28,7 +29,7 @@ use crate::plugin::{
 
 mod debate;
 mod draw;
-mod judge;
+pub(crate) mod judge;
 mod remote;
 mod types;
 
@@ -90,6 +91,9 @@ struct Gathered {
     drawn: u32,
     /// Replica copies started against stragglers.
     hedges: u32,
+    /// The last vote decided an answer none of the ballots gave, which
+    /// the team's voter is declared to do.
+    synthesised: bool,
 }
 
 impl Team {
@@ -116,6 +120,7 @@ impl Team {
             TaskResult {
                 answer: decided.map(|d| d.answer.clone()),
                 support: decided.map(|d| d.support).unwrap_or(0),
+                synthesised: decided.is_some() && g.synthesised,
                 total: decided.map(|d| d.total).unwrap_or(g.ballots.len() as u32),
                 runner_up: decided.and_then(|d| d.runner_up.clone()),
                 samples: g.samples,
@@ -305,8 +310,22 @@ impl Team {
             .await;
         crate::otel::record_plugin(&span, &result, |d| decision_kind(d).to_string());
         g.ballots = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|a| (*a).clone());
+        // The host vouches for the decision: an answer the ballots gave,
+        // with the host's counts (see `checks::vouch`).
+        let result = result.and_then(|d| {
+            let who = format!(
+                "voter `{}` ({}, sha256 {})",
+                self.voter.name,
+                voter.id(),
+                &voter.hash()[..voter.hash().len().min(12)]
+            );
+            vouch(&who, d, &g.ballots, self.voter.synthesises)
+        });
         let decision = match result {
-            Ok(d) => d,
+            Ok(v) => {
+                g.synthesised = v.synthesised;
+                v.decision
+            }
             Err(e) => {
                 let what = format!("voter: {e}");
                 let failure = Event::PluginFailure {
@@ -325,7 +344,7 @@ impl Team {
             counted: g.ballots.iter().map(|b| b.candidate.replica).collect(),
             running,
             voter: self.voter.name.clone(),
-            decision: describe(&decision),
+            decision: describe_as(&decision, g.synthesised),
             hash: Some(voter.hash().to_string()),
         };
         (Ok(decision), Some(vote))
@@ -677,7 +696,19 @@ fn decision_kind(d: &Decision) -> &'static str {
 
 /// A decision in a few words, for events (and for replay to compare).
 pub fn describe(d: &Decision) -> String {
+    describe_as(d, false)
+}
+
+/// [`describe`], saying when the decided answer was synthesised (none of
+/// the ballots gave it): `decided X (synthesised from N ballots)`.
+pub fn describe_as(d: &Decision, synthesised: bool) -> String {
     match d {
+        Decision::Decided(d) if synthesised => {
+            format!(
+                "decided {} (synthesised from {} ballots)",
+                d.answer, d.total
+            )
+        }
         Decision::Decided(d) => format!("decided {} ({} of {})", d.answer, d.support, d.total),
         Decision::NeedMore(k) => format!("need {k} more"),
         Decision::Revise(r) => format!("revise: {r}"),

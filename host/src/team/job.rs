@@ -50,6 +50,9 @@ pub struct JobResult {
     pub answer: Option<String>,
     pub support: u32,
     pub total: u32,
+    /// The final task's voter synthesised the answer: none of its ballots
+    /// gave it (see [`TaskResult::synthesised`]).
+    pub synthesised: bool,
     pub runner_up: Option<String>,
     pub stop: StopReason,
     /// Nodes behind the counted ballots of the final task.
@@ -310,6 +313,7 @@ impl PreparedTeam {
             answer: last.as_ref().and_then(|r| r.answer.clone()),
             support: last.as_ref().map(|r| r.support).unwrap_or(0),
             total: last.as_ref().map(|r| r.total).unwrap_or(0),
+            synthesised: last.as_ref().is_some_and(|r| r.synthesised),
             runner_up: last.as_ref().and_then(|r| r.runner_up.clone()),
             nodes: last.as_ref().map(|r| r.nodes.clone()).unwrap_or_default(),
             samples: done.iter().map(|(_, r)| r.samples).sum(),
@@ -472,6 +476,7 @@ pub async fn load_plugins(
                 config,
                 grants,
                 limits,
+                synthesises: declared.is_some_and(|d| d.synthesises),
             },
         ));
     }

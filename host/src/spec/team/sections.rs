@@ -170,6 +170,12 @@ pub struct PluginSection {
     /// Read at load, like a `[dag]` file: a replay or resume reads it again.
     #[serde(default)]
     pub weights: Option<PathBuf>,
+    /// A voter that may decide an answer none of the ballots gave (a
+    /// summary, a merge): the operator's declaration. Its decisions that do
+    /// are marked synthesised everywhere the answer is shown; a voter
+    /// without it that names an answer no ballot gave fails its task.
+    #[serde(default)]
+    pub synthesises: bool,
 }
 
 /// `[[task]]`.

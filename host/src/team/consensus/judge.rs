@@ -63,6 +63,7 @@ impl Team {
         for (by, name, out) in futures::future::join_all(calls).await {
             match out {
                 Ok(verdict) => {
+                    let verdict = under_host_name(verdict, &by, &name);
                     judged.verdicts.push(verdict);
                     judged.judges.push(by);
                 }
@@ -74,4 +75,25 @@ impl Team {
         }
         judged
     }
+}
+
+/// A verdict as the host records it: under the team's name for the
+/// verifier the host called (`by`; its SHA-256 goes beside it in the
+/// ballot's record), whatever name the plugin wrote into the verdict. A
+/// plugin that wrote another name is logged: a voter that weighs verdicts
+/// by verifier must not be told that `numeric-check` judged a ballot when
+/// some other component did.
+pub(crate) fn under_host_name(mut verdict: Verdict, by: &Served, plugin: &str) -> Verdict {
+    if verdict.verifier != by.plugin {
+        tracing::warn!(
+            verifier = %by.plugin,
+            sha256 = %by.hash,
+            "verifier `{}` ({plugin}) signed its verdict as {:?}; it is recorded as `{}`",
+            by.plugin,
+            verdict.verifier.chars().take(64).collect::<String>(),
+            by.plugin
+        );
+        verdict.verifier = by.plugin.clone();
+    }
+    verdict
 }

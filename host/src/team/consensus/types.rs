@@ -29,6 +29,9 @@ pub struct PluginUse {
     pub grants: Grants,
     /// The spec's `limits` for it; the runtime's defaults when `None`.
     pub limits: Option<crate::plugin::SandboxLimits>,
+    /// A voter its team declared may synthesise answers no ballot gave
+    /// (`synthesises = true`); see [`crate::plugin::checks::vouch`].
+    pub synthesises: bool,
 }
 
 /// What one task asks for.
@@ -141,6 +144,10 @@ pub struct TaskResult {
     pub answer: Option<String>,
     pub support: u32,
     pub total: u32,
+    /// The decided answer is none of the ballots': the team's voter, which
+    /// its spec declares may synthesise answers, made it up (`support` 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synthesised: bool,
     pub runner_up: Option<String>,
     /// Samples drawn that reported (a candidate, a plan or a failure;
     /// redraws and hedge copies included). A replica cancelled before it
@@ -167,6 +174,7 @@ impl TaskResult {
             answer: None,
             support: 0,
             total: 0,
+            synthesised: false,
             runner_up: None,
             samples: 0,
             rounds: 0,
