@@ -502,6 +502,10 @@ fn truncating_inside_a_chunk_keeps_what_is_before_the_cut() {
     futures::executor::block_on(journal.flush()).unwrap();
     let fresh = nats.read("cut");
     assert!(fresh.damaged.is_none(), "{:?}", fresh.damaged);
+    // The records kept by the cut keep their links, and the next one
+    // chains on from them.
+    assert!(fresh.chain.intact(), "{:?}", fresh.chain);
+    assert_eq!(fresh.chain.verified, 5);
     let entries: Vec<Entry> = fresh.records.iter().map(|r| r.entry.clone()).collect();
     assert_eq!(
         entries,
@@ -612,4 +616,82 @@ fn a_run_taken_over_fails_only_its_own_flushes() {
     assert_eq!(taken.records[1].entry, Entry::Resumed { after: 1 });
     // The journal-wide flush still says a run was taken over.
     assert!(block_on(first.flush()).is_err());
+}
+
+#[test]
+fn a_chunk_forged_on_the_stream_breaks_the_runs_chain_at_the_record_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let spec = team_file(dir.path(), TEAM);
+    let args = [
+        "run",
+        &spec,
+        "What is 40 + 2?",
+        "--gold",
+        "42",
+        "--json",
+        "--run-id",
+        "forged",
+    ];
+    let data = dir.path().join("unused");
+    let reply = ok_json(&conclave(&args, &data, &nats.env()));
+    let digest = reply["digest"].as_str().expect("a digest").to_string();
+    let answer = reply["answer"].as_str().unwrap().to_string();
+    let verified = ok_json(&conclave(
+        &["verify", "forged", "--digest", &digest, "--json"],
+        &data,
+        &nats.env(),
+    ));
+    assert_eq!(verified["ok"], true, "{verified}");
+    let ended = nats
+        .read("forged")
+        .records
+        .iter()
+        .find(|r| matches!(r.entry, Entry::JobEnded { .. }))
+        .map(|r| r.seq)
+        .unwrap();
+    // Whoever may publish on the journal's subjects republishes the chunk
+    // that holds the end, with another answer and the same headers: a
+    // reader takes the later of two chunks that start at one record.
+    let url = nats.config().url;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("CONCLAVE_CONCLAVE_JOURNAL").await.unwrap();
+        let last = stream
+            .get_last_raw_message_by_subject("conclave.conclave.journal.forged")
+            .await
+            .unwrap();
+        let text = String::from_utf8(last.payload.to_vec()).unwrap();
+        let forged = text.replace(&format!("\"answer\":\"{answer}\""), "\"answer\":\"999\"");
+        assert_ne!(forged, text);
+        let mut headers = async_nats::HeaderMap::new();
+        for name in ["Conclave-Seq", "Conclave-Count", "Conclave-Version"] {
+            headers.insert(name, last.headers.get(name).unwrap().as_str());
+        }
+        js.publish_with_headers(
+            "conclave.conclave.journal.forged",
+            headers,
+            forged.into_bytes().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    });
+    let log = nats.read("forged");
+    let stop = log.ended().map(|r| r.answer.clone());
+    assert_eq!(
+        stop,
+        Some(Some("999".to_string())),
+        "the forged end is read"
+    );
+    let out = conclave(&["verify", "forged", "--json"], &data, &nats.env());
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let broken = v["chain"]["broken"].as_str().unwrap();
+    assert!(
+        broken.starts_with(&format!("record {ended} does not match its link")),
+        "{broken}"
+    );
 }

@@ -341,6 +341,14 @@ async fn serve_with_no_watch_keeps_the_version_it_loaded_and_trace_names_it() {
     assert_eq!(row["sha256"], h1.as_str());
     drop(server);
     let t = trace_json(&data, r["conclave"]["run_id"].as_str().unwrap());
+    // The reply's digest is the journal's, and the answer, which no
+    // ballot gave, is marked as the voter's own.
+    let digest = r["conclave"]["digest"].as_str().expect("a digest");
+    assert_eq!(digest.len(), 64);
+    assert_eq!(t["chain"]["digest"], digest, "{t}");
+    assert_eq!(t["chain"]["broken"], Value::Null);
+    assert_eq!(r["conclave"]["synthesised"], true, "{r}");
+    assert_eq!(r["conclave"]["support"], 0);
     let vote = t["plugins"]
         .as_array()
         .unwrap()

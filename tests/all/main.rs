@@ -20,6 +20,7 @@ mod hot_swap;
 mod hot_swap_serve;
 mod job;
 mod journal;
+mod journal_chain;
 mod journal_crash;
 mod loading;
 mod otel;

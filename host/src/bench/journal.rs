@@ -35,6 +35,15 @@ pub struct JournalReport {
     pub with: Duration,
     /// with / without − 1.
     pub overhead: f64,
+    /// SQLite only: the same job into a journal that writes its records
+    /// without links (format 2, as before the hash chain), and what the
+    /// chain costs: with / unchained − 1.
+    pub unchained: Option<Duration>,
+    pub chain_cost: Option<f64>,
+    /// Reading back and verifying the chain of the append run below
+    /// (`verify_records` records).
+    pub verify: Duration,
+    pub verify_records: usize,
     /// Records the journaled job wrote, and the syncs (commits) it took
     /// (SQLite; the server syncs a stream's writes itself).
     pub records: usize,
@@ -103,6 +112,15 @@ pub async fn run(
             }
         };
     let commits_now = || sqlite.as_ref().map(|j| j.commits());
+    // The baseline of the chain's cost: the same store, unchained.
+    let unchained: Option<Arc<dyn Journal>> = match cluster {
+        Some(_) => None,
+        None => Some(
+            SqliteJournal::open_unchained(&dir.join("data-unchained"))
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let mut unchained_t = Vec::new();
     let (mut plain_t, mut discard_t, mut with_t) = (Vec::new(), Vec::new(), Vec::new());
     let mut plain = None;
     let mut done = None;
@@ -130,6 +148,22 @@ pub async fn run(
         )
         .await;
         discard_t.push(start.elapsed());
+        if let Some(u) = &unchained {
+            let start = Instant::now();
+            let d = team
+                .submit(
+                    &Job::new(&format!("{prefix}-unchained-{round}"), "", None),
+                    u.clone(),
+                    None,
+                    Arc::new(Quiet),
+                    CancellationToken::new(),
+                )
+                .await;
+            unchained_t.push(start.elapsed());
+            if let Some(e) = &d.journal_error {
+                return Err(e.clone());
+            }
+        }
         let c0 = commits_now();
         let start = Instant::now();
         let d = team
@@ -157,6 +191,7 @@ pub async fn run(
         median(&mut discard_t),
         median(&mut with_t),
     );
+    let unchained = (!unchained_t.is_empty()).then(|| median(&mut unchained_t));
     let (plain, done) = (plain.expect("ran"), done.expect("ran"));
     let decided = |r: &crate::team::job::JobResult| {
         r.tasks
@@ -199,6 +234,19 @@ pub async fn run(
     }
     journal.flush().await.map_err(|e| e.to_string())?;
     let appends_per_second = n as f64 / start.elapsed().as_secs_f64();
+    // Read back and verify that run's chain.
+    let start = Instant::now();
+    let appended = journal
+        .read(&format!("{prefix}-appends"))
+        .map_err(|e| e.to_string())?;
+    let verify = start.elapsed();
+    if !appended.chain.intact() || appended.records.len() != n {
+        return Err(format!(
+            "the append run does not verify: {} of {n} records, {}",
+            appended.records.len(),
+            appended.chain.summary()
+        ));
+    }
     drop(journal);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(JournalReport {
@@ -209,6 +257,10 @@ pub async fn run(
         discarding,
         with,
         overhead: with.as_secs_f64() / without.as_secs_f64() - 1.0,
+        unchained,
+        chain_cost: unchained.map(|u| with.as_secs_f64() / u.as_secs_f64() - 1.0),
+        verify,
+        verify_records: n,
         records,
         commits,
         appends_per_second,

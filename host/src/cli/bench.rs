@@ -450,9 +450,19 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                         r.with,
                         100.0 * r.overhead
                     );
+                if let (Some(u), Some(c)) = (r.unchained, r.chain_cost) {
+                    println!(
+                        "  into a journal without the hash chain (format 2): {u:.2?}; the chain costs {:+.1}% (goal <= 5%)",
+                        100.0 * c
+                    );
+                }
                 println!(
                     "appends: {:.0} records/s, durable every {}",
                     r.appends_per_second, r.flush_every
+                );
+                println!(
+                    "read and verify a run of {} records: {:.2?} (goal < 1 s for 10,000)",
+                    r.verify_records, r.verify
                 );
                 println!(
                     "replay of the journaled job with another voter: {} votes in {:.2?}",

@@ -10,7 +10,7 @@ use super::team::{cancel_on_ctrl_c, cluster_workers, finish, open_journal, progr
 use super::{default_plugin_dir, exit, report, runtime};
 
 /// `conclave resume`.
-pub async fn resume(run: &str, json: bool, store: &StoreArgs) -> u8 {
+pub async fn resume(run: &str, json: bool, accept_broken_chain: bool, store: &StoreArgs) -> u8 {
     let journal = match open_journal(store) {
         Ok(j) => j,
         Err(code) => return code,
@@ -35,6 +35,7 @@ pub async fn resume(run: &str, json: bool, store: &StoreArgs) -> u8 {
         observer,
         cancel_on_ctrl_c(),
         workers,
+        accept_broken_chain,
     )
     .await;
     if let Some(b) = bar {
@@ -55,7 +56,7 @@ pub async fn replay(
     (all, team): (bool, Option<&str>),
     (voter, voter_config, synthesises): (Option<&str>, &str, bool),
     (verifier, verifier_config): (Option<&str>, &str),
-    json: bool,
+    (json, accept_broken_chain): (bool, bool),
     store: &StoreArgs,
 ) -> u8 {
     let journal = match open_journal(store) {
@@ -129,6 +130,16 @@ pub async fn replay(
         };
         if let Some(w) = &log.damaged {
             eprintln!("warning: {w}");
+        }
+        if let Some(why) = &log.chain.broken {
+            if !accept_broken_chain {
+                eprintln!(
+                    "error: run {r}: its journal's hash chain is broken ({why}); it is not replayed from records that may have been edited (`conclave verify {r}` says more; --accept-broken-chain replays anyway)"
+                );
+                failed = true;
+                continue;
+            }
+            eprintln!("warning: run {r}: its journal's hash chain is broken: {why}");
         }
         match conclave::journal::replay::replay(
             &log,
@@ -306,6 +317,65 @@ pub fn runs(json: bool, store: &StoreArgs) -> u8 {
 }
 
 /// `conclave trace`.
+/// `conclave verify`.
+pub fn verify(run: &str, digest: Option<&str>, json: bool, store: &StoreArgs) -> u8 {
+    let journal = match open_journal(store) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    let log = match journal.read(run) {
+        Ok(l) => l,
+        Err(e) => {
+            report(&e);
+            return exit::FAILURE;
+        }
+    };
+    let chain = &log.chain;
+    let records = log.records.len() as u64;
+    let kept = digest.map(|d| chain.record_of(d));
+    let ok = chain.intact() && log.damaged.is_none() && kept.is_none_or(|k| k.is_some());
+    if json {
+        let v = serde_json::json!({
+            "run": run,
+            "records": records,
+            "ok": ok,
+            "chain": chain,
+            "damaged": log.damaged,
+            "digest_given": digest,
+            "digest_record": kept.flatten(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serialisable")
+        );
+    } else {
+        println!("run {run}: {records} records");
+        println!("chain:   {}", chain.summary());
+        if let Some(d) = &log.damaged {
+            println!("damaged: {d}");
+        }
+        match (digest, kept.flatten()) {
+            (None, _) => {}
+            (Some(_), Some(seq)) if seq + 1 == records => println!(
+                "digest:  matches record {seq}, the run's last: the journal holds what the run did when that digest was given"
+            ),
+            (Some(_), Some(seq)) => println!(
+                "digest:  matches record {seq} of {records}: the journal holds what the run did up to then; {} records came after",
+                records - seq - 1
+            ),
+            (Some(d), None) => println!(
+                "digest:  {d} is the link of none of the run's verified records: the run's records are not the ones that digest was given for (rewritten, or cut before it)"
+            ),
+        }
+    }
+    if ok {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }
+}
+
+/// `conclave trace`.
 pub fn trace(run: &str, json: bool, html: Option<&Path>, store: &StoreArgs) -> u8 {
     let journal = match open_journal(store) {
         Ok(j) => j,
@@ -320,6 +390,11 @@ pub fn trace(run: &str, json: bool, html: Option<&Path>, store: &StoreArgs) -> u
     };
     if let Some(w) = &log.damaged {
         eprintln!("warning: {w}");
+    }
+    if let Some(why) = &log.chain.broken {
+        eprintln!(
+            "warning: run {run}: its journal's hash chain is broken, so what follows may have been edited: {why}"
+        );
     }
     let t = conclave::journal::trace::trace(&log);
     if let Some(path) = html {
@@ -354,6 +429,7 @@ pub fn trace(run: &str, json: bool, html: Option<&Path>, store: &StoreArgs) -> u
             String::new()
         }
     );
+    println!("journal chain: {}", t.chain.summary());
     println!(
         "{:<16} {:>6} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>10}",
         "node", "calls", "journal", "failures", "cancelled", "p50 ms", "p95 ms", "tokens", "cost"

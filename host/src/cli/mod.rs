@@ -110,6 +110,10 @@ enum Command {
         run: String,
         #[arg(long)]
         json: bool,
+        /// Resume even though the run's hash chain is broken (its records
+        /// may have been edited since they were written).
+        #[arg(long)]
+        accept_broken_chain: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -148,6 +152,10 @@ enum Command {
         /// The verifier's config, JSON.
         #[arg(long, default_value = "{}")]
         verifier_config: String,
+        /// Replay a run even though its hash chain is broken (its records
+        /// may have been edited since they were written).
+        #[arg(long)]
+        accept_broken_chain: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -189,6 +197,19 @@ enum Command {
     Worker(WorkerArgs),
     /// List journaled runs.
     Runs {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check a run's journal against its hash chain, and a digest kept
+    /// from its reply: names the first record that does not match.
+    Verify {
+        run: String,
+        /// A digest the run's reply (or `conclave run`) gave: say whether
+        /// the journal still holds the records it was the end of.
+        #[arg(long)]
+        digest: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -520,7 +541,9 @@ pub fn main() -> ExitCode {
 /// on a cluster must see a closed connection as an error, not die of it.
 fn prints_and_exits(command: &Command) -> bool {
     match command {
-        Command::Runs { store, .. } | Command::Trace { store, .. } => store.cluster().is_none(),
+        Command::Runs { store, .. }
+        | Command::Trace { store, .. }
+        | Command::Verify { store, .. } => store.cluster().is_none(),
         Command::Plan { .. } | Command::Completions { .. } => true,
         _ => false,
     }
@@ -548,7 +571,12 @@ async fn run(cli: Cli) -> u8 {
         Command::Run(args) => team::ask(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Eval(args) => eval::eval(args).await,
-        Command::Resume { run, json, store } => journal::resume(&run, json, &store).await,
+        Command::Resume {
+            run,
+            json,
+            accept_broken_chain,
+            store,
+        } => journal::resume(&run, json, accept_broken_chain, &store).await,
         Command::Replay {
             run,
             all,
@@ -559,6 +587,7 @@ async fn run(cli: Cli) -> u8 {
             weights,
             verifier,
             verifier_config,
+            accept_broken_chain,
             json,
             store,
         } => {
@@ -571,7 +600,7 @@ async fn run(cli: Cli) -> u8 {
                 (all, team.as_deref()),
                 (voter.as_deref(), &voter_config, synthesises),
                 (verifier.as_deref(), &verifier_config),
-                json,
+                (json, accept_broken_chain),
                 &store,
             )
             .await
@@ -595,6 +624,12 @@ async fn run(cli: Cli) -> u8 {
             html,
             store,
         } => journal::trace(&run, json, html.as_deref(), &store),
+        Command::Verify {
+            run,
+            digest,
+            json,
+            store,
+        } => journal::verify(&run, digest.as_deref(), json, &store),
         Command::Plan {
             spec,
             workers,

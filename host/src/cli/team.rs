@@ -250,7 +250,13 @@ pub(super) fn finish(done: &conclave::journal::resume::Journaled, json: bool) ->
         eprintln!("warning: the run was not fully journaled: {e}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(r).expect("serialisable"));
+        // The result as journaled, and the run's digest beside it.
+        let mut v = serde_json::to_value(r).expect("serialisable");
+        v["digest"] = serde_json::json!(done.digest);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serialisable")
+        );
     } else {
         if r.simulated {
             println!("note: this team uses a simulated node; its answers are not a model's");
@@ -283,6 +289,12 @@ pub(super) fn finish(done: &conclave::journal::resume::Journaled, json: bool) ->
         println!("time:       {:.2?}", r.wall);
         println!("stop:       {}", r.stop);
         println!("run:        {} (conclave trace {})", r.run_id, r.run_id);
+        if let Some(d) = &done.digest {
+            println!(
+                "digest:     {d} (keep it: conclave verify {} --digest {d})",
+                r.run_id
+            );
+        }
     }
     match r.stop {
         StopReason::Decided => exit::OK,

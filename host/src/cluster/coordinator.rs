@@ -422,6 +422,7 @@ impl Coordinator {
             observer,
             cancel,
             self.workers.get().cloned(),
+            false,
         )
         .await;
         match resumed {

@@ -10,8 +10,9 @@
 //!   `conclave.NAME.journal.>`: a run's records on the subject
 //!   `conclave.NAME.journal.RUN`, in *chunks* as in the SQLite store: the
 //!   records a run queued while the last message was being written go in
-//!   one message, `[[at_ms, record], ...]` (each record an [`Entry`],
-//!   JSON), so that the server syncs once for all of them. The headers
+//!   one message, `[[at_ms, record, link], ...]` (each record an
+//!   [`Entry`], JSON; its link in the run's hash chain, [`super::chain`]),
+//!   so that the server syncs once for all of them. The headers
 //!   `Conclave-Seq` (the first record's number: 0, 1, 2, ... per run),
 //!   `Conclave-Count` and `Conclave-Version` ([`super::VERSION`]) say where
 //!   they go. `Nats-Msg-Id` is `RUN/FIRST/COUNT/WRITER`, so a chunk
@@ -56,7 +57,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, Entry, Journal, JournalError, Numbering, RunLog, RunRow};
+use super::{chain, Entry, Journal, JournalError, Numbered, Numbering, RunLog, RunRow};
 use crate::team::events::Event;
 
 mod auth;
@@ -166,6 +167,8 @@ struct Pending {
     seq: u64,
     at_ms: u64,
     entry: Result<String, String>,
+    /// Its link in the run's chain (none: the journal does not chain).
+    link: Option<String>,
     runs: Option<RunsUpdate>,
 }
 
@@ -205,7 +208,8 @@ enum Msg {
     Flush(oneshot::Sender<Result<(), String>>),
     /// A flush that answers for one run only.
     FlushRun(String, oneshot::Sender<Result<(), String>>),
-    NextSeq(String, Reply<u64>),
+    /// Where a run goes on: its next seq and its last record's link.
+    NextSeq(String, Reply<(u64, chain::Link)>),
     Runs(Reply<Vec<RunRow>>),
     Read(String, Reply<Option<RunLog>>),
     Truncate(String, u64, Reply<()>),
@@ -318,15 +322,16 @@ impl JetStreamJournal {
             self.ask(|r| Msg::NextSeq(run.to_string(), r))
                 .unwrap_or_else(|e| {
                     tracing::warn!("journal {}: {e}", self.label.display());
-                    0
+                    (0, chain::genesis(run))
                 })
         };
-        self.next.next(run, stored, |run, seq| {
+        self.next.next(run, stored, entry, |n: Numbered| {
             self.send(Msg::Append(Box::new(Pending {
-                run,
-                seq,
-                at_ms: now_ms(),
-                entry,
+                run: n.run,
+                seq: n.seq,
+                at_ms: n.at_ms,
+                entry: n.entry,
+                link: n.link,
                 runs,
             })));
         })
@@ -388,6 +393,10 @@ impl Journal for JetStreamJournal {
         )));
     }
 
+    fn digest(&self, run: &str) -> Option<String> {
+        self.next.digest(run)
+    }
+
     fn unfence(&self) {
         self.next.clear();
         self.send(Msg::Unfence);
@@ -399,7 +408,7 @@ impl Journal for JetStreamJournal {
                 path: self.label.clone(),
                 reason,
             })?;
-        self.next.reset(run, keep);
+        self.next.forget(run);
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! stream ([`jetstream`]). [`Recorder`] is the [`Observer`] that feeds a journal during a run,
 //! and makes a decision wait until the records behind it are durable.
 
+pub mod chain;
 pub mod jetstream;
 pub mod replay;
 pub mod resume;
@@ -28,7 +29,13 @@ use crate::team::job::JobResult;
 ///
 /// 1: one row per record. 2: records stored in chunks, several consecutive
 /// records of a run in one row (see [`sqlite`]); each record as in 1.
-pub const VERSION: u32 = 2;
+/// 3: each record in a chunk carries its link in the run's hash chain
+/// ([`chain`]): `[time, record, link]`.
+pub const VERSION: u32 = 3;
+
+/// The format of chunks without links, which a journal writes when it does
+/// not chain (the benchmark's baseline).
+pub const UNCHAINED: u32 = 2;
 
 /// What a record says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +54,10 @@ pub enum Entry {
         /// What the client asked of every model call (unset: nothing).
         #[serde(default, skip_serializing_if = "crate::model::Sampling::is_default")]
         sampling: crate::model::Sampling,
+        /// The SHA-256 of each plugin the team loaded, by its name in the
+        /// spec: with the spec, what the run's hash chain starts from.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        plugins: std::collections::BTreeMap<String, String>,
     },
     /// A run was resumed after the record `after`.
     Resumed { after: u64 },
@@ -98,6 +109,8 @@ pub struct RunRow {
 #[derive(Clone, Debug)]
 pub struct RunLog {
     pub records: Vec<Record>,
+    /// What the records' hash chain says ([`chain`]).
+    pub chain: chain::ChainReport,
     /// A record that could not be read (bad checksum, unknown version,
     /// not JSON; the store may check several records as one, see
     /// [`sqlite`]): everything from it on is left out, and the reason is
@@ -214,6 +227,14 @@ pub trait Journal: Send + Sync {
         let _ = why;
     }
 
+    /// The digest of `run` as this process wrote it: the link of the last
+    /// record it queued ([`chain`]); none for a run it did not write, or a
+    /// store that does not chain. Read it after a flush.
+    fn digest(&self, run: &str) -> Option<String> {
+        let _ = run;
+        None
+    }
+
     /// Lifts [`Self::fence`], for a process that leads again (a new term,
     /// after its runs of the old one stopped): what it knew of each run's
     /// place in the store is forgotten, so that a run it writes again goes
@@ -251,46 +272,126 @@ pub(crate) fn flush_answer(
 /// records of the run are refused from then on.
 pub const TAKEN_OVER: &str = "taken over by another process";
 
-/// How a store numbers records: per run, its id as queued records share it
-/// and its next seq. Both stores number under this lock and queue the
-/// record before letting go of it, so that a run's records reach their
-/// writer in seq order.
-#[derive(Default)]
-pub(crate) struct Numbering(std::sync::Mutex<std::collections::HashMap<String, (Arc<str>, u64)>>);
+/// Where a run's records go on: its id as queued records share it, its
+/// next seq and the link of its last record ([`chain`]).
+struct Place {
+    id: Arc<str>,
+    next: u64,
+    link: chain::Link,
+}
+
+/// How a store numbers and chains records: per run, its next seq and last
+/// link. Both stores number under this lock and queue the record before
+/// letting go of it, so that a run's records reach their writer in seq
+/// order, each with the link that chains it to the one before.
+pub(crate) struct Numbering {
+    places: std::sync::Mutex<std::collections::HashMap<String, Place>>,
+    /// Whether records are chained (format 3); off only for the
+    /// benchmark's baseline.
+    chained: bool,
+}
+
+impl Default for Numbering {
+    fn default() -> Self {
+        Numbering {
+            places: Default::default(),
+            chained: true,
+        }
+    }
+}
+
+/// A record numbered and chained, ready for its store's writer.
+pub(crate) struct Numbered {
+    pub(crate) run: Arc<str>,
+    pub(crate) seq: u64,
+    pub(crate) at_ms: u64,
+    /// Its JSON (or why it could not be made).
+    pub(crate) entry: Result<String, String>,
+    /// Its link, hex; none when the journal does not chain.
+    pub(crate) link: Option<String>,
+}
 
 impl Numbering {
-    /// Numbers the next record of `run` and hands it to `queue` with the
-    /// run's shared id, under the lock. `stored` says where a run this
-    /// process has not written yet goes on (what the store holds of it).
+    /// A numbering that writes unchained records (format 2), as builds
+    /// before the chain did: the benchmark's baseline.
+    pub(crate) fn unchained() -> Self {
+        Numbering {
+            chained: false,
+            ..Default::default()
+        }
+    }
+
+    /// Numbers and chains the next record of `run` (its JSON `entry`) and
+    /// hands it to `queue`, under the lock. `stored` says where a run this
+    /// process has not written yet goes on: the store's next seq and the
+    /// link of its last record ([`chain::genesis`] when it holds none, or
+    /// only unchained ones).
     pub(crate) fn next(
         &self,
         run: &str,
-        stored: impl FnOnce() -> u64,
-        queue: impl FnOnce(Arc<str>, u64),
+        stored: impl FnOnce() -> (u64, chain::Link),
+        entry: Result<String, String>,
+        queue: impl FnOnce(Numbered),
     ) -> u64 {
-        let mut next = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !next.contains_key(run) {
-            let n = stored();
-            next.insert(run.to_string(), (Arc::from(run), n));
+        let at_ms = now_ms();
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if !places.contains_key(run) {
+            let (next, link) = stored();
+            places.insert(
+                run.to_string(),
+                Place {
+                    id: Arc::from(run),
+                    next,
+                    link,
+                },
+            );
         }
-        let (id, n) = next.get_mut(run).expect("inserted above");
-        let seq = *n;
-        *n += 1;
-        queue(id.clone(), seq);
+        let place = places.get_mut(run).expect("inserted above");
+        let seq = place.next;
+        place.next += 1;
+        let link = self.chained.then(|| {
+            let text = entry.as_deref().unwrap_or("");
+            place.link = chain::link(&place.link, seq, at_ms, text);
+            chain::hex(&place.link)
+        });
+        queue(Numbered {
+            run: place.id.clone(),
+            seq,
+            at_ms,
+            entry,
+            link,
+        });
         seq
+    }
+
+    /// The link of the last record this process queued for `run`: the
+    /// run's digest once its last record is durable.
+    pub(crate) fn digest(&self, run: &str) -> Option<String> {
+        if !self.chained {
+            return None;
+        }
+        self.places
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run)
+            .filter(|p| p.next > 0)
+            .map(|p| chain::hex(&p.link))
     }
 
     /// Forgets every run's place: each goes on after what the store holds.
     pub(crate) fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// After a truncation: `run` goes on at `next`.
-    pub(crate) fn reset(&self, run: &str, next: u64) {
-        self.0
+        self.places
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(run.to_string(), (Arc::from(run), next));
+            .clear();
+    }
+
+    /// After a truncation: `run` goes on after what the store holds then.
+    pub(crate) fn forget(&self, run: &str) {
+        self.places
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run);
     }
 }
 

@@ -26,6 +26,12 @@ pub enum ResumeError {
     Journal(#[from] JournalError),
     #[error("run {0}: the journal has no submission record to resume from")]
     NoSubmission(String),
+    #[error(
+        "run {run}: its journal's hash chain is broken ({why}); it is not resumed from records \
+         that may have been edited (`conclave verify {run}` says more; `--accept-broken-chain` \
+         resumes anyway)"
+    )]
+    BrokenChain { run: String, why: String },
     #[error("run {run}: the team spec journaled with it no longer loads: {source}")]
     Team {
         run: String,
@@ -70,7 +76,9 @@ pub fn recorded(log: &RunLog) -> Recorded {
 /// Continues run `run_id` from its journal. A damaged tail is cut back to
 /// the last good record first (and reported in `repaired`). A run that
 /// already ended is not run again: its recorded result comes back. With
-/// `workers`, its replicas go to the cluster's workers.
+/// `workers`, its replicas go to the cluster's workers. A run whose hash
+/// chain is broken is refused unless `accept_broken_chain`.
+#[allow(clippy::too_many_arguments)]
 pub async fn resume(
     journal: Arc<dyn Journal>,
     run_id: &str,
@@ -79,8 +87,15 @@ pub async fn resume(
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
     workers: Option<Arc<dyn crate::team::remote::RemoteReplicas>>,
+    accept_broken_chain: bool,
 ) -> Result<Journaled, ResumeError> {
     let log = journal.read(run_id)?;
+    if let (Some(why), false) = (&log.chain.broken, accept_broken_chain) {
+        return Err(ResumeError::BrokenChain {
+            run: run_id.to_string(),
+            why: why.clone(),
+        });
+    }
     let repaired = log.damaged.clone();
     if repaired.is_some() {
         journal.truncate(run_id, log.records.len() as u64)?;
@@ -90,6 +105,7 @@ pub async fn resume(
             result: result.clone(),
             journal_error: None,
             repaired,
+            digest: log.chain.digest.clone(),
         });
     }
     let (_, spec_path, text, question, gold) = log

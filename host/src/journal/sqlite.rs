@@ -18,7 +18,7 @@
 //!   count    INTEGER NOT NULL,  -- records in it
 //!   version  INTEGER NOT NULL,  -- record format (journal::VERSION; 1: one format-1 record)
 //!   at_ms    INTEGER NOT NULL,  -- Unix milliseconds when its first record was appended
-//!   body     TEXT NOT NULL,     -- version 2: [[ms after at_ms, record], ...]; version 1: the record
+//!   body     TEXT NOT NULL,     -- version 3: [[ms after at_ms, record, link], ...]; 2: [[ms, record], ...]; 1: the record
 //!   checksum INTEGER NOT NULL,  -- first 8 bytes of SHA-256(body)
 //!   PRIMARY KEY (run, first)) WITHOUT ROWID;
 //! CREATE TABLE runs (
@@ -37,6 +37,9 @@
 //! with its version (1), body and checksum as they were, and reads as
 //! before.
 //!
+//! Each record of format 3 carries its link in the run's hash chain
+//! ([`super::chain`]); `conclave verify RUN` checks them.
+//!
 //! Records are serialised by the thread that appends them; one writer
 //! thread commits whatever is queued in one transaction (group commit) and
 //! then answers every flush waiting on it. While flushes come in faster
@@ -52,7 +55,8 @@ use futures::future::BoxFuture;
 use rusqlite::{params, Connection};
 use sha2::Digest;
 
-use super::{now_ms, Entry, Journal, JournalError, Numbering, Record, RunLog, RunRow, VERSION};
+use super::chain::{self, Verifier};
+use super::{Entry, Journal, JournalError, Numbered, Numbering, Record, RunLog, RunRow, VERSION};
 use crate::team::events::Event;
 
 mod schema;
@@ -87,6 +91,8 @@ struct Pending {
     at_ms: u64,
     /// The entry's JSON (or why it could not be made).
     entry: Result<String, String>,
+    /// Its link in the run's chain (none: the journal does not chain).
+    link: Option<String>,
     /// What the record changes in the `runs` table.
     runs: Option<RunsUpdate>,
 }
@@ -141,6 +147,18 @@ fn runs_update(entry: &Entry) -> Option<RunsUpdate> {
 impl SqliteJournal {
     /// Opens (creating if needed) the journal in `dir`.
     pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
+        Self::open_with(dir, Numbering::default())
+    }
+
+    /// [`Self::open`], writing records without links (format 2) as builds
+    /// before the chain did: the benchmark's baseline, never a product
+    /// setting.
+    #[doc(hidden)]
+    pub fn open_unchained(dir: &Path) -> Result<Arc<Self>, JournalError> {
+        Self::open_with(dir, Numbering::unchained())
+    }
+
+    fn open_with(dir: &Path, next: Numbering) -> Result<Arc<Self>, JournalError> {
         let path = dir.join(FILE);
         let open_err = |reason: String| JournalError::Open {
             path: path.clone(),
@@ -165,7 +183,7 @@ impl SqliteJournal {
             path,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            next: Numbering::default(),
+            next,
             reader: Mutex::new(reader),
             commits,
         }))
@@ -200,28 +218,42 @@ impl SqliteJournal {
     /// Queues a serialised record as the next of `run`.
     fn queue(&self, run: &str, entry: Result<String, String>, runs: Option<RunsUpdate>) -> u64 {
         let stored = || {
-            self.reader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .query_row(
-                    "SELECT max(first + count) FROM chunks WHERE run = ?1",
-                    params![run],
-                    |row| row.get::<_, Option<i64>>(0),
-                )
-                .ok()
-                .flatten()
-                .map_or(0, |m| m as u64)
+            let c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            tail(&c, run)
         };
-        self.next.next(run, stored, |run, seq| {
+        self.next.next(run, stored, entry, |n: Numbered| {
             self.send(Msg::Append(Box::new(Pending {
-                run,
-                seq,
-                at_ms: now_ms(),
-                entry,
+                run: n.run,
+                seq: n.seq,
+                at_ms: n.at_ms,
+                entry: n.entry,
+                link: n.link,
                 runs,
             })));
         })
     }
+}
+
+/// Where a run goes on in the file: its next seq, and the link of its last
+/// record (the genesis when it has none, or its last chunk is unchained or
+/// cannot be read: a verify names that).
+fn tail(c: &Connection, run: &str) -> (u64, chain::Link) {
+    let last: Option<(i64, i64, i64, String)> = c
+        .query_row(
+            "SELECT first, count, version, body FROM chunks WHERE run = ?1 ORDER BY first DESC LIMIT 1",
+            params![run],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .ok();
+    let Some((first, count, version, body)) = last else {
+        return (0, chain::genesis(run));
+    };
+    let next = (first + count) as u64;
+    let link = (version >= 3)
+        .then(|| serde_json::from_str::<Vec<(i64, &serde_json::value::RawValue, &str)>>(&body).ok())
+        .flatten()
+        .and_then(|records| records.last().and_then(|(_, _, l)| chain::parse(l)));
+    (next, link.unwrap_or_else(|| chain::genesis(run)))
 }
 
 impl Drop for SqliteJournal {
@@ -275,6 +307,8 @@ struct Chunk {
     first: u64,
     count: u64,
     at_ms: u64,
+    /// 3 when its records carry links, else 2.
+    version: u32,
     body: String,
 }
 
@@ -285,7 +319,10 @@ impl Chunk {
         // Milliseconds after the chunk's first record (the clock may step
         // back: signed).
         let after = p.at_ms as i64 - self.at_ms as i64;
-        let _ = write!(self.body, "[{after},{entry}]");
+        let _ = match &p.link {
+            Some(link) => write!(self.body, "[{after},{entry},\"{link}\"]"),
+            None => write!(self.body, "[{after},{entry}]"),
+        };
         self.count += 1;
     }
 }
@@ -311,14 +348,24 @@ fn write_batch(
             .entry
             .as_deref()
             .map_err(|e| format!("record {} of {}: {e}", p.seq, p.run))?;
+        let version = if p.link.is_some() {
+            VERSION
+        } else {
+            super::UNCHAINED
+        };
         let i = match open.get(&p.run) {
-            Some(&i) if chunks[i].first + chunks[i].count == p.seq => i,
+            Some(&i)
+                if chunks[i].first + chunks[i].count == p.seq && chunks[i].version == version =>
+            {
+                i
+            }
             _ => {
                 chunks.push(Chunk {
                     run: p.run.clone(),
                     first: p.seq,
                     count: 0,
                     at_ms: p.at_ms,
+                    version,
                     body: String::with_capacity(4096),
                 });
                 open.insert(p.run.clone(), chunks.len() - 1);
@@ -364,7 +411,7 @@ fn write_batch(
                     &*c.run,
                     c.first as i64,
                     c.count as i64,
-                    VERSION,
+                    c.version,
                     c.at_ms as i64,
                     c.body,
                     checksum(&c.body)
@@ -382,13 +429,15 @@ fn write_batch(
     t.commit().map_err(|e| e.to_string())
 }
 
-/// The records of one chunk, or why they cannot be read.
+/// The records of one chunk, or why they cannot be read; each record's
+/// link is checked by `chain` as it is read.
 fn decode(
     version: u32,
     first: u64,
     count: u64,
     at_ms: u64,
     body: &str,
+    chain: &mut Verifier,
 ) -> Result<Vec<(u64, Entry)>, String> {
     let unreadable = |e: String| {
         if count == 1 {
@@ -409,7 +458,29 @@ fn decode(
             }
             let entry =
                 serde_json::from_str::<Entry>(body).map_err(|e| unreadable(e.to_string()))?;
+            chain.next(first, at_ms, body, None);
             Ok(vec![(at_ms, entry)])
+        }
+        3.. => {
+            // [[ms after the chunk's at_ms, entry, link], ...]
+            type Linked<'a> = (i64, &'a serde_json::value::RawValue, &'a str);
+            let stored: Vec<Linked> =
+                serde_json::from_str(body).map_err(|e| unreadable(e.to_string()))?;
+            if stored.len() as u64 != count {
+                return Err(unreadable(format!(
+                    "it holds {} records, not {count}",
+                    stored.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(stored.len());
+            for (i, (after, raw, link)) in stored.into_iter().enumerate() {
+                let at = at_ms.saturating_add_signed(after);
+                chain.next(first + i as u64, at, raw.get(), Some(link));
+                let entry = serde_json::from_str::<Entry>(raw.get())
+                    .map_err(|e| unreadable(e.to_string()))?;
+                out.push((at, entry));
+            }
+            Ok(out)
         }
         _ => {
             // [[ms after the chunk's at_ms, entry], ...]
@@ -420,6 +491,9 @@ fn decode(
                     "it holds {} records, not {count}",
                     stored.len()
                 )));
+            }
+            for (i, _) in stored.iter().enumerate() {
+                chain.next(first + i as u64, 0, "", None);
             }
             Ok(stored
                 .into_iter()
@@ -444,6 +518,10 @@ impl Journal for SqliteJournal {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self.send(Msg::Flush(tx));
         super::flush_answer(sent, rx, self.path.clone())
+    }
+
+    fn digest(&self, run: &str) -> Option<String> {
+        self.next.digest(run)
     }
 
     fn runs(&self) -> Result<Vec<RunRow>, JournalError> {
@@ -500,6 +578,7 @@ impl Journal for SqliteJournal {
         }
         let mut records = Vec::new();
         let mut damaged = None;
+        let mut chain = Verifier::new(run);
         for (first, count, at, version, body, sum) in rows {
             let next = records.len() as i64;
             let why = if first != next {
@@ -522,7 +601,14 @@ impl Journal for SqliteJournal {
                     )
                 })
             } else {
-                decode(version as u32, first as u64, count as u64, at as u64, &body)
+                decode(
+                    version as u32,
+                    first as u64,
+                    count as u64,
+                    at as u64,
+                    &body,
+                    &mut chain,
+                )
             };
             match why {
                 Ok(entries) => {
@@ -545,7 +631,11 @@ impl Journal for SqliteJournal {
                 }
             }
         }
-        Ok(RunLog { records, damaged })
+        Ok(RunLog {
+            records,
+            chain: chain.finish(),
+            damaged,
+        })
     }
 
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError> {
@@ -571,7 +661,17 @@ impl Journal for SqliteJournal {
         if let Some((first, version, body, sum)) = across {
             let kept = keep as i64 - first;
             let cut = match version {
-                2.. if checksum(&body) == sum => {
+                // Each record as stored, its link with it: the kept ones
+                // verify as before.
+                3.. if checksum(&body) == sum => serde_json::from_str::<
+                    Vec<&serde_json::value::RawValue>,
+                >(&body)
+                .ok()
+                .map(|v| {
+                    let kept: Vec<&str> = v.iter().take(kept as usize).map(|r| r.get()).collect();
+                    format!("[{}]", kept.join(","))
+                }),
+                2 if checksum(&body) == sum => {
                     serde_json::from_str::<Vec<serde_json::Value>>(&body)
                         .ok()
                         .and_then(|mut v| {
@@ -594,18 +694,11 @@ impl Journal for SqliteJournal {
             }
             .map_err(|e| write_err(e.to_string()))?;
         }
-        let end = t
-            .query_row(
-                "SELECT max(first + count) FROM chunks WHERE run = ?1",
-                params![run],
-                |row| row.get::<_, Option<i64>>(0),
-            )
-            .map_err(|e| write_err(e.to_string()))?
-            .map_or(0, |m| m as u64);
         t.commit().map_err(|e| write_err(e.to_string()))?;
         // The reader's lock goes first: `queue` takes `next`, then `reader`.
         drop(c);
-        self.next.reset(run, end);
+        // Its next record goes on after what is left, chained to it.
+        self.next.forget(run);
         Ok(())
     }
 }

@@ -104,6 +104,8 @@ pub struct Trace {
     pub timeline: Vec<String>,
     /// Damage found in the journal, if any.
     pub damaged: Option<String>,
+    /// What the records' hash chain says, and the run's digest.
+    pub chain: crate::journal::chain::ChainReport,
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -456,6 +458,7 @@ pub fn trace(log: &RunLog) -> Trace {
         calls,
         timeline,
         damaged: log.damaged.clone(),
+        chain: log.chain.clone(),
     }
 }
 
@@ -510,7 +513,8 @@ pub fn html(t: &Trace) -> String {
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style>\
          </head><body><h1>Run {run}</h1><p>Team <b>{team}</b>: {q}</p>\
-         <p>Answer: <b>{answer}</b> &middot; stop: {stop} &middot; {wall} ms &middot; {messages} messages &middot; critical path: {path}</p>",
+         <p>Answer: <b>{answer}</b> &middot; stop: {stop} &middot; {wall} ms &middot; {messages} messages &middot; critical path: {path}</p>\
+         <p>Journal chain: {chain}</p>",
         run = esc(&t.run),
         team = esc(&t.team),
         q = esc(&t.question),
@@ -519,6 +523,7 @@ pub fn html(t: &Trace) -> String {
         wall = t.wall_ms,
         messages = t.messages,
         path = esc(&t.critical_path.join(" → ")),
+        chain = esc(&t.chain.summary()),
     );
     let _ = write!(page, "<h2>Nodes × time</h2>{svg}<h2>Nodes</h2><table><tr><th>node</th><th>calls</th><th>failures</th><th>p50 ms</th><th>p95 ms</th><th>tokens</th><th>cost</th></tr>");
     for n in &t.nodes {

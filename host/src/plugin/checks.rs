@@ -467,6 +467,49 @@ mod tests {
         assert!(e.contains(&format!("through {n} of {n} subtasks")), "{e}");
     }
 
+    fn ballot(answer: &str, ranking: &[&str]) -> crate::plugin::Ballot {
+        crate::plugin::Ballot {
+            candidate: crate::plugin::Candidate {
+                replica: 0,
+                node: String::new(),
+                answer: answer.into(),
+                text: String::new(),
+                confidence: None,
+                ranking: ranking.iter().map(|r| r.to_string()).collect(),
+            },
+            verdicts: Vec::new(),
+        }
+    }
+
+    fn decided(answer: &str, support: u32, total: u32) -> Decision {
+        Decision::Decided(crate::plugin::Decided {
+            answer: answer.into(),
+            support,
+            total,
+            runner_up: None,
+        })
+    }
+
+    #[test]
+    fn a_decision_is_one_of_the_ballots_answers_with_the_hosts_counts() {
+        let ballots = [ballot("7", &[]), ballot("7", &[]), ballot("9", &["9", "8"])];
+        let v = vouch("v", decided("7", 3, 3), &ballots, false).unwrap();
+        assert_eq!(v.decision, decided("7", 2, 3));
+        assert!(!v.synthesised);
+        // An answer only ranked (borda) is one the ballots gave.
+        let v = vouch("v", decided("8", 1, 3), &ballots, false).unwrap();
+        assert_eq!(v.decision, decided("8", 0, 3));
+        let e = vouch("v", decided("1337", 3, 3), &ballots, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decided \"1337\" (3 of 3), which none of the 3 ballots gave (their answers: \"7\", \"9\")"), "{e}");
+        let v = vouch("v", decided("1337", 3, 3), &ballots, true).unwrap();
+        assert_eq!((v.decision, v.synthesised), (decided("1337", 0, 3), true));
+        // Not a decision: nothing to vouch for.
+        let v = vouch("v", Decision::NeedMore(2), &ballots, false).unwrap();
+        assert_eq!(v.decision, Decision::NeedMore(2));
+    }
+
     #[test]
     fn panic_message_is_extracted() {
         let s = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom here\nnote: run with `RUST_BACKTRACE=1`";

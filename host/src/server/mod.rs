@@ -308,6 +308,8 @@ enum Outcome {
         deadline_passed: bool,
         /// Its journal took every record (its end included).
         journaled: bool,
+        /// The run's digest in the journal's hash chain.
+        digest: Option<String>,
     },
     /// The deadline passed while it waited for a slot.
     NoSlot,
@@ -474,6 +476,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
                 Outcome::Ran {
                     deadline_passed: Instant::now() >= until,
                     journaled: done.journal_error.is_none(),
+                    digest: done.digest,
                     result: Box::new(done.result),
                 }
             }
@@ -505,12 +508,13 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     }
     let outcome = job.await.unwrap_or(Outcome::NoSlot);
     drop(guard);
-    let (r, deadline_passed) = match outcome {
+    let (r, deadline_passed, digest) = match outcome {
         Outcome::Ran {
             result,
             deadline_passed,
+            digest,
             ..
-        } => (result, deadline_passed),
+        } => (result, deadline_passed, digest),
         Outcome::Left => {
             let e = cluster::left_the_queue(lead.as_ref()).unwrap_or_else(|| no_slot(&app));
             app.metrics.request(e.status.as_str());
@@ -535,7 +539,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         "model": reply.model,
         "choices": reply.choices(&r),
         "usage": usage(&r),
-        "conclave": conclave(&r, &reply.candidates()),
+        "conclave": conclave(&r, &reply.candidates(), digest.as_deref()),
     }))
     .into_response()
 }

@@ -356,9 +356,17 @@ pub(super) fn usage(r: &JobResult) -> serde_json::Value {
     })
 }
 
-pub(super) fn conclave(r: &JobResult, candidates: &[(String, u32)]) -> serde_json::Value {
+/// The reply's `conclave` object. `digest`: the run's digest in the
+/// journal's hash chain, which a client can keep to prove later what the
+/// team did (`conclave verify RUN --digest D`).
+pub(super) fn conclave(
+    r: &JobResult,
+    candidates: &[(String, u32)],
+    digest: Option<&str>,
+) -> serde_json::Value {
     json!({
         "run_id": r.run_id,
+        "digest": digest,
         "support": r.support,
         "total": r.total,
         "synthesised": r.synthesised,

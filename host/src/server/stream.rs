@@ -72,15 +72,16 @@ pub(super) fn stream(
         // An error event in OpenAI's shape, then [DONE].
         let fail =
             |e: Refused, r: Option<&JobResult>| Bytes::from(format!("data: {}\n\n", e.body(r)));
-        let r = match outcome {
+        let (r, digest) = match outcome {
             Outcome::Ran {
                 result,
                 deadline_passed,
+                digest,
                 ..
             } => match super::cluster::handed_over(reply.lead.as_ref(), &result, deadline_passed)
                 .or_else(|| refusal(&result, app.config.deadline, deadline_passed))
             {
-                None => result,
+                None => (result, digest),
                 Some(e) => {
                     let _ = tx.send(fail(e, Some(&*result))).await;
                     let _ = tx.send(Bytes::from("data: [DONE]\n\n")).await;
@@ -100,7 +101,7 @@ pub(super) fn stream(
                 return;
             }
         };
-        let about = json!({"conclave": conclave(&r, &reply.candidates())});
+        let about = json!({"conclave": conclave(&r, &reply.candidates(), digest.as_deref())});
         let messages = reply.messages(&r);
         let last = messages.len() - 1;
         for (i, (mut delta, _)) in messages.into_iter().enumerate() {

@@ -66,6 +66,10 @@ pub struct Journaled {
     pub journal_error: Option<String>,
     /// What was wrong with the journal's tail when resuming, if anything.
     pub repaired: Option<String>,
+    /// The run's digest: the link of its last record in the journal's hash
+    /// chain (`conclave verify RUN --digest` checks it later); none when
+    /// the journal does not chain or failed.
+    pub digest: Option<String>,
 }
 
 impl PreparedTeam {
@@ -93,6 +97,11 @@ impl PreparedTeam {
                         question: job.question.clone(),
                         gold: job.gold.clone(),
                         sampling: job.sampling.clone(),
+                        plugins: self
+                            .plugins()
+                            .iter()
+                            .map(|(name, u)| (name.clone(), u.current().hash().to_string()))
+                            .collect(),
                     },
                 );
                 (None, None)
@@ -131,9 +140,14 @@ impl PreparedTeam {
             },
         );
         let ended = journal.flush().await.err().map(|e| e.to_string());
+        let journal_error = started.or(recorder.error()).or(ended);
         Journaled {
             result,
-            journal_error: started.or(recorder.error()).or(ended),
+            digest: journal_error
+                .is_none()
+                .then(|| journal.digest(&job.run_id))
+                .flatten(),
+            journal_error,
             repaired,
         }
     }

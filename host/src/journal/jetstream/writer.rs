@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 
 use super::chunk::{header_u64, Chunk, Failed, Stored, COUNT, FORMAT, MAX_CHUNK, SEQ};
 use super::{token, ClusterConfig, Msg, Pending, RunsUpdate};
-use crate::journal::{now_ms, Record, RunLog, RunRow, VERSION};
+use crate::journal::chain::{self, Verifier};
+use crate::journal::{now_ms, Record, RunLog, RunRow};
 
 /// The oldest nats-server that can sync every write (`sync_interval:
 /// always` came in 2.10).
@@ -198,10 +199,16 @@ impl Writer {
                         let n = self.chunks(&run).await.map(|cs| {
                             let last = cs.iter().map(|c| c.sequence).max().unwrap_or(0);
                             self.last.insert(run.clone(), last);
-                            cs.iter()
-                                .map(|c| c.first + c.records.len() as u64)
-                                .max()
-                                .unwrap_or(0)
+                            // The chunk that ends last holds the run's
+                            // last record, and its link.
+                            let end = cs.iter().max_by_key(|c| c.first + c.records.len() as u64);
+                            let next = end.map_or(0, |c| c.first + c.records.len() as u64);
+                            let link = end
+                                .and_then(|c| c.records.last())
+                                .and_then(|r| r.linked.as_ref())
+                                .and_then(|(_, l)| chain::parse(l))
+                                .unwrap_or_else(|| chain::genesis(&run));
+                            (next, link)
                         });
                         let _ = tx.send(n);
                     }
@@ -261,7 +268,7 @@ impl Writer {
             ))
             .header(SEQ, c.first.to_string().as_str())
             .header(COUNT, c.records.len().to_string().as_str())
-            .header(FORMAT, VERSION.to_string().as_str())
+            .header(FORMAT, c.version().to_string().as_str())
     }
 
     /// Publishes `batch` as chunks, a run's consecutive records in one
@@ -538,6 +545,7 @@ impl Writer {
         }
         let mut records = Vec::new();
         let mut damaged = None;
+        let mut chain = Verifier::new(run);
         for c in stored {
             let next = records.len() as u64;
             if c.first > next {
@@ -549,14 +557,18 @@ impl Writer {
             }
             // A chunk starting before `next` overlaps a longer one kept:
             // take its records from `next` on.
-            for (i, (at_ms, entry)) in c.records.into_iter().enumerate() {
+            for (i, r) in c.records.into_iter().enumerate() {
                 let seq = c.first + i as u64;
                 if seq >= next {
+                    match &r.linked {
+                        Some((raw, link)) => chain.next(seq, r.at_ms, raw, Some(link)),
+                        None => chain.next(seq, r.at_ms, "", None),
+                    };
                     records.push(Record {
                         run: run.to_string(),
                         seq,
-                        at_ms,
-                        entry,
+                        at_ms: r.at_ms,
+                        entry: r.entry,
                     });
                 }
             }
@@ -569,7 +581,11 @@ impl Writer {
                 records.len()
             )
         });
-        Ok(Some(RunLog { records, damaged }))
+        Ok(Some(RunLog {
+            records,
+            chain: chain.finish(),
+            damaged,
+        }))
     }
 
     /// Deletes a run's records from `keep` on: the chunks after the cut,
@@ -592,13 +608,22 @@ impl Writer {
                         records: Vec::new(),
                         body: String::new(),
                     };
-                    for (at_ms, entry) in c.records.into_iter().take((keep - f) as usize) {
-                        let entry = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+                    for r in c.records.into_iter().take((keep - f) as usize) {
+                        // A chained record keeps its JSON and link as they
+                        // were, so that it verifies as before.
+                        let (entry, link) = match r.linked {
+                            Some((raw, link)) => (raw, Some(link)),
+                            None => (
+                                serde_json::to_string(&r.entry).map_err(|e| e.to_string())?,
+                                None,
+                            ),
+                        };
                         cut.push(Pending {
                             run: Arc::from(run),
                             seq: f + cut.records.len() as u64,
-                            at_ms,
+                            at_ms: r.at_ms,
                             entry: Ok(entry),
+                            link,
                             runs: None,
                         });
                     }

@@ -129,10 +129,14 @@ async fn a_format_1_file_is_converted_and_reads_as_before() {
             (1, "event:retry"),
             (1, "event:retry"),
             (1, "event:retry"),
-            (2, "event:retry")
+            (3, "event:retry")
         ]
         .map(|(v, k)| (v, k.to_string()))
     );
+    // The old records read as unchained; the new one chains on after them.
+    let chain = j.read("old").unwrap().chain;
+    assert_eq!((chain.unchained, chain.verified), (3, 1), "{chain:?}");
+    assert!(chain.broken.is_none() && !chain.intact());
     drop(j);
     // Opening it again finds nothing left to convert.
     let j = SqliteJournal::open(dir.path()).unwrap();
