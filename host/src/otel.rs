@@ -574,6 +574,7 @@ fn plugin_error_type(e: &crate::plugin::PluginError) -> &'static str {
         E::BadOutput { .. } => "bad_output",
         E::NotFound { .. } => "not_found",
         E::WorldMismatch { .. } => "world_mismatch",
+        E::Untrusted { .. } => "untrusted",
         E::NotAComponent { .. } => "not_a_component",
         E::UnsupportedVersion { .. } => "unsupported_version",
         E::Compile { .. } => "compile",

@@ -82,7 +82,7 @@ impl Serving {
         self.log.lock().unwrap().clone()
     }
 
-    async fn plugin(&self, c: &reqwest::Client, name: &str) -> Value {
+    pub(crate) async fn plugin(&self, c: &reqwest::Client, name: &str) -> Value {
         let all: Value = c
             .get(format!("{}/v1/plugins", self.base))
             .send()
@@ -101,7 +101,7 @@ impl Serving {
     }
 
     /// Polls `/v1/plugins` until `name`'s row passes `check`.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         c: &reqwest::Client,
         name: &str,

@@ -31,6 +31,7 @@ mod scaffold;
 mod scheduler;
 mod serve_teams;
 mod server;
+mod signatures;
 mod spec_sandbox;
 mod trust;
 mod ui;

@@ -266,6 +266,33 @@ enum PluginsCmd {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Make an Ed25519 key pair for signing components: KEY (secret,
+    /// readable by you alone) and KEY.pub (`ed25519:...`, for
+    /// `trusted_keys`).
+    Keygen {
+        /// The secret key file to write (KEY.pub is written beside it).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign components: writes FILE.sig beside each.
+    Sign {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The secret key file `plugins keygen` wrote.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check components' signatures (FILE.sig beside each): who signed,
+    /// and with --trusted-key, whether a team trusting those keys would
+    /// run them.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// A trusted public key (`ed25519:...`) or a file holding one;
+        /// repeat for several.
+        #[arg(long = "trusted-key")]
+        trusted: Vec<String>,
+    },
 }
 
 /// `conclave run`'s arguments.
@@ -368,6 +395,12 @@ struct ServeArgs {
     /// while it coordinates (default: http:// and --listen).
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    /// A public key (`ed25519:...`) or a file holding one, trusted to sign
+    /// the teams' components; repeat for several. With any, every team
+    /// runs (and hot-swaps in) only components signed by one of these or
+    /// of its own `[team] trusted_keys`.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -392,6 +425,10 @@ struct WorkerArgs {
     /// the replica fails. Set by the first worker of a team.
     #[arg(long, default_value_t = 5)]
     max_deliver: i64,
+    /// A public key (`ed25519:...`) or a file holding one, trusted to sign
+    /// the teams' components, as `serve --trusted-key`.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
     /// `--cluster URL` (or `--nats URL`, required).
     #[command(flatten)]
     store: StoreArgs,

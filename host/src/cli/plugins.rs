@@ -1,4 +1,4 @@
-//! `conclave plugins ...`: list, check and create plugins.
+//! `conclave plugins ...`: list, check, create, sign and verify plugins.
 
 use conclave::plugin::{PluginKind, Registry};
 
@@ -105,6 +105,9 @@ pub async fn run(cmd: PluginsCmd) -> u8 {
             }
             code
         }
+        PluginsCmd::Keygen { out } => keygen(&out),
+        PluginsCmd::Sign { files, key } => sign(&files, &key),
+        PluginsCmd::Verify { files, trusted } => verify(&files, &trusted),
         PluginsCmd::New {
             name,
             kind,
@@ -140,4 +143,136 @@ pub async fn run(cmd: PluginsCmd) -> u8 {
             }
         }
     }
+}
+
+/// The SHA-256 of a component file, as the host computes it at load.
+fn component_hash(file: &std::path::Path) -> Result<String, String> {
+    std::fs::read(file)
+        .map(|b| conclave::plugin::cache::content_hash(&b))
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn keygen(out: &std::path::Path) -> u8 {
+    use conclave::plugin::signature::SecretKey;
+    let public = out.with_extension(match out.extension() {
+        Some(e) => format!("{}.pub", e.to_string_lossy()),
+        None => "pub".into(),
+    });
+    if out.exists() {
+        eprintln!(
+            "error: {} exists; a key file is never overwritten",
+            out.display()
+        );
+        return exit::FAILURE;
+    }
+    let key = match SecretKey::generate() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let written = {
+        use std::io::Write;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        o.open(out)
+            .and_then(|mut f| f.write_all(key.to_file_text().as_bytes()))
+            .and_then(|()| std::fs::write(&public, format!("{}\n", key.public())))
+    };
+    if let Err(e) = written {
+        eprintln!("error: {}: {e}", out.display());
+        return exit::FAILURE;
+    }
+    println!("secret key: {} (keep it to yourself)", out.display());
+    println!("public key: {} ({})", key.public(), public.display());
+    println!("trust it:   [team] trusted_keys = [\"{}\"]", key.public());
+    exit::OK
+}
+
+fn sign(files: &[std::path::PathBuf], key: &std::path::Path) -> u8 {
+    use conclave::plugin::signature::{sig_path, SecretKey};
+    let key = match std::fs::read_to_string(key)
+        .map_err(|e| e.to_string())
+        .and_then(|t| SecretKey::parse(&t))
+    {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {}: {e}", key.display());
+            return exit::FAILURE;
+        }
+    };
+    let mut code = exit::OK;
+    for f in files {
+        let signed = component_hash(f)
+            .and_then(|h| key.sign(&h).map(|s| (h, s)))
+            .and_then(|(h, s)| {
+                let sig = sig_path(f);
+                std::fs::write(&sig, s)
+                    .map(|()| (h, sig))
+                    .map_err(|e| format!("{}: {e}", sig_path(f).display()))
+            });
+        match signed {
+            Ok((h, sig)) => println!(
+                "{}: signed (sha256 {}) by {} -> {}",
+                f.display(),
+                &h[..12],
+                key.public().short(),
+                sig.display()
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = exit::FAILURE;
+            }
+        }
+    }
+    code
+}
+
+fn verify(files: &[std::path::PathBuf], trusted: &[String]) -> u8 {
+    use conclave::plugin::signature::{sig_path, verify, PublicKey, Trust};
+    let keys: Result<Vec<PublicKey>, String> =
+        trusted.iter().map(|k| PublicKey::from_arg(k)).collect();
+    let trust = match keys {
+        Ok(k) => Trust::new(k),
+        Err(e) => {
+            eprintln!("error: --trusted-key {e}");
+            return exit::USAGE;
+        }
+    };
+    let mut code = exit::OK;
+    for f in files {
+        let checked = component_hash(f).and_then(|h| {
+            let sig = sig_path(f);
+            let text = std::fs::read_to_string(&sig)
+                .map_err(|e| format!("{}: no signature ({}: {e})", f.display(), sig.display()))?;
+            let key = verify(&text, &h).map_err(|e| format!("{}: {e}", sig.display()))?;
+            trust
+                .check(f, &h)
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+            Ok((h, key))
+        });
+        match checked {
+            Ok((h, key)) => println!(
+                "{}: signed by {key} (sha256 {}){}",
+                f.display(),
+                &h[..12],
+                if trust.enforced() {
+                    ", a trusted key"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = exit::BAD_PLUGIN;
+            }
+        }
+    }
+    code
 }

@@ -23,6 +23,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
         keep_runs,
         lease_ttl,
         advertise,
+        trusted_keys,
         store,
     } = args;
     let token = match &token_env {
@@ -42,7 +43,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
             return exit::FAILURE;
         }
     };
-    let teams = match load_teams(&specs, rt.clone()).await {
+    let teams = match load_teams(&specs, rt.clone(), &trusted_keys).await {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -294,8 +295,19 @@ pub(super) fn cancel_on_signal(token: tokio_util::sync::CancellationToken, what:
 pub(super) async fn load_teams(
     specs: &[std::path::PathBuf],
     rt: Arc<conclave::PluginRuntime>,
+    trusted_keys: &[String],
 ) -> Result<Arc<conclave::server::Teams>, u8> {
-    conclave::server::Teams::load(specs, rt, &default_plugin_dir())
+    let mut keys = Vec::new();
+    for k in trusted_keys {
+        match conclave::plugin::signature::PublicKey::from_arg(k) {
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                eprintln!("error: --trusted-key {e}");
+                return Err(exit::USAGE);
+            }
+        }
+    }
+    conclave::server::Teams::load_trusting(specs, rt, &default_plugin_dir(), keys)
         .await
         .map_err(|e| {
             report(&e);

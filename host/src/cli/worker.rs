@@ -15,6 +15,7 @@ pub async fn worker(args: WorkerArgs) -> u8 {
         tags,
         ack_wait,
         max_deliver,
+        trusted_keys,
         store,
     } = args;
     let Some(cluster) = store.cluster() else {
@@ -34,7 +35,7 @@ pub async fn worker(args: WorkerArgs) -> u8 {
             return exit::FAILURE;
         }
     };
-    let teams = match load_teams(&specs, rt).await {
+    let teams = match load_teams(&specs, rt, &trusted_keys).await {
         Ok(t) => t,
         Err(code) => return code,
     };

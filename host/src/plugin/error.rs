@@ -158,6 +158,11 @@ pub enum PluginError {
     #[error("{}: not a WebAssembly component: {reason}", path.display())]
     NotAComponent { path: PathBuf, reason: String },
 
+    /// The team trusts only signed components, and this one's signature is
+    /// missing, does not verify, or is by a key it does not trust.
+    #[error("{path}: refused: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
+
     /// The component does not fit the world it claims or that was asked for.
     #[error("{}: does not fit the `{world}` world: {reason}", path.display())]
     WorldMismatch {

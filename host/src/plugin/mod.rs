@@ -25,6 +25,7 @@ mod load;
 pub mod output;
 pub mod registry;
 pub mod sandbox;
+pub mod signature;
 pub mod sizes;
 pub mod tape;
 pub mod wasi;

@@ -103,6 +103,8 @@ struct Table {
 /// The served teams.
 pub struct Teams {
     runtime: Arc<PluginRuntime>,
+    /// Keys the server trusts to sign every team's components.
+    trusted: Vec<crate::plugin::signature::PublicKey>,
     builtin_dir: PathBuf,
     pool: NodePool,
     table: RwLock<Table>,
@@ -121,6 +123,18 @@ impl Teams {
         runtime: Arc<PluginRuntime>,
         builtin_dir: &Path,
     ) -> Result<Arc<Self>, TeamsError> {
+        Self::load_trusting(paths, runtime, builtin_dir, Vec::new()).await
+    }
+
+    /// [`Teams::load`], where every team also trusts `keys` to sign its
+    /// components (the server's `--trusted-key`), beside its own
+    /// `[team] trusted_keys`; a spec reloaded later is held to them too.
+    pub async fn load_trusting(
+        paths: &[PathBuf],
+        runtime: Arc<PluginRuntime>,
+        builtin_dir: &Path,
+        keys: Vec<crate::plugin::signature::PublicKey>,
+    ) -> Result<Arc<Self>, TeamsError> {
         let mut files = Vec::new();
         for p in paths {
             if p.is_dir() {
@@ -138,6 +152,7 @@ impl Teams {
         }
         let teams = Arc::new(Teams {
             runtime,
+            trusted: keys,
             builtin_dir: builtin_dir.to_path_buf(),
             pool: NodePool::new(),
             table: Default::default(),
@@ -188,6 +203,7 @@ impl Teams {
         }
         Ok(Arc::new(Teams {
             runtime,
+            trusted: Vec::new(),
             builtin_dir: PathBuf::new(),
             pool: NodePool::new(),
             table: RwLock::new(t),
@@ -301,7 +317,10 @@ impl Teams {
             path: path.to_path_buf(),
             source: Box::new(source),
         };
-        let spec = TeamSpec::load(path).map_err(|e| fail(JobError::Spec(e)))?;
+        let mut spec = TeamSpec::load(path).map_err(|e| fail(JobError::Spec(e)))?;
+        spec.team
+            .trusted_keys
+            .extend(self.trusted.iter().map(|k| k.to_string()));
         let team =
             PreparedTeam::prepare_in(spec, self.runtime.clone(), &self.builtin_dir, &self.pool)
                 .await

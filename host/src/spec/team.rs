@@ -403,6 +403,12 @@ impl TeamSpec {
                 format!("[team]: `{e}` must be above zero (a budget of zero can do nothing)"),
             ));
         }
+        for k in &team.trusted_keys {
+            if let Err(why) = crate::plugin::signature::PublicKey::parse(k) {
+                let (l, c) = find_key(text, "trusted_keys");
+                return Err(syntax(l, c, format!("[team]: `trusted_keys`: {why}")));
+            }
+        }
         if let Some((key, why)) = bad_cap(&team) {
             let (l, c) = find_key(text, key);
             return Err(syntax(l, c, format!("[team]: `{key}` {why}")));

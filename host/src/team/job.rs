@@ -78,6 +78,8 @@ pub struct PreparedTeam {
     simulated: bool,
     /// Workers its replicas go to (cluster mode), once set.
     remote: std::sync::OnceLock<Remote>,
+    /// The keys its components must be signed by (none: any component).
+    trust: crate::plugin::signature::Trust,
 }
 
 fn load_error(name: &str) -> impl Fn(PluginError) -> JobError + '_ {
@@ -114,6 +116,7 @@ impl PreparedTeam {
         let router = Arc::new(router);
         let plugins = load_plugins(&spec, &runtime, builtin_dir).await?;
         Ok(PreparedTeam {
+            trust: trust_of(&spec),
             spec,
             runtime,
             router,
@@ -126,6 +129,11 @@ impl PreparedTeam {
     /// The spec this team was made from.
     pub fn spec(&self) -> &TeamSpec {
         &self.spec
+    }
+
+    /// The keys its components must be signed by.
+    pub fn trust(&self) -> &crate::plugin::signature::Trust {
+        &self.trust
     }
 
     /// The plugins the team uses, by the team's names for them.
@@ -343,12 +351,25 @@ impl PreparedTeam {
 /// other plugin gets `log` only, whatever its `describe()` asks for. What
 /// was asked and not granted is logged. A plugin used as the wrong kind (a
 /// voter as a role) is refused here, before any call.
+/// The keys a spec trusts to sign its components (checked when the spec
+/// was read).
+fn trust_of(spec: &TeamSpec) -> crate::plugin::signature::Trust {
+    crate::plugin::signature::Trust::new(
+        spec.team
+            .trusted_keys
+            .iter()
+            .filter_map(|k| crate::plugin::signature::PublicKey::parse(k).ok())
+            .collect(),
+    )
+}
+
 pub async fn load_plugins(
     spec: &TeamSpec,
     runtime: &Arc<PluginRuntime>,
     builtin_dir: &Path,
 ) -> Result<Vec<(String, PluginUse)>, JobError> {
     use crate::plugin::{builtin_grants, Capability, PluginKind};
+    let trust = trust_of(spec);
     let base = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let dir: PathBuf = spec
         .team
@@ -398,6 +419,12 @@ pub async fn load_plugins(
             None => dir.join(format!("{name}.wasm")),
         };
         let plugin: Plugin = runtime.load_file(&file).await.map_err(load_error(name))?;
+        trust.check(&file, plugin.hash()).map_err(|reason| {
+            load_error(name)(PluginError::Untrusted {
+                path: file.clone(),
+                reason,
+            })
+        })?;
         for (_, need) in uses.iter().filter(|(n, _)| *n == name) {
             if let Some((kind, task)) = need.filter(|(k, _)| *k != plugin.kind()) {
                 let world = crate::plugin::sandbox::kind_name(kind);

@@ -254,8 +254,18 @@ impl PreparedTeam {
                 .or_default()
                 .push((name.clone(), u.plugin.clone()));
         }
-        let files: std::collections::BTreeSet<PathBuf> = watched.keys().cloned().collect();
-        let count = files.len();
+        let count = watched.len();
+        // A component's signature is followed too: a replacement whose
+        // new signature lands after it is read again then.
+        let trust = self.trust().clone();
+        let mut files: std::collections::BTreeSet<PathBuf> = watched.keys().cloned().collect();
+        if trust.enforced() {
+            files.extend(
+                watched
+                    .keys()
+                    .map(|f| crate::plugin::signature::sig_path(f)),
+            );
+        }
         let runtime = self.runtime().clone();
         let watched = Arc::new(watched);
         let Settled {
@@ -263,10 +273,14 @@ impl PreparedTeam {
             task,
             dirs,
         } = watch_settled(files, settle, move |p| {
-            let (runtime, watched) = (runtime.clone(), watched.clone());
+            let (runtime, watched, trust) = (runtime.clone(), watched.clone(), trust.clone());
             async move {
-                if let Some(slots) = watched.get(&p) {
-                    reload(&runtime, &p, slots).await;
+                let component = match p.to_str().and_then(|s| s.strip_suffix(".sig")) {
+                    Some(c) => PathBuf::from(c),
+                    None => p,
+                };
+                if let Some(slots) = watched.get(&component) {
+                    reload(&runtime, &trust, &component, slots).await;
                 }
             }
         })?;
@@ -373,7 +387,12 @@ fn short(hash: &str) -> &str {
 
 /// Reads `path` again and swaps it into every slot loaded from it, or
 /// refuses it for all of them.
-async fn reload(runtime: &PluginRuntime, path: &Path, slots: &[(String, PluginSlot)]) {
+async fn reload(
+    runtime: &PluginRuntime,
+    trust: &crate::plugin::signature::Trust,
+    path: &Path,
+    slots: &[(String, PluginSlot)],
+) {
     let Some((_, first)) = slots.first() else {
         return;
     };
@@ -395,7 +414,16 @@ async fn reload(runtime: &PluginRuntime, path: &Path, slots: &[(String, PluginSl
         }
         Err(e) => return refuse(path, slots, &old, &SwapError::Load(e)),
     };
-    if crate::plugin::cache::content_hash(&bytes) == old.hash() {
+    let hash = crate::plugin::cache::content_hash(&bytes);
+    // Signed by a key the team trusts, or refused before it is compiled.
+    if let Err(reason) = trust.check(path, &hash) {
+        let e = SwapError::Load(PluginError::Untrusted {
+            path: path.to_path_buf(),
+            reason,
+        });
+        return refuse(path, slots, &old, &e);
+    }
+    if hash == old.hash() {
         // Back to the version serving: any refusal since is moot.
         for (_, slot) in slots {
             slot.live_mut().refused = None;

@@ -28,6 +28,12 @@ pub struct TeamSection {
     /// Tasks running at once (default 16).
     #[serde(default)]
     pub max_parallel_tasks: Option<usize>,
+    /// Public keys (`ed25519:<hex>`) trusted to sign the team's components:
+    /// when any is given, every plugin the team loads, built-ins included,
+    /// must carry a signature by one of them (`FILE.wasm.sig`, see
+    /// [`crate::plugin::signature`]). A server's `--trusted-key` adds to it.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
     /// Copies of straggling tasks on idle slots, e.g. `{ after = "p90",
     /// max_copies = 2 }` (default: off; see [`HedgeTasks`]).
     #[serde(default)]
