@@ -203,8 +203,9 @@ pub fn vouch(
     })
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary, with `...`.
-fn clip(s: &str, max: usize) -> String {
+/// At most `max` bytes of `s` for a message, cut at a character boundary,
+/// with `...` when cut.
+pub(crate) fn clip(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -248,17 +249,7 @@ pub fn plan_order(subtasks: &[super::Subtask]) -> Result<Vec<usize>, String> {
     if n == 0 {
         return Err("the plan has no subtasks".into());
     }
-    let clip = |s: &str| -> String {
-        let mut end = s.len().min(64);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        if end < s.len() {
-            format!("{}...", &s[..end])
-        } else {
-            s.to_string()
-        }
-    };
+    let clip = |s: &str| clip(s, 64);
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(n);
     for (i, s) in subtasks.iter().enumerate() {
         if s.id.is_empty() || index.insert(s.id.as_str(), i).is_some() {

@@ -109,15 +109,7 @@ pub enum PlanError {
 
 /// At most 64 bytes of `s` for an error message, cut on a character.
 fn clip(s: &str) -> String {
-    let mut end = s.len().min(SUBTASK_ID_MAX_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < s.len() {
-        format!("{}...", &s[..end])
-    } else {
-        s.to_string()
-    }
+    crate::plugin::checks::clip(s, SUBTASK_ID_MAX_BYTES)
 }
 
 impl PlanLimits {

@@ -220,15 +220,7 @@ fn check_request(
 const JOURNALED_LABEL_BYTES: usize = 128;
 
 fn label(s: &str) -> String {
-    let mut end = s.len().min(JOURNALED_LABEL_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < s.len() {
-        format!("{}...", &s[..end])
-    } else {
-        s.to_string()
-    }
+    crate::plugin::checks::clip(s, JOURNALED_LABEL_BYTES)
 }
 
 /// Reports the run's `n`-th message (from 1) to the observer, that is to
