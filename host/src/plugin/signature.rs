@@ -258,7 +258,7 @@ impl Trust {
 mod tests {
     use super::*;
 
-    const SHA: &str = "3f0a0b1c2d3e4f5061728394a5b6c7d8e9f00112233445566778899aabbccdd";
+    const SHA: &str = "3f0a0b1c2d3e4f5061728394a5b6c7d8e9f00112233445566778899aabbccdde";
 
     #[test]
     fn a_signature_verifies_for_its_component_and_key_only() {
