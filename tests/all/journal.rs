@@ -396,7 +396,10 @@ fn a_damaged_tail_is_cut_back_and_reported() {
         )
         .unwrap()
     });
-    let unknown = format!("record {first} has format version 99; this build reads versions 1 to 2");
+    let unknown = format!(
+        "record {first} has format version 99; this build reads versions 1 to {}",
+        conclave::journal::VERSION
+    );
     let why = j.read("torn").unwrap().damaged.unwrap();
     assert!(why.contains(&unknown), "{why}");
     drop(j);
