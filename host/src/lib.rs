@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod dag;
 pub mod eval;
 pub mod journal;
+pub mod knowledge;
 pub mod model;
 pub mod otel;
 pub mod plugin;

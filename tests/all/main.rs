@@ -22,6 +22,7 @@ mod job;
 mod journal;
 mod journal_chain;
 mod journal_crash;
+mod knowledge;
 mod loading;
 mod otel;
 mod patterns;

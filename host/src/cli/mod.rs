@@ -11,6 +11,7 @@ mod bench_chaos;
 mod bench_load;
 mod bench_workers;
 mod eval;
+mod index;
 mod journal;
 mod plugins;
 mod serve;
@@ -229,6 +230,9 @@ enum Command {
     /// Check model nodes.
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// A knowledge base: documents split into passages in a BM25 index.
+    #[command(subcommand)]
+    Index(IndexCmd),
     /// Run a benchmark and print its numbers.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -435,6 +439,40 @@ struct WorkerArgs {
 }
 
 #[derive(Subcommand)]
+enum IndexCmd {
+    /// Read text, Markdown, HTML and JSONL (a `text` field per line) files
+    /// under each DIR, split them into passages (by headings, then by a
+    /// budget of words with an overlap) and write a BM25 index to INDEX.
+    /// Run again after files change: only the changed files are read.
+    Build {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The index folder (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Most words in a passage.
+        #[arg(long, default_value_t = 200)]
+        words: usize,
+        /// Words a passage repeats from the one before it.
+        #[arg(long, default_value_t = 40)]
+        overlap: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The passages of INDEX that best match the words, with their BM25
+    /// scores, files, headings and byte ranges.
+    Query {
+        index: PathBuf,
+        words: String,
+        /// How many passages.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum NodesCmd {
     /// Reach every `[[node]]` of a team spec once; report latency and reply.
     Check {
@@ -605,6 +643,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Plugins(cmd) => plugins::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Nodes(cmd) => team::nodes(cmd).await,
+        Command::Index(cmd) => index::run(cmd),
         Command::Run(args) => team::ask(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Eval(args) => eval::eval(args).await,

@@ -1,0 +1,262 @@
+//! The knowledge base: documents a team can consult, split into passages
+//! ([`passages`]) and kept in a BM25 index (tantivy) in a folder of its
+//! own. `conclave index build DIR... --out INDEX` writes it, reading
+//! again only the files whose bytes changed; `conclave index query INDEX
+//! "words"` prints the best passages with their scores.
+//!
+//! Each passage keeps its source file, heading path and byte range, so a
+//! verdict that cites one says where the claim was checked.
+
+pub mod passages;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::TopDocs;
+use tantivy::query::QueryParser;
+use tantivy::schema::{Schema, Value, STORED, STRING, TEXT};
+use tantivy::{doc, Index, IndexWriter, TantivyDocument, Term};
+
+pub use passages::{Passage, Split};
+
+/// What the index keeps of each file it read: the file's SHA-256 and its
+/// passages, so that a rebuild reads again only what changed.
+const MANIFEST: &str = "conclave-index.json";
+
+/// The index's own description, beside tantivy's files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Manifest {
+    /// The split the passages were cut with: another split rebuilds all.
+    words: usize,
+    overlap: usize,
+    /// Per source file (as given, relative to its folder argument): its
+    /// SHA-256 and passages.
+    files: BTreeMap<String, (String, usize)>,
+}
+
+/// What a build did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Built {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+    pub removed: Vec<String>,
+    /// Passages in the index now.
+    pub passages: usize,
+}
+
+/// A passage found by a query.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Hit {
+    pub score: f32,
+    pub source: String,
+    pub heading: String,
+    pub start: u64,
+    pub end: u64,
+    pub text: String,
+}
+
+struct Fields {
+    text: tantivy::schema::Field,
+    heading: tantivy::schema::Field,
+    source: tantivy::schema::Field,
+    start: tantivy::schema::Field,
+    end: tantivy::schema::Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text = b.add_text_field("text", TEXT | STORED);
+    let heading = b.add_text_field("heading", TEXT | STORED);
+    let source = b.add_text_field("source", STRING | STORED);
+    let start = b.add_u64_field("start", STORED);
+    let end = b.add_u64_field("end", STORED);
+    (
+        b.build(),
+        Fields {
+            text,
+            heading,
+            source,
+            start,
+            end,
+        },
+    )
+}
+
+fn fields(index: &Index) -> Result<Fields, String> {
+    let s = index.schema();
+    let get = |n: &str| {
+        s.get_field(n)
+            .map_err(|_| format!("not an index of `conclave index build` (no field {n})"))
+    };
+    Ok(Fields {
+        text: get("text")?,
+        heading: get("heading")?,
+        source: get("source")?,
+        start: get("start")?,
+        end: get("end")?,
+    })
+}
+
+/// The files under `dirs` an index reads, by a name relative to their
+/// folder argument (the folder's own name first, so that two folders do
+/// not collide), sorted.
+fn sources(dirs: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let label = d
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| d.display().to_string());
+        if d.is_file() {
+            out.push((label, d.clone()));
+            continue;
+        }
+        let mut stack = vec![d.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for e in entries {
+                let p = e.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if passages::readable(&p) {
+                    let rel = p
+                        .strip_prefix(d)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .to_string();
+                    out.push((format!("{label}/{rel}"), p));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// Builds or updates the index in `out` from the files under `dirs`:
+/// files whose bytes did not change are not read again; files gone are
+/// taken out.
+pub fn build(dirs: &[PathBuf], out: &Path, split: Split) -> Result<Built, String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", out.display());
+    std::fs::create_dir_all(out).map_err(|e| at(&e))?;
+    let manifest_path = out.join(MANIFEST);
+    let mut manifest: Manifest = match std::fs::read(&manifest_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| at(&format!("{MANIFEST}: {e}")))?,
+        Err(_) => Manifest::default(),
+    };
+    let resplit = manifest.words != split.words || manifest.overlap != split.overlap;
+    let index = if out.join("meta.json").exists() && !resplit {
+        Index::open_in_dir(out).map_err(|e| at(&e))?
+    } else {
+        // A new index, or passages cut another way: start again.
+        for e in std::fs::read_dir(out).map_err(|e| at(&e))? {
+            let p = e.map_err(|e| at(&e))?.path();
+            if p.is_file() {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        manifest = Manifest::default();
+        Index::create_in_dir(out, schema().0).map_err(|e| at(&e))?
+    };
+    manifest.words = split.words;
+    manifest.overlap = split.overlap;
+    let f = fields(&index)?;
+    let mut writer: IndexWriter = index.writer(50_000_000).map_err(|e| at(&e))?;
+    let mut built = Built::default();
+    let found = sources(dirs)?;
+    let names: std::collections::BTreeSet<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    for gone in manifest
+        .files
+        .keys()
+        .filter(|k| !names.contains(String::as_str(k)))
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        writer.delete_term(Term::from_field_text(f.source, &gone));
+        manifest.files.remove(&gone);
+        built.removed.push(gone);
+    }
+    for (name, path) in &found {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let hash = crate::plugin::cache::content_hash(&bytes);
+        let before = manifest.files.get(name).map(|(h, _)| h.clone());
+        if before.as_deref() == Some(hash.as_str()) {
+            built.unchanged += 1;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let ps = passages::passages(path, &text, split)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writer.delete_term(Term::from_field_text(f.source, name));
+        for p in &ps {
+            writer
+                .add_document(doc!(
+                    f.text => p.text.as_str(),
+                    f.heading => p.heading.as_str(),
+                    f.source => name.as_str(),
+                    f.start => p.start as u64,
+                    f.end => p.end as u64,
+                ))
+                .map_err(|e| at(&e))?;
+        }
+        manifest.files.insert(name.clone(), (hash, ps.len()));
+        match before {
+            Some(_) => built.changed.push(name.clone()),
+            None => built.added.push(name.clone()),
+        }
+    }
+    writer.commit().map_err(|e| at(&e))?;
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).expect("serialisable"),
+    )
+    .map_err(|e| at(&e))?;
+    built.passages = manifest.files.values().map(|(_, n)| n).sum();
+    Ok(built)
+}
+
+/// The `top` passages of the index in `dir` that best match `words`
+/// (BM25 over their text and headings), best first.
+pub fn query(dir: &Path, words: &str, top: usize) -> Result<Vec<Hit>, String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
+    if !dir.join(MANIFEST).exists() {
+        return Err(format!(
+            "{}: no index here (build one with `conclave index build DIR --out {}`)",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    let index = Index::open_in_dir(dir).map_err(|e| at(&e))?;
+    let f = fields(&index)?;
+    let reader = index.reader().map_err(|e| at(&e))?;
+    let searcher = reader.searcher();
+    let parser = QueryParser::for_index(&index, vec![f.text, f.heading]);
+    // Words as a user types them: query syntax in them is taken as words.
+    let (q, _) = parser.parse_query_lenient(words);
+    let found = searcher
+        .search(&q, &TopDocs::with_limit(top.max(1)))
+        .map_err(|e| at(&e))?;
+    let mut hits = Vec::with_capacity(found.len());
+    for (score, addr) in found {
+        let d: TantivyDocument = searcher.doc(addr).map_err(|e| at(&e))?;
+        let s = |field| {
+            d.get_first(field)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let n = |field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        hits.push(Hit {
+            score,
+            source: s(f.source),
+            heading: s(f.heading),
+            start: n(f.start),
+            end: n(f.end),
+            text: s(f.text),
+        });
+    }
+    Ok(hits)
+}
