@@ -1,7 +1,45 @@
 //! `conclave index ...`: build and query a knowledge base.
 
-use super::{exit, IndexCmd};
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::exit;
 use conclave::knowledge::{self, Split};
+
+#[derive(Subcommand)]
+pub(super) enum IndexCmd {
+    /// Read text, Markdown, HTML and JSONL (a `text` field per line) files
+    /// under each DIR, split them into passages (by headings, then by a
+    /// budget of words with an overlap) and write a BM25 index to INDEX.
+    /// Run again after files change: only the changed files are read.
+    Build {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The index folder (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Most words in a passage.
+        #[arg(long, default_value_t = 200)]
+        words: usize,
+        /// Words a passage repeats from the one before it.
+        #[arg(long, default_value_t = 40)]
+        overlap: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The passages of INDEX that best match the words, with their BM25
+    /// scores, files, headings and byte ranges.
+    Query {
+        index: PathBuf,
+        words: String,
+        /// How many passages.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 pub fn run(cmd: IndexCmd) -> u8 {
     match cmd {
