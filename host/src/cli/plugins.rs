@@ -235,7 +235,7 @@ fn sign(files: &[std::path::PathBuf], key: &std::path::Path) -> u8 {
 }
 
 fn verify(files: &[std::path::PathBuf], trusted: &[String]) -> u8 {
-    use conclave::plugin::signature::{sig_path, verify, PublicKey, Trust};
+    use conclave::plugin::signature::{read_signature, sig_path, verify, PublicKey, Trust};
     let keys: Result<Vec<PublicKey>, String> =
         trusted.iter().map(|k| PublicKey::from_arg(k)).collect();
     let trust = match keys {
@@ -249,7 +249,7 @@ fn verify(files: &[std::path::PathBuf], trusted: &[String]) -> u8 {
     for f in files {
         let checked = component_hash(f).and_then(|h| {
             let sig = sig_path(f);
-            let text = std::fs::read_to_string(&sig)
+            let text = read_signature(&sig)
                 .map_err(|e| format!("{}: no signature ({}: {e})", f.display(), sig.display()))?;
             let key = verify(&text, &h).map_err(|e| format!("{}: {e}", sig.display()))?;
             trust

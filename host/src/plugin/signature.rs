@@ -192,6 +192,31 @@ pub fn verify(text: &str, sha256: &str) -> Result<PublicKey, String> {
     Ok(key)
 }
 
+/// The most bytes a signature file may have (one is about 300).
+const MAX_SIGNATURE_BYTES: u64 = 4096;
+
+/// A signature file's text: a regular file of a few KiB at most, so that
+/// a pipe, a device or a huge file put in its place is refused, never
+/// waited on or read whole.
+pub fn read_signature(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    if meta.len() > MAX_SIGNATURE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "it is {} bytes; a signature has at most {MAX_SIGNATURE_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SIGNATURE_BYTES)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The keys a team trusts to sign its components; none: no signature is
 /// asked for (the default).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -229,7 +254,7 @@ impl Trust {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let text = match std::fs::read_to_string(&sig) {
+        let text = match read_signature(&sig) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(format!(
@@ -286,5 +311,25 @@ mod tests {
         assert!(PublicKey::parse("ssh-ed25519 AAAA")
             .unwrap_err()
             .contains("not a public key"));
+    }
+
+    #[test]
+    fn a_signature_that_is_not_a_small_regular_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = SecretKey::generate().unwrap();
+        let trust = Trust::new(vec![k.public()]);
+        let wasm = dir.path().join("p.wasm");
+        // A folder in the signature's place.
+        std::fs::create_dir(sig_path(&wasm)).unwrap();
+        let e = trust.check(&wasm, SHA).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_dir(sig_path(&wasm)).unwrap();
+        // A huge one.
+        std::fs::write(sig_path(&wasm), vec![b'x'; 10_000]).unwrap();
+        let e = trust.check(&wasm, SHA).unwrap_err();
+        assert!(e.contains("10000 bytes"), "{e}");
+        // The right one.
+        std::fs::write(sig_path(&wasm), k.sign(SHA).unwrap()).unwrap();
+        trust.check(&wasm, SHA).unwrap();
     }
 }
