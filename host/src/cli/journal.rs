@@ -316,19 +316,21 @@ pub fn runs(json: bool, store: &StoreArgs) -> u8 {
     exit::OK
 }
 
-/// `conclave trace`.
+/// A run's records from the journal `store` names, or the exit code after
+/// saying why not.
+fn read_run(run: &str, store: &StoreArgs) -> Result<conclave::journal::RunLog, u8> {
+    let journal = open_journal(store)?;
+    journal.read(run).map_err(|e| {
+        report(&e);
+        exit::FAILURE
+    })
+}
+
 /// `conclave verify`.
 pub fn verify(run: &str, digest: Option<&str>, json: bool, store: &StoreArgs) -> u8 {
-    let journal = match open_journal(store) {
-        Ok(j) => j,
-        Err(code) => return code,
-    };
-    let log = match journal.read(run) {
+    let log = match read_run(run, store) {
         Ok(l) => l,
-        Err(e) => {
-            report(&e);
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     let chain = &log.chain;
     let records = log.records.len() as u64;
@@ -377,16 +379,9 @@ pub fn verify(run: &str, digest: Option<&str>, json: bool, store: &StoreArgs) ->
 
 /// `conclave trace`.
 pub fn trace(run: &str, json: bool, html: Option<&Path>, store: &StoreArgs) -> u8 {
-    let journal = match open_journal(store) {
-        Ok(j) => j,
-        Err(code) => return code,
-    };
-    let log = match journal.read(run) {
+    let log = match read_run(run, store) {
         Ok(l) => l,
-        Err(e) => {
-            report(&e);
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Some(w) = &log.damaged {
         eprintln!("warning: {w}");

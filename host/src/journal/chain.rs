@@ -67,7 +67,7 @@ pub struct ChainReport {
     /// Every verified record's link, by sequence number, so that a digest
     /// a client kept can be found (`conclave verify --digest`).
     #[serde(skip)]
-    pub links: Vec<(u64, String)>,
+    pub links: Vec<(u64, Link)>,
 }
 
 impl ChainReport {
@@ -78,7 +78,7 @@ impl ChainReport {
 
     /// The record whose link is `digest`, if any.
     pub fn record_of(&self, digest: &str) -> Option<u64> {
-        let d = digest.trim().to_ascii_lowercase();
+        let d = parse(&digest.trim().to_ascii_lowercase())?;
         self.links.iter().find(|(_, l)| *l == d).map(|(s, _)| *s)
     }
 
@@ -150,12 +150,12 @@ impl Verifier {
         }
         self.prev = l;
         self.report.verified += 1;
-        self.report.links.push((seq, h.clone()));
-        self.report.digest = Some(h);
+        self.report.links.push((seq, l));
         true
     }
 
-    pub fn finish(self) -> ChainReport {
+    pub fn finish(mut self) -> ChainReport {
+        self.report.digest = self.report.links.last().map(|(_, l)| hex(l));
         self.report
     }
 }
