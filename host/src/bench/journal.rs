@@ -35,6 +35,14 @@ pub struct JournalReport {
     pub with: Duration,
     /// with / without − 1.
     pub overhead: f64,
+    /// CPU time (all the process's threads, user and system; medians of
+    /// the rounds) of each way: where wall time on a busy machine goes.
+    pub cpu_without: Duration,
+    pub cpu_discarding: Duration,
+    pub cpu_with: Duration,
+    /// Of `cpu_with`, the journal's writer thread (SQLite: SQL, the WAL's
+    /// writes and syncs, the checkpoints).
+    pub cpu_writer: Duration,
     /// SQLite only: the same job into a journal that writes its records
     /// without links (format 2, as before the hash chain), and what the
     /// chain costs: with / unchained − 1.
@@ -122,10 +130,15 @@ pub async fn run(
     };
     let mut unchained_t = Vec::new();
     let (mut plain_t, mut discard_t, mut with_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_c, mut discard_c, mut with_c, mut writer_c) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let cpu = super::cpu_time;
+    let writer = || super::thread_cpu_time("conclave-journal");
     let mut plain = None;
     let mut done = None;
     let mut commits = None;
     for round in 0..5 {
+        let c0 = cpu();
         let start = Instant::now();
         let p = team
             .run(
@@ -137,7 +150,9 @@ pub async fn run(
             )
             .await;
         plain_t.push(start.elapsed());
+        plain_c.push(cpu().saturating_sub(c0));
         plain = Some(p);
+        let c0 = cpu();
         let start = Instant::now();
         team.submit(
             &Job::new(&format!("discarding-{round}"), "", None),
@@ -148,6 +163,7 @@ pub async fn run(
         )
         .await;
         discard_t.push(start.elapsed());
+        discard_c.push(cpu().saturating_sub(c0));
         if let Some(u) = &unchained {
             let start = Instant::now();
             let d = team
@@ -165,6 +181,7 @@ pub async fn run(
             }
         }
         let c0 = commits_now();
+        let (cpu0, writer0) = (cpu(), writer());
         let start = Instant::now();
         let d = team
             .submit(
@@ -176,6 +193,8 @@ pub async fn run(
             )
             .await;
         with_t.push(start.elapsed());
+        with_c.push(cpu().saturating_sub(cpu0));
+        writer_c.push(writer().saturating_sub(writer0));
         commits = commits_now().zip(c0).map(|(now, before)| now - before);
         if let Some(e) = &d.journal_error {
             return Err(e.clone());
@@ -257,6 +276,10 @@ pub async fn run(
         discarding,
         with,
         overhead: with.as_secs_f64() / without.as_secs_f64() - 1.0,
+        cpu_without: median(&mut plain_c),
+        cpu_discarding: median(&mut discard_c),
+        cpu_with: median(&mut with_c),
+        cpu_writer: median(&mut writer_c),
         unchained,
         chain_cost: unchained.map(|u| with.as_secs_f64() / u.as_secs_f64() - 1.0),
         verify,

@@ -335,7 +335,7 @@ async fn measure(rt: &Arc<PluginRuntime>, team: &Arc<Team>, how: Load<'_>) -> Lo
         })
     };
     let steps0 = rt.load().steps;
-    let cpu0 = cpu_time();
+    let cpu0 = super::cpu_time();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
@@ -372,7 +372,7 @@ async fn measure(rt: &Arc<PluginRuntime>, team: &Arc<Team>, how: Load<'_>) -> Lo
         results.extend(w.await.unwrap_or_default());
     }
     let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_time().saturating_sub(cpu0).as_secs_f64();
+    let cpu = super::cpu_time().saturating_sub(cpu0).as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let steps = rt.load().steps - steps0;
@@ -420,20 +420,4 @@ pub fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
-}
-
-/// CPU time the process has used (user and system).
-fn cpu_time() -> Duration {
-    #[cfg(unix)]
-    {
-        // SAFETY: getrusage writes into the struct it is given.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
-            let t = |tv: libc::timeval| {
-                Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
-            };
-            return t(u.ru_utime) + t(u.ru_stime);
-        }
-    }
-    Duration::ZERO
 }

@@ -34,6 +34,46 @@ use crate::plugin::{
     RuntimeConfig, SandboxLimits, Task, Verdict,
 };
 
+/// CPU time the process has used (user and system).
+pub fn cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let t = |tv: libc::timeval| {
+                Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+            };
+            return t(u.ru_utime) + t(u.ru_stime);
+        }
+    }
+    Duration::ZERO
+}
+
+/// CPU time the process's threads named `name` (as the kernel shortens
+/// names, to 15 bytes) have used, from `/proc/self/task/*/schedstat`
+/// (nanoseconds on a CPU); zero where there is no such file.
+pub fn thread_cpu_time(name: &str) -> Duration {
+    let short: String = name.chars().take(15).collect();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != short {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(ns)
+}
+
 /// Latency percentiles of one way of calling.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Latency {

@@ -456,6 +456,18 @@ pub async fn run(cmd: BenchCmd) -> u8 {
                         100.0 * c
                     );
                 }
+                let pct = |d: std::time::Duration| {
+                    100.0 * (d.as_secs_f64() / r.cpu_without.as_secs_f64() - 1.0)
+                };
+                println!(
+                    "  CPU time, all threads: without {:.2?}; discarded {:.2?} ({:+.1}%); with the journal {:.2?} ({:+.1}%), of which its writer thread {:.2?}",
+                    r.cpu_without,
+                    r.cpu_discarding,
+                    pct(r.cpu_discarding),
+                    r.cpu_with,
+                    pct(r.cpu_with),
+                    r.cpu_writer
+                );
                 println!(
                     "appends: {:.0} records/s, durable every {}",
                     r.appends_per_second, r.flush_every

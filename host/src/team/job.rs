@@ -638,8 +638,8 @@ impl Executor for TeamExecutor {
                 },
                 None => run.await,
             };
-            // The decision is reported only once what led to it is safe.
-            self.observer.flushed().await;
+            // The scheduler reports the decision once what led to it is
+            // safe (`Observer::flushed`).
             result
         };
         Box::pin(

@@ -19,6 +19,13 @@
 //! critical-path numbers come from (`simulate::tests` checks that the two
 //! agree in virtual time).
 //!
+//! A task's result is reported (its [`Event::TaskEnded`], its dependents
+//! started) only once the observer says every event before it is safe
+//! (for a journal: durable). The task's slot is free while it waits: the
+//! next task runs during the sync instead of after it. Once more than
+//! `max_parallel_tasks` results wait so, no task starts until one is
+//! reported, which bounds what a slow disk holds in memory.
+//!
 //! What lives elsewhere: running one task (consensus), the baseline
 //! policies in virtual time (simulate), what a task costs (budget).
 
@@ -26,7 +33,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -458,11 +466,35 @@ pub async fn run(
         g.results[i] = Some(result);
         g.done(i);
     };
+    // A finished task's result, its plan added to the graph, then ended.
+    let settle = |g: &mut Graph, i: usize, result: TaskResult| {
+        let result = match (&result.stop, &result.plan) {
+            (StopReason::Decided, Some(plan)) => {
+                let plan = plan.clone();
+                match g.expand(i, &plan, &options) {
+                    Ok(()) => result,
+                    Err(why) => refused(result, why),
+                }
+            }
+            _ => result,
+        };
+        end(g, i, result);
+    };
+    // Finished tasks whose events are not yet safe: each resolves, with
+    // the task and its result, once they are.
+    let mut unsafe_yet: FuturesUnordered<BoxFuture<'static, (usize, TaskResult)>> =
+        FuturesUnordered::new();
+    let limit = options.max_parallel_tasks.max(1);
     let stopped = loop {
+        // Results already safe are reported first, so that their
+        // dependents compete for the free slots by priority.
+        while let Some(Some((i, result))) = unsafe_yet.next().now_or_never() {
+            settle(&mut g, i, result);
+        }
         // Start ready tasks by priority; a task whose dependency did not
         // decide ends at once with that reason (and its own dependents
         // become ready to end the same way).
-        while running.len() < options.max_parallel_tasks.max(1) {
+        while running.len() < limit && unsafe_yet.len() <= limit {
             let Some((_, std::cmp::Reverse(i))) = g.ready.pop() else {
                 break;
             };
@@ -513,7 +545,7 @@ pub async fn run(
         if let Some(h) = options.hedge_tasks {
             let now = tokio::time::Instant::now();
             let after = hedge_threshold(&h, &finished);
-            while running.len() < options.max_parallel_tasks.max(1) {
+            while running.len() < limit && unsafe_yet.len() <= limit {
                 let Some(after) = after else { break };
                 let pick = copies
                     .iter()
@@ -548,7 +580,7 @@ pub async fn run(
             }
             // With a slot still free, wake when the next task becomes a
             // straggler.
-            if running.len() < options.max_parallel_tasks.max(1) {
+            if running.len() < limit && unsafe_yet.len() <= limit {
                 wake = after.and_then(|after| {
                     copies
                         .values()
@@ -559,7 +591,7 @@ pub async fn run(
                 });
             }
         }
-        if running.is_empty() {
+        if running.is_empty() && unsafe_yet.is_empty() {
             break None;
         }
         let straggler = async {
@@ -608,18 +640,15 @@ pub async fn run(
                 let took = c.started.elapsed();
                 let at = finished.partition_point(|d| *d <= took);
                 finished.insert(at, took);
-                let result = match (&result.stop, &result.plan) {
-                    (StopReason::Decided, Some(plan)) => {
-                        let plan = plan.clone();
-                        match g.expand(i, &plan, &options) {
-                            Ok(()) => result,
-                            Err(why) => refused(result, why),
-                        }
-                    }
-                    _ => result,
-                };
-                end(&mut g, i, result);
+                // Reported once what led to it is safe; the slot is free
+                // meanwhile.
+                let safe = observer.flushed();
+                unsafe_yet.push(Box::pin(async move {
+                    safe.await;
+                    (i, result)
+                }));
             }
+            Some((i, result)) = unsafe_yet.next() => settle(&mut g, i, result),
             _ = straggler => {}
             _ = &mut expiry => {
                 let why = deadline.as_ref().map(|d| d.1.clone()).unwrap_or_default();
@@ -632,6 +661,10 @@ pub async fn run(
     };
     running.abort_all();
     while running.join_next().await.is_some() {}
+    // Results already in hand are reported as they are, once safe.
+    while let Some((i, result)) = unsafe_yet.next().await {
+        settle(&mut g, i, result);
+    }
     if let Some(stop) = stopped {
         for i in 0..g.tasks.len() {
             if g.status[i] != Status::Done {

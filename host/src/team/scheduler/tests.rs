@@ -398,3 +398,90 @@ fn hedge_thresholds_parse_from_the_spec() {
     let t: HedgeTasks = toml::from_str("after = \"p90\"").unwrap();
     assert_eq!(t.max_copies, 2);
 }
+
+/// Hears `TaskEnded` events and makes each flush wait until `open` is
+/// set: a journal whose disk is slow.
+struct SlowDisk {
+    ended: std::sync::Mutex<Vec<String>>,
+    open: Arc<tokio::sync::Notify>,
+    flushes: std::sync::atomic::AtomicUsize,
+}
+
+impl Observer for SlowDisk {
+    fn event(&self, _run: &str, event: &Event) {
+        if let Event::TaskEnded { task, .. } = event {
+            self.ended.lock().unwrap().push(task.clone());
+        }
+    }
+
+    fn flushed(&self) -> BoxFuture<'static, ()> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let open = self.open.clone();
+        Box::pin(async move { open.notified().await })
+    }
+}
+
+#[tokio::test]
+async fn a_result_is_reported_once_safe_and_its_slot_runs_the_next_task_meanwhile() {
+    // One slot, two independent tasks and a dependent one: while the
+    // first result waits on the disk, the second task runs; nothing ends
+    // (and the dependent does not start) before its flush resolves.
+    let tasks = vec![
+        task("a", &[]),
+        task("b", &[]),
+        task("c", &["a".to_string(), "b".to_string()]),
+    ];
+    let exec = Arc::new(Echo(Default::default()));
+    let disk = Arc::new(SlowDisk {
+        ended: Default::default(),
+        open: Arc::new(tokio::sync::Notify::new()),
+        flushes: Default::default(),
+    });
+    let options = Options {
+        max_parallel_tasks: 1,
+        ..Options::default()
+    };
+    let job = {
+        let (exec, disk) = (exec.clone(), disk.clone());
+        tokio::spawn(async move {
+            run(
+                "r",
+                tasks,
+                exec,
+                Meter::job(Limits::default()),
+                options,
+                CancellationToken::new(),
+                disk.as_ref(),
+            )
+            .await
+        })
+    };
+    // Both independent tasks ran while their results waited on the disk.
+    for _ in 0..1000 {
+        if disk.flushes.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(disk.flushes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(*exec.0.lock().unwrap(), vec!["a", "b"]);
+    assert!(
+        disk.ended.lock().unwrap().is_empty(),
+        "a task ended before its events were safe"
+    );
+    // The disk catches up: both end, then the dependent runs and ends.
+    while !job.is_finished() {
+        disk.open.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+    let done = job.await.unwrap();
+    assert_eq!(*exec.0.lock().unwrap(), vec!["a", "b", "c"]);
+    let ended = disk.ended.lock().unwrap().clone();
+    assert_eq!(ended.len(), 3);
+    assert_eq!(
+        ended[2], "c",
+        "the dependent ended before what it needs: {ended:?}"
+    );
+    assert!(done.iter().all(|(_, r)| r.stop == StopReason::Decided));
+}
