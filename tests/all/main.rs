@@ -8,6 +8,7 @@ mod cli;
 mod clients;
 mod cluster;
 mod cluster_auth;
+mod cluster_contract;
 mod consensus;
 mod contract;
 mod durable;

@@ -489,6 +489,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
         },
         BenchCmd::Workers(args) => super::bench_workers::workers(args).await,
         BenchCmd::Chaos(args) => super::bench_chaos::chaos(args).await,
+        BenchCmd::Dst(args) => super::bench_chaos::dst(args).await,
         BenchCmd::Failover {
             kills,
             lease_ttl,

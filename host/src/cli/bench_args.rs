@@ -147,6 +147,11 @@ pub(super) enum BenchCmd {
     /// instance against steps) and the memory of replicas waiting on a
     /// model.
     Reexecute(super::bench_load::ReexecuteArgs),
+    /// The deterministic simulation of the cluster's election: many
+    /// seeded schedules of faults (server down, lost replies, processes
+    /// paused or killed), each checked for one leader at a time, growing
+    /// terms, and a leader back after the faults. No server needed.
+    Dst(super::bench_chaos::DstArgs),
     /// The journal's cost on a job of many tasks, its append rate, and
     /// replay speed.
     Journal {

@@ -169,3 +169,77 @@ fn print(r: &conclave::bench::chaos::ChaosReport) {
         println!("  the processes' logs: {}", dir.display());
     }
 }
+
+/// `conclave bench dst`' arguments.
+#[derive(clap::Args)]
+pub(crate) struct DstArgs {
+    /// Seeds to run.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) seeds: u64,
+    /// The first seed (a failure names its seed: `--from SEED --seeds 1`
+    /// replays it, with its role log and the server's operations).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) from: u64,
+    /// Failures shown in full.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) show: usize,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Runs the election's deterministic simulation over many seeds.
+pub(crate) async fn dst(args: DstArgs) -> u8 {
+    let (from, seeds, show) = (args.from, args.seeds, args.show);
+    let sweep = match tokio::task::spawn_blocking(move || {
+        conclave::cluster::simulation::sweep(from, seeds, show)
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: the simulation stopped: {e}");
+            return exit::FAILURE;
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&sweep).expect("serialisable")
+        );
+    } else {
+        println!(
+            "election: {} seeds ({}..{}) in {:.2?}, {:.0?} of virtual time simulated; {} broke an invariant",
+            sweep.seeds,
+            sweep.first,
+            sweep.first + sweep.seeds,
+            sweep.wall,
+            sweep.simulated,
+            sweep.failures
+        );
+        for o in &sweep.failed {
+            println!();
+            print!("{}", o.schedule);
+            for b in &o.broken {
+                println!("  broken: {b}");
+            }
+            if seeds == 1 {
+                for (t, p, r) in &o.roles {
+                    println!("  {t:>10.3?} p{p} {r}");
+                }
+                for (t, what) in &o.server {
+                    println!("  {t:>10.3?} server: {what}");
+                }
+            } else {
+                println!(
+                    "  replay: conclave bench dst --from {} --seeds 1",
+                    o.schedule.seed
+                );
+            }
+        }
+    }
+    if sweep.failures == 0 {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }
+}

@@ -21,9 +21,13 @@
 //!   paused past its deadline (`SIGSTOP`, a long GC-like stall) is caught
 //!   by the journal's fencing instead ([`super`]).
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use tokio::time::Instant;
+
+use super::kv::{KvError, LeaseKv};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +139,7 @@ impl Election {
                         }
                         Ok((store, ttl)) => {
                             let _ = opened_tx.send(Ok(ttl));
-                            elect(store, me, ttl, tx, stopped).await;
+                            elect(Arc::new(store), me, ttl, tx, stopped).await;
                         }
                     }
                 });
@@ -224,15 +228,15 @@ async fn open(config: &ClusterConfig, ttl: Duration) -> Result<(kv::Store, Durat
 /// later, a standby again: a coordinator that lost the lease to a slow or
 /// restarted server, or to a pause, rejoins by itself, and may lead again
 /// in a later term.
-async fn elect(
-    store: kv::Store,
+pub(crate) async fn elect(
+    store: Arc<dyn LeaseKv>,
     me: Holder,
     ttl: Duration,
     tx: watch::Sender<Role>,
     stop: CancellationToken,
 ) {
     loop {
-        let Some((term, why)) = hold(&store, &me, ttl, &tx, &stop).await else {
+        let Some((term, why)) = hold(store.as_ref(), &me, ttl, &tx, &stop).await else {
             return;
         };
         let _ = tx.send(Role::Deposed { term, why });
@@ -249,7 +253,7 @@ async fn elect(
 /// One term: standby until the key can be created, then holder until the
 /// lease is lost (`Some((term, why))`) or `stop` (`None`).
 async fn hold(
-    store: &kv::Store,
+    store: &dyn LeaseKv,
     me: &Holder,
     ttl: Duration,
     tx: &watch::Sender<Role>,
@@ -263,7 +267,7 @@ async fn hold(
         let sent = Instant::now();
         match store.create(KEY, value.clone()).await {
             Ok(rev) => break (rev, rev, sent),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(KvError::Exists) => {
                 // This process's own entry, from the term it just lost,
                 // until it expires: nobody else leads yet.
                 let leader = match store.get(KEY).await {
@@ -300,36 +304,41 @@ async fn hold(
     })
     .unwrap_or_default()
     .into();
-    // Holder.
-    // The first renewal goes at once, to write the term into the value.
-    let mut wait = Duration::ZERO;
+    // Holder. Renewals go every quarter of the ttl after the last one was
+    // sent (a slow acknowledgement does not push the next one back); the
+    // holder wakes no later than its deadline, and steps down at it. The
+    // first renewal goes at once, to write the term into the value.
+    let mut next = Instant::now();
+    let lapsed = || {
+        format!(
+            "no renewal of the coordinator lease was acknowledged within {:?}",
+            deadline_after
+        )
+    };
     let why = loop {
         let deadline = renewed + deadline_after;
-        let slept_at = Instant::now();
+        let wake = next.min(deadline);
         tokio::select! {
             _ = stop.cancelled() => {
                 // Released for the next holder, if it is still ours.
-                let _ = store.delete_expect_revision(KEY, Some(revision)).await;
+                let _ = store.delete_expect_revision(KEY, revision).await;
                 return None;
             }
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
-        let late = Instant::now().saturating_duration_since(slept_at + wait);
+        let now = Instant::now();
+        let late = now.saturating_duration_since(wake);
         if late > every {
             tracing::warn!(
                 "coordinator lease: this process woke {late:?} late to renew the lease (it renews every {every:?}): it is starved of CPU"
             );
         }
-        wait = every;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break format!(
-                "no renewal of the coordinator lease was acknowledged within {:?}",
-                deadline_after
-            );
+        if now >= deadline {
+            break lapsed();
         }
-        let sent = Instant::now();
-        match tokio::time::timeout(left, store.update(KEY, value.clone(), revision)).await {
+        let sent = now;
+        next = sent + every;
+        match tokio::time::timeout_at(deadline, store.update(KEY, value.clone(), revision)).await {
             Ok(Ok(rev)) => {
                 revision = rev;
                 renewed = sent;
@@ -339,19 +348,23 @@ async fn hold(
                         "coordinator lease: a renewal took {took:?} to be acknowledged (it renews every {every:?} and is deposed {deadline_after:?} after its last acknowledged renewal): the NATS server is slow to write"
                     );
                 }
+                // An acknowledgement heard after the deadline it sets (the
+                // process was stopped while it was on its way) renews
+                // nothing this process may still act on: the value may
+                // have expired and been taken meanwhile.
+                if Instant::now() >= sent + deadline_after {
+                    break format!(
+                        "a renewal of the coordinator lease was acknowledged only after {took:?}, past its deadline of {deadline_after:?}"
+                    );
+                }
             }
-            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Ok(Err(KvError::WrongRevision)) => {
                 break "another process took the coordinator lease".to_string();
             }
             Ok(Err(e)) => {
                 tracing::warn!("coordinator lease: renewal failed ({e}); retrying");
             }
-            Err(_) => {
-                break format!(
-                    "no renewal of the coordinator lease was acknowledged within {:?}",
-                    deadline_after
-                );
-            }
+            Err(_) => break lapsed(),
         }
     };
     Some((term, why))

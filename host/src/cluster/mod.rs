@@ -29,9 +29,11 @@
 //! when it was replaced is refused by the server when it comes back.
 
 pub mod coordinator;
+pub mod kv;
 pub mod lease;
 pub mod owner;
 pub mod permissions;
+pub mod simulation;
 pub mod work;
 pub mod worker;
 

@@ -1,0 +1,661 @@
+//! Deterministic simulation of the cluster's election: the lease loop of
+//! [`super::lease`], unchanged, in several simulated processes against an
+//! in-process model of the NATS key-value bucket it uses ([`Server`]), in
+//! virtual time, with faults drawn from a seed.
+//!
+//! A seed gives a [`Schedule`]: how many processes, the lease's time to
+//! live, the network's latency and reply loss, when the server is down
+//! (durable state kept, requests in flight lost), which process is paused
+//! (`SIGSTOP`: nothing of it runs, its timers fire late) and which is
+//! killed and restarted. The same seed runs the same way every time: one
+//! thread, tokio's paused clock, and one seeded generator for every
+//! random draw. After each run the [`Outcome`] is checked:
+//!
+//! - **one leader at a time**: no two processes are leading, unpaused, at
+//!   the same moment;
+//! - **terms grow**: each new leader's term is larger than every earlier
+//!   one's, and no term has two holders;
+//! - **a leader comes back**: once the last fault is over, one live
+//!   process leads by the end of the run.
+//!
+//! `conclave bench dst --seeds N` runs many seeds; a failure prints its
+//! seed and schedule, and [`run`] with that seed replays it exactly.
+//!
+//! What is not simulated yet: the coordinator's registry and takeover,
+//! the work queue, the journal's fencing (they still talk to async-nats
+//! directly, with no seam); those are covered by tests against a real
+//! nats-server.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::kv::{KvError, LeaseKv};
+use super::lease::{Holder, Role};
+
+/// How long a client waits for the server's reply (as async-nats does for
+/// a JetStream request).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a seed makes happen, in virtual time from the start.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Schedule {
+    pub seed: u64,
+    /// Processes at the start.
+    pub processes: usize,
+    pub ttl: Duration,
+    /// Each request and each reply takes up to this long, drawn per
+    /// message.
+    pub max_latency: Duration,
+    /// The chance that a reply is lost (the request took effect).
+    pub reply_loss: f64,
+    /// The server is down over these spans.
+    pub server_down: Vec<(Duration, Duration)>,
+    /// Process `.0` is paused over the span `.1`–`.2`.
+    pub pauses: Vec<(usize, Duration, Duration)>,
+    /// Process `.0` is killed at `.1`; a new process starts `.2` later.
+    pub kills: Vec<(usize, Duration, Duration)>,
+    /// When the run ends.
+    pub end: Duration,
+}
+
+impl Schedule {
+    /// The faults of `seed`.
+    pub fn from_seed(seed: u64) -> Schedule {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let processes = rng.random_range(2..=4);
+        let ttl = Duration::from_secs(if rng.random_bool(0.5) { 2 } else { 10 });
+        let faults = ttl * 8;
+        // Whole milliseconds: the timers' resolution, so that a pause
+        // ends exactly when its process wakes.
+        let within = |rng: &mut ChaCha8Rng, d: Duration| {
+            Duration::from_millis((d.as_millis() as f64 * rng.random::<f64>()) as u64)
+        };
+        let span = |rng: &mut ChaCha8Rng, longest: Duration| {
+            let start = within(rng, faults);
+            (start, start + within(rng, longest))
+        };
+        // Each way; the lease assumes a round trip well under a quarter
+        // of its time to live.
+        let max_latency = match rng.random_range(0..4) {
+            0 => Duration::ZERO,
+            1 => Duration::from_millis(5),
+            2 => ttl / 20,
+            _ => ttl / 10,
+        };
+        let reply_loss = [0.0, 0.01, 0.1][rng.random_range(0..3)];
+        let server_down = (0..rng.random_range(0..=2))
+            .map(|_| span(&mut rng, ttl * 2))
+            .collect();
+        let pauses = (0..rng.random_range(0..=4))
+            .map(|_| {
+                let p = rng.random_range(0..processes);
+                let (a, b) = span(&mut rng, ttl * 3);
+                (p, a, b)
+            })
+            .collect();
+        let kills = (0..rng.random_range(0..=2))
+            .map(|_| {
+                let p = rng.random_range(0..processes);
+                let at = within(&mut rng, faults);
+                (p, at, within(&mut rng, ttl))
+            })
+            .collect();
+        let mut s = Schedule {
+            seed,
+            processes,
+            ttl,
+            max_latency,
+            reply_loss,
+            server_down,
+            pauses,
+            kills,
+            end: Duration::ZERO,
+        };
+        s.end = s.quiet_from() + s.recovery() + ttl;
+        s
+    }
+
+    /// When the last fault is over.
+    pub fn quiet_from(&self) -> Duration {
+        let last = self
+            .server_down
+            .iter()
+            .map(|s| s.1)
+            .chain(self.pauses.iter().map(|p| p.2))
+            .chain(self.kills.iter().map(|k| k.1 + k.2))
+            .max()
+            .unwrap_or_default();
+        last
+    }
+
+    /// How long after the last fault a leader must be back: a dead
+    /// holder's value expires, a deposed one waits a quarter of the ttl,
+    /// a standby tries every quarter, and a request lost to the outage
+    /// times out.
+    pub fn recovery(&self) -> Duration {
+        self.ttl * 2 + REQUEST_TIMEOUT + self.max_latency * 4
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {}: {} processes, lease ttl {:?}, latency up to {:?}, reply loss {}, run until {:.1?}",
+            self.seed, self.processes, self.ttl, self.max_latency, self.reply_loss, self.end
+        )?;
+        for (a, b) in &self.server_down {
+            writeln!(f, "  server down {a:.2?} .. {b:.2?}")?;
+        }
+        for (p, a, b) in &self.pauses {
+            writeln!(f, "  p{p} paused {a:.2?} .. {b:.2?}")?;
+        }
+        for (p, at, after) in &self.kills {
+            writeln!(
+                f,
+                "  p{p} killed at {at:.2?}, a new process {after:.2?} later"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The model of the server's key-value bucket: values expire `ttl` after
+/// they are written, revisions are one sequence for the bucket, a delete
+/// leaves a marker that a create may replace.
+struct Bucket {
+    ttl: Duration,
+    last: u64,
+    /// Key: its value (none: a delete marker), revision, when written.
+    entries: HashMap<String, (Option<Bytes>, u64, Instant)>,
+}
+
+impl Bucket {
+    /// The key's last message, if it has not expired.
+    fn last_of(&self, key: &str, now: Instant) -> Option<&(Option<Bytes>, u64, Instant)> {
+        self.entries
+            .get(key)
+            .filter(|(_, _, at)| now < *at + self.ttl)
+    }
+
+    fn write(&mut self, key: &str, value: Option<Bytes>, now: Instant) -> u64 {
+        self.last += 1;
+        self.entries
+            .insert(key.to_string(), (value, self.last, now));
+        self.last
+    }
+}
+
+/// The simulated NATS server and the network to it.
+pub struct Server {
+    bucket: Mutex<Bucket>,
+    /// What the server did, in order: `(time, what)`.
+    ops: Mutex<Vec<(Duration, String)>>,
+    rng: Mutex<ChaCha8Rng>,
+    start: Instant,
+    down: Vec<(Duration, Duration)>,
+    max_latency: Duration,
+    reply_loss: f64,
+    /// Replies are lost only before this (the faults' end).
+    quiet: Duration,
+}
+
+impl Server {
+    /// A server whose bucket's values live `ttl`, as `schedule` says it
+    /// fails; its draws come from `rng`.
+    fn new(schedule: &Schedule, rng: ChaCha8Rng) -> Arc<Server> {
+        Arc::new(Server {
+            bucket: Mutex::new(Bucket {
+                ttl: schedule.ttl,
+                last: 0,
+                entries: HashMap::new(),
+            }),
+            ops: Mutex::default(),
+            rng: Mutex::new(rng),
+            start: Instant::now(),
+            down: schedule.server_down.clone(),
+            max_latency: schedule.max_latency,
+            reply_loss: schedule.reply_loss,
+            quiet: schedule.quiet_from(),
+        })
+    }
+
+    /// A fault-free server whose values live `ttl` (for the contract).
+    pub fn reliable(ttl: Duration) -> Arc<Server> {
+        let schedule = Schedule {
+            seed: 0,
+            processes: 0,
+            ttl,
+            max_latency: Duration::ZERO,
+            reply_loss: 0.0,
+            server_down: vec![],
+            pauses: vec![],
+            kills: vec![],
+            end: Duration::ZERO,
+        };
+        Server::new(&schedule, ChaCha8Rng::seed_from_u64(0))
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        let t = now - self.start;
+        self.down.iter().any(|(a, b)| *a <= t && t < *b)
+    }
+
+    fn latency(&self) -> Duration {
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        self.max_latency.mul_f64(rng.random::<f64>())
+    }
+
+    /// Sends a request that does `op` on the bucket when it arrives; its
+    /// reply, unless the server is down or the reply is lost.
+    async fn request<T: Send + std::fmt::Debug + 'static>(
+        self: &Arc<Self>,
+        what: String,
+        op: impl FnOnce(&mut Bucket, Instant) -> T + Send + 'static,
+    ) -> Result<T, KvError> {
+        let (to, back) = (self.latency(), self.latency());
+        let lost = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            rng.random_bool(self.reply_loss) && Instant::now() - self.start < self.quiet
+        };
+        let sent = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = self.clone();
+        // The server side runs whatever the client does meanwhile (a
+        // paused client's request still arrives).
+        tokio::spawn(async move {
+            tokio::time::sleep(to).await;
+            let now = Instant::now();
+            if server.is_down(now) {
+                return;
+            }
+            let r = op(
+                &mut server.bucket.lock().unwrap_or_else(|p| p.into_inner()),
+                now,
+            );
+            tokio::time::sleep(back).await;
+            let delivered = !lost && !server.is_down(Instant::now());
+            server.ops.lock().unwrap_or_else(|p| p.into_inner()).push((
+                now - server.start,
+                format!(
+                    "{what}: {r:?}{}",
+                    if delivered { "" } else { " (reply lost)" }
+                ),
+            ));
+            if delivered {
+                let _ = tx.send(r);
+            }
+        });
+        // No reply (the server was down, or the reply was lost): the
+        // client hears nothing until its request times out.
+        if let Ok(Ok(r)) = tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            return Ok(r);
+        }
+        tokio::time::sleep_until(sent + REQUEST_TIMEOUT).await;
+        Err(KvError::Unavailable("request timed out".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseKv for Arc<Server> {
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
+        let key = key.to_string();
+        let what = format!("create {key} {}", String::from_utf8_lossy(&value));
+        self.request(what, move |b, now| match b.last_of(&key, now) {
+            Some((Some(_), _, _)) => Err(KvError::Exists),
+            _ => Ok(b.write(&key, Some(value), now)),
+        })
+        .await?
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, KvError> {
+        let key = key.to_string();
+        self.request(format!("get {key}"), move |b, now| {
+            b.last_of(&key, now).and_then(|e| e.0.clone())
+        })
+        .await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
+        let key = key.to_string();
+        let what = format!("update {key} expecting {revision}");
+        self.request(what, move |b, now| match b.last_of(&key, now) {
+            Some((_, rev, _)) if *rev == revision => Ok(b.write(&key, Some(value), now)),
+            _ => Err(KvError::WrongRevision),
+        })
+        .await?
+    }
+
+    async fn delete_expect_revision(&self, key: &str, revision: u64) -> Result<(), KvError> {
+        let key = key.to_string();
+        let what = format!("delete {key} expecting {revision}");
+        self.request(what, move |b, now| match b.last_of(&key, now) {
+            Some((_, rev, _)) if *rev == revision => {
+                b.write(&key, None, now);
+                Ok(())
+            }
+            _ => Err(KvError::WrongRevision),
+        })
+        .await?
+    }
+}
+
+/// A future that is not polled over its pause spans, as a stopped process
+/// does not run: what it waits on completes meanwhile and is seen late.
+struct Paused<F> {
+    inner: Pin<Box<F>>,
+    spans: Vec<(Instant, Instant)>,
+    wake: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<F: Future> Future for Paused<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let now = Instant::now();
+        let until = self
+            .spans
+            .iter()
+            .filter(|(a, b)| *a <= now && now < *b)
+            .map(|s| s.1)
+            .max();
+        if let Some(until) = until {
+            self.wake.as_mut().reset(until);
+            if self.wake.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// What happened in one run: each process's roles as they changed, and
+/// what broke.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    pub schedule: Schedule,
+    /// `(time, process, role)`, in the order they happened.
+    pub roles: Vec<(Duration, usize, String)>,
+    /// What the server did: `(time, operation and result)`.
+    pub server: Vec<(Duration, String)>,
+    /// Broken invariants, in words; empty when the run held.
+    pub broken: Vec<String>,
+}
+
+impl Outcome {
+    pub fn held(&self) -> bool {
+        self.broken.is_empty()
+    }
+}
+
+/// Runs `schedule` on a runtime of its own (one thread, paused clock) and
+/// checks the invariants.
+pub fn run(schedule: &Schedule) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    // The election's warnings (lost renewals, late wake-ups) are what a
+    // schedule is made of: not printed.
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        rt.block_on(simulate(schedule.clone()))
+    })
+}
+
+/// One process's life: when it was killed (if it was), and its pauses.
+struct Life {
+    ended: Option<Duration>,
+    paused: Vec<(Duration, Duration)>,
+}
+
+async fn simulate(schedule: Schedule) -> Outcome {
+    let mut rng = ChaCha8Rng::seed_from_u64(schedule.seed ^ 0x005e_ed0f_1a7e);
+    let server = Server::new(&schedule, ChaCha8Rng::seed_from_u64(rng.random()));
+    let start = server.start;
+    let log: Arc<Mutex<Vec<(Duration, usize, Role)>>> = Arc::default();
+    let mut lives: Vec<Life> = Vec::new();
+    let mut handles = Vec::new();
+    let stop = CancellationToken::new();
+    // Starts process `p` now: its election, and a watcher that logs its
+    // roles as they change.
+    let spawn = |p: usize, lives: &mut Vec<Life>| {
+        let now = Instant::now() - start;
+        let paused: Vec<(Duration, Duration)> = schedule
+            .pauses
+            .iter()
+            .filter(|(q, _, b)| *q == p && *b > now)
+            .map(|(_, a, b)| (*a.max(&now), *b))
+            .collect();
+        let (tx, mut rx) = tokio::sync::watch::channel(Role::Standby { leader: None });
+        let me = Holder {
+            id: format!("p{p}"),
+            http: None,
+            term: None,
+        };
+        let kv: Arc<dyn LeaseKv> = Arc::new(server.clone());
+        let election = super::lease::elect(kv, me, schedule.ttl, tx, stop.clone());
+        let task = tokio::spawn(Paused {
+            inner: Box::pin(election),
+            spans: paused
+                .iter()
+                .map(|(a, b)| (start + *a, start + *b))
+                .collect(),
+            wake: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        });
+        let log = log.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let role = rx.borrow_and_update().clone();
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    Instant::now() - start,
+                    p,
+                    role,
+                ));
+            }
+        });
+        lives.push(Life {
+            ended: None,
+            paused,
+        });
+        task
+    };
+    for p in 0..schedule.processes {
+        handles.push(Some(spawn(p, &mut lives)));
+    }
+    // Kills and restarts, in time order.
+    let mut kills = schedule.kills.clone();
+    kills.sort_by_key(|k| k.1);
+    let mut events: Vec<(Duration, Option<usize>)> = Vec::new();
+    for (p, at, after) in &kills {
+        events.push((*at, Some(*p)));
+        events.push((*at + *after, None));
+    }
+    events.sort_by_key(|e| e.0);
+    for (at, kill) in events {
+        tokio::time::sleep_until(start + at).await;
+        match kill {
+            Some(p) => {
+                if let Some(h) = handles.get_mut(p).and_then(Option::take) {
+                    h.abort();
+                    lives[p].ended = Some(at);
+                }
+            }
+            None => {
+                let p = handles.len();
+                handles.push(Some(spawn(p, &mut lives)));
+            }
+        }
+    }
+    tokio::time::sleep_until(start + schedule.end).await;
+    stop.cancel();
+    let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut o = check(schedule, &lives, &log);
+    o.server = server.ops.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    o
+}
+
+/// The invariants over a run's role log.
+fn check(schedule: Schedule, lives: &[Life], log: &[(Duration, usize, Role)]) -> Outcome {
+    let mut broken = Vec::new();
+    let end = schedule.end;
+    // Each process's spans of leading: (from, to, term).
+    let mut leading: Vec<(usize, Duration, Duration, u64)> = Vec::new();
+    for (p, life) in lives.iter().enumerate() {
+        let mut open: Option<(Duration, u64)> = None;
+        let stop = life.ended.unwrap_or(end);
+        for (t, q, role) in log.iter().filter(|e| e.1 == p) {
+            let _ = q;
+            if let Some((from, term)) = open.take() {
+                leading.push((p, from, (*t).min(stop), term));
+            }
+            if let Role::Leading { term } = role {
+                open = Some((*t, *term));
+            }
+        }
+        if let Some((from, term)) = open {
+            leading.push((p, from, stop, term));
+        }
+    }
+    // Unpaused parts of a span.
+    let unpaused = |p: usize, from: Duration, to: Duration| -> Vec<(Duration, Duration)> {
+        let mut parts = vec![(from, to)];
+        for (a, b) in &lives[p].paused {
+            parts = parts
+                .into_iter()
+                .flat_map(|(x, y)| {
+                    let mut out = Vec::new();
+                    if x < (*a).min(y) {
+                        out.push((x, (*a).min(y)));
+                    }
+                    if (*b).max(x) < y {
+                        out.push(((*b).max(x), y));
+                    }
+                    out
+                })
+                .collect();
+        }
+        parts
+    };
+    for (i, &(p, f1, t1, term1)) in leading.iter().enumerate() {
+        for &(q, f2, t2, term2) in &leading[i + 1..] {
+            if p == q {
+                continue;
+            }
+            for (a1, b1) in unpaused(p, f1, t1) {
+                for (a2, b2) in unpaused(q, f2, t2) {
+                    let (a, b) = (a1.max(a2), b1.min(b2));
+                    if a < b {
+                        broken.push(format!(
+                            "two leaders at once: p{p} (term {term1}) and p{q} (term {term2}) both lead, unpaused, over {a:.3?} .. {b:.3?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut by_start = leading.clone();
+    by_start.sort_by_key(|l| (l.1, l.0));
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut highest: Option<(u64, usize)> = None;
+    for &(p, from, _, term) in &by_start {
+        if let Some(&q) = seen.get(&term) {
+            if q != p {
+                broken.push(format!("term {term} has two holders: p{q} and p{p}"));
+            }
+            continue;
+        }
+        if let Some((h, q)) = highest {
+            if term <= h {
+                broken.push(format!(
+                    "terms went back: p{p} leads in term {term} at {from:.3?}, after p{q}'s term {h}"
+                ));
+            }
+        }
+        seen.insert(term, p);
+        highest = Some((term, p));
+    }
+    let leader_at_end = leading
+        .iter()
+        .filter(|l| l.2 == end && lives[l.0].ended.is_none())
+        .filter(|l| {
+            lives[l.0]
+                .paused
+                .iter()
+                .all(|(a, b)| !(*a <= end && end < *b))
+        })
+        .count();
+    if leader_at_end != 1 {
+        broken.push(format!(
+            "{leader_at_end} live processes lead at the end ({:.1?}), {:.1?} after the last fault",
+            end,
+            end.saturating_sub(schedule.quiet_from())
+        ));
+    }
+    let roles = log
+        .iter()
+        .map(|(t, p, r)| (*t, *p, format!("{r:?}")))
+        .collect();
+    Outcome {
+        schedule,
+        roles,
+        server: Vec::new(),
+        broken,
+    }
+}
+
+/// The summary of many seeds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sweep {
+    pub seeds: u64,
+    pub first: u64,
+    /// Seeds that broke an invariant.
+    pub failures: u64,
+    /// The first of them, in full (a single seed's run, whatever it did).
+    pub failed: Vec<Outcome>,
+    pub wall: Duration,
+    /// Virtual time simulated, over all seeds.
+    pub simulated: Duration,
+}
+
+/// Runs seeds `first .. first + seeds`, keeping the failures (at most
+/// `keep`).
+pub fn sweep(first: u64, seeds: u64, keep: usize) -> Sweep {
+    let began = std::time::Instant::now();
+    let mut failed = Vec::new();
+    let mut failures = 0;
+    let mut simulated = Duration::ZERO;
+    for seed in first..first + seeds {
+        let schedule = Schedule::from_seed(seed);
+        simulated += schedule.end;
+        let o = run(&schedule);
+        if !o.held() {
+            failures += 1;
+        }
+        // One seed is a replay: kept whatever happened.
+        if (!o.held() || seeds == 1) && failed.len() < keep {
+            failed.push(o);
+        }
+    }
+    Sweep {
+        seeds,
+        first,
+        failures,
+        failed,
+        wall: began.elapsed(),
+        simulated,
+    }
+}
+
+#[cfg(test)]
+mod tests;
