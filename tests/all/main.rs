@@ -40,3 +40,4 @@ mod ui;
 mod ui_browser;
 mod workers;
 mod workers_coordinators;
+mod workers_forged;

@@ -164,7 +164,7 @@ impl Drop for Worker {
 
 /// Which worker ran each replica, on which delivery: (replica, worker,
 /// delivery), in journal order.
-fn worked(log: &RunLog) -> Vec<(u32, String, u32)> {
+pub(crate) fn worked(log: &RunLog) -> Vec<(u32, String, u32)> {
     log.records
         .iter()
         .filter_map(|r| match &r.entry {
@@ -183,7 +183,7 @@ fn worked(log: &RunLog) -> Vec<(u32, String, u32)> {
 }
 
 /// Ballots counted, by replica.
-fn ballots(log: &RunLog) -> Vec<u32> {
+pub(crate) fn ballots(log: &RunLog) -> Vec<u32> {
     let mut b: Vec<u32> = log
         .records
         .iter()

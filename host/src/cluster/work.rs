@@ -18,7 +18,11 @@
 //!   restarting) leaves the item to be redelivered. A result counts
 //!   once, by (run, task, replica): the first one in; a late or duplicate
 //!   one (a stalled worker that woke up, a redelivery that raced) is
-//!   ignored and said so.
+//!   ignored and said so. Each item carries a random ticket that its
+//!   result must carry back; a result with another ticket (forged by
+//!   someone who can publish on the subject but was not delivered the
+//!   item) is refused, said so, and leaves the replica waiting for its
+//!   real result.
 //! - A replica the coordinator no longer needs (an early decision, a lost
 //!   hedge, a cancelled run) is withdrawn on `conclave.NAME.cancel`:
 //!   a worker running it stops, one that takes it later drops it.
@@ -102,6 +106,12 @@ impl Names {
 pub(crate) struct WorkItem {
     pub(crate) reply: String,
     pub(crate) job: ReplicaJob,
+    /// A random token the result must carry back: a result counts only
+    /// from a worker that was delivered this item, not from anyone who can
+    /// publish on the coordinator's subject and guess a run, a task and a
+    /// replica number.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) ticket: String,
     /// The term of the coordinator that queued it (none from a `run`
     /// process): a worker drops an item of a term older than the cluster's
     /// coordinator's, a deposed coordinator's scheduling decision.
@@ -188,6 +198,8 @@ async fn read_workers(kv: &jetstream::kv::Store) -> Result<Vec<Beat>, String> {
 /// A result awaited.
 struct Pending {
     tx: oneshot::Sender<Result<ReplicaDone, String>>,
+    /// The ticket its item carries.
+    ticket: String,
 }
 
 type Key = (String, String, u32);
@@ -204,6 +216,8 @@ struct Inner {
     beats: Mutex<Vec<Beat>>,
     times: Mutex<VecDeque<Duration>>,
     ignored: AtomicU64,
+    /// Results refused for a ticket that is not their item's.
+    refused: AtomicU64,
     /// Where this process stands in the election, if it takes part.
     role: Option<tokio::sync::watch::Receiver<super::lease::Role>>,
 }
@@ -216,7 +230,21 @@ impl Inner {
     /// A result in: to its replica's waiter, or ignored when it has none.
     fn arrived(&self, done: ReplicaDone) {
         let key = (done.run.clone(), done.task.clone(), done.replica);
-        let waiter = self.lock_pending().remove(&key);
+        let waiter = {
+            let mut pending = self.lock_pending();
+            match pending.get(&key) {
+                Some(p) if p.ticket != done.ticket => {
+                    drop(pending);
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "cluster: refused a result of run {} task {} replica {} that says it is from worker {}: it does not carry its item's ticket (forged by a publisher that was not delivered the item); the replica waits for its real result",
+                        done.run, done.task, done.replica, done.worker
+                    );
+                    return;
+                }
+                _ => pending.remove(&key),
+            }
+        };
         match waiter {
             Some(p) => {
                 let mut t = self.times.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,6 +346,7 @@ impl WorkQueue {
             beats: Mutex::default(),
             times: Mutex::default(),
             ignored: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             role,
         });
         tokio::spawn(take_results(Arc::downgrade(&inner), results));
@@ -330,6 +359,11 @@ impl WorkQueue {
     /// Results that came in for a replica already counted or withdrawn.
     pub fn ignored(&self) -> u64 {
         self.inner.ignored.load(Ordering::Relaxed)
+    }
+
+    /// Results refused because they did not carry their item's ticket.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// The live workers, as last read.
@@ -451,7 +485,14 @@ impl RemoteReplicas for WorkQueue {
             let key = job.key();
             let team = job.team.clone();
             let (tx, mut rx) = oneshot::channel();
-            inner.lock_pending().insert(key.clone(), Pending { tx });
+            let ticket = format!("{:032x}", rand::random::<u128>());
+            inner.lock_pending().insert(
+                key.clone(),
+                Pending {
+                    tx,
+                    ticket: ticket.clone(),
+                },
+            );
             let subject = inner.names.subject(&team);
             use super::lease::Role;
             let term = inner.role.as_ref().and_then(|r| match &*r.borrow() {
@@ -467,6 +508,7 @@ impl RemoteReplicas for WorkQueue {
             let item = WorkItem {
                 reply: inner.inbox.clone(),
                 job,
+                ticket,
                 term,
             };
             let body = serde_json::to_vec(&item).map_err(|e| e.to_string())?;

@@ -394,6 +394,8 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
             }
         }
     };
+    let mut done = done;
+    done.ticket = item.ticket.clone();
     let body = match serde_json::to_vec(&done) {
         Ok(b) => b,
         Err(e) => {

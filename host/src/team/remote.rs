@@ -84,6 +84,10 @@ pub struct ReplicaDone {
     pub events: Vec<Event>,
     /// How long the worker ran it.
     pub ms: f64,
+    /// The ticket of the work item it answers (cluster work queue): what
+    /// shows the result comes from a worker that was delivered the item.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ticket: String,
 }
 
 impl ReplicaDone {
@@ -106,6 +110,7 @@ impl ReplicaDone {
             failures: Vec::new(),
             events: Vec::new(),
             ms: 0.0,
+            ticket: String::new(),
         }
     }
 }

@@ -236,6 +236,8 @@ impl Team {
             failures: a.judged.failures,
             events,
             ms: started.elapsed().as_secs_f64() * 1e3,
+            // The worker sets its item's.
+            ticket: String::new(),
         }
     }
 }
