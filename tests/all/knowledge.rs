@@ -115,3 +115,156 @@ fn an_index_is_built_queried_and_rebuilt_touching_only_what_changed() {
         "the text file was one passage"
     );
 }
+
+/// A team over an index: `[[index]]` and a task's `context`.
+const CONTEXT_TEAM: &str = r#"
+[team]
+name = "docs"
+
+[[index]]
+name = "notes"
+path = "idx"
+
+[[node]]
+name = "sim"
+backend = "sim"
+
+[[task]]
+id = "answer"
+role = "solver"
+replicas = 3
+voter = "majority"
+answer_kind = "text"
+context = { index = "notes", passages = 1 }
+"#;
+
+#[test]
+fn a_task_with_context_is_given_the_passages_that_match_and_cites_them() {
+    use conclave::journal::{sqlite::SqliteJournal, Entry, Journal};
+    use conclave::team::events::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "notes/birds.md", BIRDS);
+    write(
+        d,
+        "notes/tools.md",
+        "# Tools\n\nA spade digs; a rake gathers leaves.\n",
+    );
+    conclave(d, &["index", "build", "notes", "--out", "idx", "--json"]);
+    write(d, "team.toml", CONTEXT_TEAM);
+    let data = d.join("data");
+    let out = std::process::Command::new(conclave_bin())
+        .args([
+            "run",
+            "team.toml",
+            "Where does the snowy owl nest?",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(d)
+        .env(
+            "CONCLAVE_PLUGIN_DIR",
+            conclave_tests::workspace().join("target/plugins"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cited = v["citations"].as_array().expect("citations in the result");
+    assert_eq!(cited.len(), 1, "{v}");
+    assert_eq!(cited[0]["source"], "notes/birds.md");
+    assert_eq!(cited[0]["heading"], "Birds > Owls");
+    assert_eq!(cited[0]["index"], "notes");
+    // The byte range is the passage's, in the file.
+    let (start, end) = (
+        cited[0]["start"].as_u64().unwrap() as usize,
+        cited[0]["end"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        BIRDS[start..end].contains("snowy owl nests"),
+        "{start}..{end}"
+    );
+    // The journal records what the task was given: the passage in its
+    // prompt, the passage's place in a `retrieved` event.
+    let log = SqliteJournal::open(&data)
+        .unwrap()
+        .read(v["run_id"].as_str().unwrap())
+        .unwrap();
+    let events: Vec<&Event> = log
+        .records
+        .iter()
+        .filter_map(|r| match &r.entry {
+            Entry::Event { event } => Some(event),
+            _ => None,
+        })
+        .collect();
+    let retrieved = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Retrieved {
+                task,
+                index,
+                passages,
+            } => Some((task.clone(), index.clone(), passages.clone())),
+            _ => None,
+        })
+        .expect("a retrieved event");
+    assert_eq!(
+        (retrieved.0.as_str(), retrieved.1.as_str()),
+        ("answer", "notes")
+    );
+    assert_eq!(retrieved.2[0].source, "notes/birds.md");
+    let prompt = events
+        .iter()
+        .find_map(|e| match e {
+            Event::TaskStarted { prompt, .. } => Some(prompt.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(prompt.contains("in a scrape on a mound"), "{prompt}");
+    assert!(!prompt.contains("rake"), "{prompt}");
+    assert!(
+        prompt.ends_with("Question: Where does the snowy owl nest?"),
+        "{prompt}"
+    );
+}
+
+#[test]
+fn a_context_naming_no_index_or_an_index_not_built_is_refused_with_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |spec: &str| {
+        write(d, "team.toml", spec);
+        let out = std::process::Command::new(conclave_bin())
+            .args(["run", "team.toml", "q"])
+            .arg("--data-dir")
+            .arg(d.join("data"))
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "a bad spec");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err =
+        run(&CONTEXT_TEAM.replace("index = \"notes\", passages", "index = \"note\", passages"));
+    assert!(
+        err.contains("team.toml:19:")
+            && err.contains("task `answer`")
+            && err.contains("`note`")
+            && err.contains("did you mean `notes`"),
+        "{err}"
+    );
+    // Declared, but never built.
+    let err = run(CONTEXT_TEAM);
+    assert!(
+        err.contains("index `notes`")
+            && err.contains("no index here")
+            && err.contains("conclave index build"),
+        "{err}"
+    );
+}

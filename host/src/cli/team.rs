@@ -119,7 +119,7 @@ pub(super) async fn load_team(
         .map_err(|e| {
             report(&e);
             match e {
-                JobError::Spec(_) => exit::BAD_SPEC,
+                JobError::Spec(_) | JobError::Index { .. } => exit::BAD_SPEC,
                 JobError::Plugin { .. } | JobError::Limits { .. } => exit::BAD_PLUGIN,
             }
         })
@@ -280,6 +280,27 @@ pub(super) fn finish(done: &conclave::journal::resume::Journaled, json: bool) ->
             );
         }
         println!("runner-up:  {}", r.runner_up.as_deref().unwrap_or("(none)"));
+        for (i, c) in r.citations.iter().enumerate() {
+            println!(
+                "{}[{}] {}{}, bytes {}-{} (index {}, score {:.2})",
+                if i == 0 {
+                    "sources:    "
+                } else {
+                    "            "
+                },
+                i + 1,
+                c.source,
+                if c.heading.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", c.heading)
+                },
+                c.start,
+                c.end,
+                c.index,
+                c.score
+            );
+        }
         println!("samples:    {}", r.samples);
         println!(
             "tokens:     {} in, {} out; cost {:.6}",

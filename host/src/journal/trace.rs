@@ -200,6 +200,21 @@ pub fn trace(log: &RunLog) -> Trace {
                     tasks[i].depends_on = depends_on.clone();
                     format!("task {task} started")
                 }
+                Event::Retrieved {
+                    task,
+                    index,
+                    passages,
+                } => {
+                    let cited: Vec<String> = passages
+                        .iter()
+                        .map(|p| format!("{} bytes {}-{}", p.source, p.start, p.end))
+                        .collect();
+                    format!(
+                        "task {task}: {} passages from index {index}: {}",
+                        passages.len(),
+                        cited.join("; ")
+                    )
+                }
                 Event::ModelCall {
                     task,
                     replica,

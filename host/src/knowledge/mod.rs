@@ -46,6 +46,57 @@ pub struct Built {
     pub passages: usize,
 }
 
+/// A passage a task was given, as the run records it: where it comes
+/// from, not its text (the text is in the task's prompt).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Citation {
+    /// The team's name for the index (`[[index]] name`).
+    pub index: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub heading: String,
+    /// Byte range of the passage in its source file.
+    pub start: u64,
+    pub end: u64,
+    pub score: f32,
+}
+
+impl Hit {
+    /// This passage as a citation from the index the team calls `index`.
+    pub fn citation(&self, index: &str) -> Citation {
+        Citation {
+            index: index.to_string(),
+            source: self.source.clone(),
+            heading: self.heading.clone(),
+            start: self.start,
+            end: self.end,
+            score: self.score,
+        }
+    }
+}
+
+/// `prompt` with `hits` before it, numbered, each with where it comes
+/// from: what a task with `context` asks its role.
+pub fn with_passages(prompt: &str, index: &str, hits: &[Hit]) -> String {
+    use std::fmt::Write;
+    let mut s = format!("Passages from the documents (index `{index}`), best match first:\n");
+    for (i, h) in hits.iter().enumerate() {
+        let _ = write!(s, "\n[{}] {}", i + 1, h.source);
+        if !h.heading.is_empty() {
+            let _ = write!(s, " ({})", h.heading);
+        }
+        let _ = write!(s, ", bytes {}-{}\n{}\n", h.start, h.end, h.text.trim());
+    }
+    if hits.is_empty() {
+        s.push_str("\n(no passage matched)\n");
+    }
+    let _ = write!(
+        s,
+        "\nAnswer from these passages. If they do not say, say that the documents do not say.\n\nQuestion: {prompt}"
+    );
+    s
+}
+
 /// A passage found by a query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hit {
@@ -216,6 +267,19 @@ pub fn build(dirs: &[PathBuf], out: &Path, split: Split) -> Result<Built, String
     .map_err(|e| at(&e))?;
     built.passages = manifest.files.values().map(|(_, n)| n).sum();
     Ok(built)
+}
+
+/// Whether `dir` holds an index this build can search; why not.
+pub fn check(dir: &Path) -> Result<(), String> {
+    if !dir.join(MANIFEST).exists() {
+        return Err(format!(
+            "no index here (build one with `conclave index build DIR --out {}`)",
+            dir.display()
+        ));
+    }
+    Index::open_in_dir(dir)
+        .map(|_| ())
+        .map_err(|e| format!("cannot open the index: {e}"))
 }
 
 /// The `top` passages of the index in `dir` that best match `words`

@@ -527,6 +527,7 @@ mod tests {
             wall: Duration::from_millis(1234),
             simulated: true,
             tasks: vec![],
+            citations: vec![],
         }
     }
 

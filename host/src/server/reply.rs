@@ -370,6 +370,7 @@ pub(super) fn conclave(
         "support": r.support,
         "total": r.total,
         "synthesised": r.synthesised,
+        "citations": r.citations,
         "runner_up": r.runner_up,
         "samples": r.samples,
         "stop": r.stop,

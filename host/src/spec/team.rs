@@ -51,6 +51,8 @@ pub struct TeamSpec {
     pub router: RouterConfig,
     /// In dependency order.
     pub tasks: Vec<TaskSection>,
+    /// `[[index]]`: knowledge bases tasks take passages from.
+    pub indexes: Vec<IndexSection>,
 }
 
 /// An answer kind's name in a spec.
@@ -82,11 +84,13 @@ const DAG_KEYS: [&str; 7] = [
     "prompt",
 ];
 
-const TOP_KEYS: [&str; 6] = ["team", "node", "plugin", "task", "dag", "router"];
+const TOP_KEYS: [&str; 7] = ["team", "node", "plugin", "task", "dag", "router", "index"];
+const INDEX_KEYS: [&str; 2] = ["name", "path"];
 const PLUGIN_KEYS: [&str; 7] = [
     "name", "path", "builtin", "config", "grants", "limits", "weights",
 ];
-const TASK_KEYS: [&str; 17] = [
+const TASK_KEYS: [&str; 18] = [
+    "context",
     "max_calls",
     "debate_rounds",
     "retries",
@@ -265,6 +269,21 @@ impl TeamSpec {
             }
             plugins.push(p);
         }
+        let mut indexes: Vec<IndexSection> = Vec::new();
+        for (i, v) in array("index").into_iter().enumerate() {
+            let x: IndexSection = v
+                .try_into()
+                .map_err(|e| typed("index", &INDEX_KEYS, i, e, None))?;
+            if indexes.iter().any(|q| q.name == x.name) {
+                return Err(section_err(
+                    "index",
+                    i,
+                    "name",
+                    format!("index `{}` is declared twice", x.name),
+                ));
+            }
+            indexes.push(x);
+        }
         let mut tasks: Vec<TaskSection> = Vec::new();
         for (i, v) in array("task").into_iter().enumerate() {
             let t: TaskSection = v
@@ -328,6 +347,33 @@ impl TeamSpec {
             if tasks.iter().any(|q| q.id == t.id) {
                 return Err(err("id", "another task has this id".into()));
             }
+            if let Some(c) = &t.context {
+                if !indexes.iter().any(|x| x.name == c.index) {
+                    let names: Vec<&str> = indexes.iter().map(|x| x.name.as_str()).collect();
+                    let hint = suggest(&c.index, &names)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_else(|| {
+                            if names.is_empty() {
+                                "; declare it with [[index]] name and path".into()
+                            } else {
+                                format!("; the spec declares {}", names.join(", "))
+                            }
+                        });
+                    return Err(err(
+                        "context",
+                        format!(
+                            "`context` names index `{}`, which no [[index]] declares{hint}",
+                            c.index
+                        ),
+                    ));
+                }
+                if !(1..=20).contains(&c.passages) {
+                    return Err(err(
+                        "context",
+                        format!("`context.passages` must be 1 to 20, not {}", c.passages),
+                    ));
+                }
+            }
             tasks.push(t);
         }
         if let Some(v) = doc.get("dag") {
@@ -385,6 +431,7 @@ impl TeamSpec {
                     max_wall: None,
                     max_calls: None,
                     subtasks: None,
+                    context: None,
                 });
             }
         }
@@ -569,6 +616,7 @@ impl TeamSpec {
             plugins,
             router,
             tasks: ordered,
+            indexes,
         })
     }
 }

@@ -24,6 +24,12 @@ pub enum Event {
         prompt: String,
         depends_on: Vec<String>,
     },
+    /// The passages a task with `context` was given, before its prompt.
+    Retrieved {
+        task: String,
+        index: String,
+        passages: Vec<crate::knowledge::Citation>,
+    },
     /// A model call answered (or, on resume, was answered from the
     /// journal: `replayed`).
     ModelCall {
@@ -300,6 +306,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::TaskStarted { .. } => "task-started",
+            Event::Retrieved { .. } => "retrieved",
             Event::ModelCall { .. } => "model-call",
             Event::Ballot { .. } => "ballot",
             Event::Failure { .. } => "failure",

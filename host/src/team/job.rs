@@ -40,6 +40,14 @@ pub enum JobError {
     /// The spec gives a plugin limits the runtime cannot honour.
     #[error("plugin `{name}`: {reason}")]
     Limits { name: String, reason: String },
+    /// An `[[index]]` the spec declares cannot be read.
+    #[error("{spec}: index `{name}` ({path}): {reason}")]
+    Index {
+        spec: PathBuf,
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// What a job came to.
@@ -67,6 +75,10 @@ pub struct JobResult {
     /// Whether any node was the simulator (its answers are not a model's).
     pub simulated: bool,
     pub tasks: Vec<(String, TaskResult)>,
+    /// The passages the final task was given (`context`), where they come
+    /// from: what its answer can cite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citations: Vec<crate::knowledge::Citation>,
 }
 
 /// A team spec made ready to run: nodes built, plugins loaded and checked.
@@ -115,6 +127,17 @@ impl PreparedTeam {
         let simulated = router.simulated();
         let router = Arc::new(router);
         let plugins = load_plugins(&spec, &runtime, builtin_dir).await?;
+        for x in &spec.indexes {
+            let dir = spec.path.parent().unwrap_or(Path::new(".")).join(&x.path);
+            if let Err(reason) = crate::knowledge::check(&dir) {
+                return Err(JobError::Index {
+                    spec: spec.path.clone(),
+                    name: x.name.clone(),
+                    path: dir,
+                    reason,
+                });
+            }
+        }
         Ok(PreparedTeam {
             trust: trust_of(&spec),
             spec,
@@ -124,6 +147,18 @@ impl PreparedTeam {
             simulated,
             remote: Default::default(),
         })
+    }
+
+    /// The folder of the index the spec calls `name`.
+    pub fn index_dir(&self, name: &str) -> Option<PathBuf> {
+        let x = self.spec.indexes.iter().find(|x| x.name == name)?;
+        Some(
+            self.spec
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(&x.path),
+        )
     }
 
     /// The spec this team was made from.
@@ -256,12 +291,43 @@ impl PreparedTeam {
             sampling: sampling.clone(),
             ..Caps::of(t)
         });
-        let tasks: Vec<JobTask> = self
+        let mut tasks: Vec<JobTask> = self
             .spec
             .tasks
             .iter()
             .map(|t| job_task(t, question, &caps))
             .collect();
+        // Passages for the tasks with `context`, before their prompts.
+        let mut cited: std::collections::HashMap<String, Vec<crate::knowledge::Citation>> =
+            Default::default();
+        for (task, section) in tasks.iter_mut().zip(&self.spec.tasks) {
+            let Some(c) = &section.context else { continue };
+            let Some(dir) = self.index_dir(&c.index) else {
+                continue;
+            };
+            let hits = match crate::knowledge::query(&dir, &task.prompt, c.passages) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(
+                        "task {}: no passages from index `{}`: {e}",
+                        task.id,
+                        c.index
+                    );
+                    Vec::new()
+                }
+            };
+            let passages: Vec<_> = hits.iter().map(|h| h.citation(&c.index)).collect();
+            observer.event(
+                run_id,
+                &super::events::Event::Retrieved {
+                    task: task.id.clone(),
+                    index: c.index.clone(),
+                    passages: passages.clone(),
+                },
+            );
+            task.prompt = crate::knowledge::with_passages(&task.prompt, &c.index, &hits);
+            cited.insert(task.id.clone(), passages);
+        }
         let bus = Arc::new(Bus::with_limits(caps.bus));
         // What a plan may name as a subtask's role.
         let roles: Arc<[String]> = self
@@ -323,6 +389,10 @@ impl PreparedTeam {
             total: last.as_ref().map(|r| r.total).unwrap_or(0),
             synthesised: last.as_ref().is_some_and(|r| r.synthesised),
             runner_up: last.as_ref().and_then(|r| r.runner_up.clone()),
+            citations: final_id
+                .as_ref()
+                .and_then(|id| cited.remove(id))
+                .unwrap_or_default(),
             nodes: last.as_ref().map(|r| r.nodes.clone()).unwrap_or_default(),
             samples: done.iter().map(|(_, r)| r.samples).sum(),
             stop: last

@@ -231,6 +231,34 @@ pub struct TaskSection {
     /// How to run the subtasks if the role answers with a plan.
     #[serde(default)]
     pub subtasks: Option<SubtaskSection>,
+    /// Passages retrieved from an `[[index]]` for the task's prompt, put
+    /// before it (retrieval-augmented prompting).
+    #[serde(default)]
+    pub context: Option<ContextSection>,
+}
+
+/// `[[index]]`: a knowledge base built with `conclave index build`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSection {
+    /// What tasks call it (`context = { index = "NAME" }`).
+    pub name: String,
+    /// The index folder, relative to the spec file.
+    pub path: PathBuf,
+}
+
+/// A task's `context`: which index, and how many passages.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSection {
+    pub index: String,
+    /// Passages put before the prompt (1 to 20; default 5).
+    #[serde(default = "five")]
+    pub passages: usize,
+}
+
+fn five() -> usize {
+    5
 }
 
 fn one() -> u32 {
