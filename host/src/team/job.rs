@@ -127,17 +127,7 @@ impl PreparedTeam {
         let simulated = router.simulated();
         let router = Arc::new(router);
         let plugins = load_plugins(&spec, &runtime, builtin_dir).await?;
-        for x in &spec.indexes {
-            let dir = spec.path.parent().unwrap_or(Path::new(".")).join(&x.path);
-            if let Err(reason) = crate::knowledge::check(&dir) {
-                return Err(JobError::Index {
-                    spec: spec.path.clone(),
-                    name: x.name.clone(),
-                    path: dir,
-                    reason,
-                });
-            }
-        }
+        super::retrieval::check_indexes(&spec)?;
         Ok(PreparedTeam {
             trust: trust_of(&spec),
             spec,
@@ -147,18 +137,6 @@ impl PreparedTeam {
             simulated,
             remote: Default::default(),
         })
-    }
-
-    /// The folder of the index the spec calls `name`.
-    pub fn index_dir(&self, name: &str) -> Option<PathBuf> {
-        let x = self.spec.indexes.iter().find(|x| x.name == name)?;
-        Some(
-            self.spec
-                .path
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(&x.path),
-        )
     }
 
     /// The spec this team was made from.
@@ -298,36 +276,7 @@ impl PreparedTeam {
             .map(|t| job_task(t, question, &caps))
             .collect();
         // Passages for the tasks with `context`, before their prompts.
-        let mut cited: std::collections::HashMap<String, Vec<crate::knowledge::Citation>> =
-            Default::default();
-        for (task, section) in tasks.iter_mut().zip(&self.spec.tasks) {
-            let Some(c) = &section.context else { continue };
-            let Some(dir) = self.index_dir(&c.index) else {
-                continue;
-            };
-            let hits = match crate::knowledge::query(&dir, &task.prompt, c.passages) {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(
-                        "task {}: no passages from index `{}`: {e}",
-                        task.id,
-                        c.index
-                    );
-                    Vec::new()
-                }
-            };
-            let passages: Vec<_> = hits.iter().map(|h| h.citation(&c.index)).collect();
-            observer.event(
-                run_id,
-                &super::events::Event::Retrieved {
-                    task: task.id.clone(),
-                    index: c.index.clone(),
-                    passages: passages.clone(),
-                },
-            );
-            task.prompt = crate::knowledge::with_passages(&task.prompt, &c.index, &hits);
-            cited.insert(task.id.clone(), passages);
-        }
+        let mut cited = super::retrieval::give_passages(&self.spec, &mut tasks, run_id, &*observer);
         let bus = Arc::new(Bus::with_limits(caps.bus));
         // What a plan may name as a subtask's role.
         let roles: Arc<[String]> = self

@@ -20,6 +20,7 @@ pub mod events;
 pub mod job;
 pub mod plan;
 pub mod remote;
+pub mod retrieval;
 pub mod scheduler;
 mod services;
 pub mod simulate;
