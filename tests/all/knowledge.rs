@@ -153,22 +153,19 @@ fn a_task_with_context_is_given_the_passages_that_match_and_cites_them() {
     conclave(d, &["index", "build", "notes", "--out", "idx", "--json"]);
     write(d, "team.toml", CONTEXT_TEAM);
     let data = d.join("data");
-    let out = std::process::Command::new(conclave_bin())
-        .args([
+    let out = crate::journal::command(
+        &[
             "run",
             "team.toml",
             "Where does the snowy owl nest?",
             "--json",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .current_dir(d)
-        .env(
-            "CONCLAVE_PLUGIN_DIR",
-            conclave_tests::workspace().join("target/plugins"),
-        )
-        .output()
-        .unwrap();
+        ],
+        &data,
+        &[],
+    )
+    .current_dir(d)
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -240,10 +237,7 @@ fn a_context_naming_no_index_or_an_index_not_built_is_refused_with_where() {
     let d = dir.path();
     let run = |spec: &str| {
         write(d, "team.toml", spec);
-        let out = std::process::Command::new(conclave_bin())
-            .args(["run", "team.toml", "q"])
-            .arg("--data-dir")
-            .arg(d.join("data"))
+        let out = crate::journal::command(&["run", "team.toml", "q"], &d.join("data"), &[])
             .current_dir(d)
             .output()
             .unwrap();

@@ -127,15 +127,13 @@ impl Schedule {
 
     /// When the last fault is over.
     pub fn quiet_from(&self) -> Duration {
-        let last = self
-            .server_down
+        self.server_down
             .iter()
             .map(|s| s.1)
             .chain(self.pauses.iter().map(|p| p.2))
             .chain(self.kills.iter().map(|k| k.1 + k.2))
             .max()
-            .unwrap_or_default();
-        last
+            .unwrap_or_default()
     }
 
     /// How long after the last fault a leader must be back: a dead
@@ -514,8 +512,7 @@ fn check(schedule: Schedule, lives: &[Life], log: &[(Duration, usize, Role)]) ->
     for (p, life) in lives.iter().enumerate() {
         let mut open: Option<(Duration, u64)> = None;
         let stop = life.ended.unwrap_or(end);
-        for (t, q, role) in log.iter().filter(|e| e.1 == p) {
-            let _ = q;
+        for (t, _, role) in log.iter().filter(|e| e.1 == p) {
             if let Some((from, term)) = open.take() {
                 leading.push((p, from, (*t).min(stop), term));
             }
