@@ -1,5 +1,5 @@
 //! One contract, two implementations: the key-value operations the
-//! coordinator lease relies on (`conclave::cluster::kv::contract`) hold on
+//! coordinator lease and the registry rely on (`conclave::cluster::kv::contract`, `registry_contract`) hold on
 //! a real nats-server, as they do on the simulation's model of it (the
 //! same function runs there, in `cluster::simulation`'s tests). If the
 //! model drifts from the server it stands for, one of the two fails.
@@ -30,6 +30,31 @@ fn the_lease_buckets_contract_holds_on_a_real_nats_server() {
             .await
             .unwrap();
         conclave::cluster::kv::contract(&store, "coordinator", ttl)
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn the_registry_buckets_contract_holds_on_a_real_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        // As the coordinator makes its registry: one value per key, kept.
+        let store = js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: "contract-registry".into(),
+                history: 1,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        conclave::cluster::kv::registry_contract(&store)
             .await
             .unwrap();
     });

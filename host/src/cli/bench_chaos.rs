@@ -173,7 +173,7 @@ fn print(r: &conclave::bench::chaos::ChaosReport) {
 /// `conclave bench dst`' arguments.
 #[derive(clap::Args)]
 pub(crate) struct DstArgs {
-    /// Seeds to run.
+    /// Seeds to run, of each simulation.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) seeds: u64,
     /// The first seed (a failure names its seed: `--from SEED --seeds 1`
@@ -183,30 +183,55 @@ pub(crate) struct DstArgs {
     /// Failures shown in full.
     #[arg(long, default_value_t = 3)]
     pub(crate) show: usize,
+    /// Only this simulation: `election` (the lease alone) or `takeover`
+    /// (coordinators serving clients, registry, takeover and journal).
+    #[arg(long, value_parser = ["election", "takeover"])]
+    pub(crate) only: Option<String>,
     #[arg(long)]
     pub(crate) json: bool,
 }
 
-/// Runs the election's deterministic simulation over many seeds.
+/// Runs the cluster's deterministic simulations over many seeds.
 pub(crate) async fn dst(args: DstArgs) -> u8 {
+    use conclave::cluster::simulation::{self, takeover};
     let (from, seeds, show) = (args.from, args.seeds, args.show);
-    let sweep = match tokio::task::spawn_blocking(move || {
-        conclave::cluster::simulation::sweep(from, seeds, show)
+    let run = |what: &str| args.only.as_deref().is_none_or(|o| o == what);
+    let (election, taking_over) = (run("election"), run("takeover"));
+    let swept = tokio::task::spawn_blocking(move || {
+        (
+            election.then(|| simulation::sweep(from, seeds, show)),
+            taking_over.then(|| takeover::sweep(from, seeds, show)),
+        )
     })
-    .await
-    {
+    .await;
+    let (election, taking_over) = match swept {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: the simulation stopped: {e}");
             return exit::FAILURE;
         }
     };
+    let failures = election.as_ref().map_or(0, |s| s.failures)
+        + taking_over.as_ref().map_or(0, |s| s.failures);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&sweep).expect("serialisable")
+            serde_json::to_string_pretty(&serde_json::json!({
+                "election": election,
+                "takeover": taking_over,
+            }))
+            .expect("serialisable")
         );
-    } else {
+        return if failures == 0 {
+            exit::OK
+        } else {
+            exit::FAILURE
+        };
+    }
+    let replay = |seed: u64, only: &str| {
+        println!("  replay: conclave bench dst --only {only} --from {seed} --seeds 1");
+    };
+    if let Some(sweep) = &election {
         println!(
             "election: {} seeds ({}..{}) in {:.2?}, {:.0?} of virtual time simulated; {} broke an invariant",
             sweep.seeds,
@@ -230,14 +255,53 @@ pub(crate) async fn dst(args: DstArgs) -> u8 {
                     println!("  {t:>10.3?} server: {what}");
                 }
             } else {
-                println!(
-                    "  replay: conclave bench dst --from {} --seeds 1",
-                    o.schedule.seed
-                );
+                replay(o.schedule.seed, "election");
             }
         }
     }
-    if sweep.failures == 0 {
+    if let Some(sweep) = &taking_over {
+        println!(
+            "takeover: {} seeds ({}..{}) in {:.2?}, {:.0?} of virtual time simulated, {} requests, {} runs journaled; {} broke an invariant",
+            sweep.seeds,
+            sweep.first,
+            sweep.first + sweep.seeds,
+            sweep.wall,
+            sweep.simulated,
+            sweep.requests,
+            sweep.runs,
+            sweep.failures
+        );
+        for (invariant, n) in &sweep.by_invariant {
+            println!("  {n} seeds broke: {invariant}");
+        }
+        for o in &sweep.failed {
+            println!();
+            print!("{}", o.plan);
+            for (invariant, what) in &o.broken {
+                println!("  broken ({invariant}): {what}");
+            }
+            if seeds == 1 {
+                for (t, p, r) in &o.roles {
+                    println!("  {t:>10.3?} p{p} {r}");
+                }
+                for (run, p, answer) in &o.answers {
+                    println!("  client of {run} at p{p}: {answer:?}");
+                }
+                for r in &o.journal {
+                    println!(
+                        "  {:>10.3?} journal #{} {}: {:?} by p{} in term {}",
+                        r.at, r.seq, r.run, r.kind, r.writer, r.term
+                    );
+                }
+                for (t, what) in &o.server {
+                    println!("  {t:>10.3?} server: {what}");
+                }
+            } else {
+                replay(o.plan.faults.seed, "takeover");
+            }
+        }
+    }
+    if failures == 0 {
         exit::OK
     } else {
         exit::FAILURE

@@ -13,23 +13,25 @@
 //! registry too, with their owner ([`super::owner`]): they are taken over
 //! once the owner stops beating.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::kv::Kv;
 use super::lease::Role;
 use crate::journal::jetstream::{token, ClusterConfig};
 use crate::journal::{now_ms, Journal, JournalError};
 use crate::plugin::PluginRuntime;
 use crate::team::events::{Event, Observer};
+use crate::team::remote::RemoteReplicas;
 
 /// How often the holder looks for runs to take over.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
@@ -38,7 +40,7 @@ const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// or was deposed between registering and journaling it; its client was
 /// answered, or lost its connection) is forgotten once a coordinator has
 /// found it missing from the journal for this long.
-const NEVER_JOURNALED: Duration = Duration::from_secs(60);
+pub(crate) const NEVER_JOURNALED: Duration = Duration::from_secs(60);
 
 /// A run's entry in the registry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,24 +74,147 @@ pub(crate) async fn registry(
     .await
 }
 
-/// The coordinator's side of cluster mode.
-pub struct Coordinator {
-    registry: kv::Store,
-    /// The beats of `conclave run --cluster` processes that own runs.
-    owners: kv::Store,
+/// Where a registered run stands in the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RunState {
+    /// Its end is there.
+    Ended,
+    /// It is there and has not ended.
+    InProgress,
+    /// It is not there (never journaled, or not yet).
+    NotJournaled,
+}
+
+/// Why a run could not be resumed here.
+#[derive(Clone, Debug)]
+pub(crate) struct Unresumable {
+    pub(crate) why: String,
+    /// It never can be (its journal has no submission, its chain is
+    /// broken, its team no longer loads); otherwise it is tried again.
+    pub(crate) for_good: bool,
+}
+
+/// How a resumed run came out.
+#[derive(Clone, Debug)]
+pub(crate) struct Resumed {
+    /// How it stopped, in words.
+    pub(crate) stop: String,
+    /// Why its end is not durable in the journal, if it is not.
+    pub(crate) journal_error: Option<String>,
+}
+
+/// What a coordinator does with the journal: the seam between the
+/// takeover logic and the runs themselves, so that the same logic runs
+/// against the cluster's journal and team runtime ([`JournalRuns`]) and
+/// against the model of [`super::simulation`].
+#[async_trait::async_trait]
+pub(crate) trait Runs: Send + Sync {
+    /// Where `run` stands in the journal.
+    async fn state(&self, run: &str) -> Result<RunState, String>;
+    /// Refuses every later write of this process's runs, for `why`.
+    fn fence(&self, why: &str);
+    /// Lifts the fence.
+    fn unfence(&self);
+    /// Goes on with `run` from the journal, in `term`, until it ends or
+    /// `cancel`.
+    async fn resume(
+        &self,
+        run: &str,
+        term: u64,
+        cancel: CancellationToken,
+    ) -> Result<Resumed, Unresumable>;
+}
+
+/// The cluster's journal and the team runtime.
+pub(crate) struct JournalRuns {
     journal: Arc<dyn Journal>,
     runtime: Arc<PluginRuntime>,
     builtin_dir: PathBuf,
+    /// Where the replicas of resumed runs go (the cluster's workers).
+    workers: OnceLock<Arc<dyn RemoteReplicas>>,
+}
+
+#[async_trait::async_trait]
+impl Runs for JournalRuns {
+    async fn state(&self, run: &str) -> Result<RunState, String> {
+        let journal = self.journal.clone();
+        let id = run.to_string();
+        match tokio::task::spawn_blocking(move || journal.read(&id)).await {
+            Ok(Ok(log)) if log.ended().is_some() => Ok(RunState::Ended),
+            Ok(Ok(_)) => Ok(RunState::InProgress),
+            Ok(Err(JournalError::NoRun { .. })) => Ok(RunState::NotJournaled),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn fence(&self, why: &str) {
+        self.journal.fence(why);
+    }
+
+    fn unfence(&self) {
+        self.journal.unfence();
+    }
+
+    async fn resume(
+        &self,
+        run: &str,
+        _term: u64,
+        cancel: CancellationToken,
+    ) -> Result<Resumed, Unresumable> {
+        let observer: Arc<dyn Observer> = Arc::new(|run: &str, e: &Event| {
+            if let Event::TaskEnded { task, result } = e {
+                tracing::info!("run {run}: task {task}: {}", result.stop);
+            }
+        });
+        let done = crate::journal::resume::resume(
+            self.journal.clone(),
+            run,
+            self.runtime.clone(),
+            &self.builtin_dir,
+            observer,
+            cancel,
+            self.workers.get().cloned(),
+            false,
+        )
+        .await
+        .map_err(|e| Unresumable {
+            // The journal could not be read or written now (a server
+            // restarting): tried again; anything else would fail again.
+            for_good: !matches!(e, crate::journal::resume::ResumeError::Journal(_)),
+            why: e.to_string(),
+        })?;
+        Ok(Resumed {
+            stop: done.result.stop.to_string(),
+            journal_error: done.journal_error,
+        })
+    }
+}
+
+/// The longest a coordinator waits before it resumes again a run whose
+/// last resumption here ended without a durable end (the journal could
+/// not be written): the wait doubles from [`SCAN_EVERY`] up to this.
+const RETRY_AT_MOST: Duration = Duration::from_secs(30);
+
+/// The coordinator's side of cluster mode.
+pub struct Coordinator {
+    registry: Arc<dyn Kv>,
+    /// The beats of `conclave run --cluster` processes that own runs.
+    owners: Arc<dyn Kv>,
+    runs: Arc<dyn Runs>,
+    /// Set when `runs` is the journal's: where resumed replicas go.
+    journal_runs: Option<Arc<JournalRuns>>,
     role: watch::Receiver<Role>,
     /// Runs this process is running (served or resumed).
     running: Mutex<HashSet<String>>,
     /// Runs that could not be resumed here (reported once).
     given_up: Mutex<HashSet<String>>,
+    /// Runs of this process that stopped without a durable end: when to
+    /// resume each again, and the wait after that.
+    retry: Mutex<HashMap<String, (Instant, Duration)>>,
     /// Registered runs not found in the journal, and when this process
     /// first found them so (its own clock: another's may be off).
-    unjournaled: Mutex<std::collections::HashMap<String, Instant>>,
-    /// Where the replicas of resumed runs go (the cluster's workers).
-    workers: std::sync::OnceLock<Arc<dyn crate::team::remote::RemoteReplicas>>,
+    unjournaled: Mutex<HashMap<String, Instant>>,
     /// The term this process runs requests in (0: none): set once it leads
     /// and the runs of any term it lost before have stopped and its journal
     /// takes writes again.
@@ -110,20 +235,37 @@ impl Coordinator {
         let js = super::connect(config, "coordinator").await?;
         let registry = registry(&js, config).await?;
         let owners = super::owner::owners(&js, config).await?;
-        Ok(Arc::new(Coordinator {
-            registry,
-            owners,
+        let runs = Arc::new(JournalRuns {
             journal,
             runtime,
             builtin_dir,
+            workers: OnceLock::new(),
+        });
+        let mut c = Coordinator::with(Arc::new(registry), Arc::new(owners), runs.clone(), role);
+        c.journal_runs = Some(runs);
+        Ok(Arc::new(c))
+    }
+
+    /// A coordinator over these buckets and runs.
+    pub(crate) fn with(
+        registry: Arc<dyn Kv>,
+        owners: Arc<dyn Kv>,
+        runs: Arc<dyn Runs>,
+        role: watch::Receiver<Role>,
+    ) -> Coordinator {
+        Coordinator {
+            registry,
+            owners,
+            runs,
+            journal_runs: None,
             role,
             running: Default::default(),
             given_up: Default::default(),
+            retry: Default::default(),
             unjournaled: Default::default(),
-            workers: Default::default(),
             ready: AtomicU64::new(0),
             lost: Default::default(),
-        }))
+        }
     }
 
     /// Where this process stands in the election now.
@@ -157,7 +299,7 @@ impl Coordinator {
             owner: None,
         })
         .unwrap_or_default();
-        if let Err(e) = self.registry.put(token(run), value.into()).await {
+        if let Err(e) = self.registry.put(&token(run), value.into()).await {
             self.lock_running().remove(run);
             return Err(format!("cannot register run {run} with the cluster: {e}"));
         }
@@ -165,15 +307,15 @@ impl Coordinator {
     }
 
     /// `run` is no longer running here. `durable`: its end is in the
-    /// journal, so it leaves the registry; otherwise it stays there for
-    /// the next coordinator to resume.
+    /// journal (or nothing of it is), so it leaves the registry; otherwise
+    /// it stays there, and this coordinator (or the next) resumes it.
     pub async fn finished(&self, run: &str, durable: bool) {
-        self.lock_running().remove(run);
         if durable {
-            if let Err(e) = self.registry.delete(token(run)).await {
+            if let Err(e) = self.registry.delete(&token(run)).await {
                 tracing::warn!("run {run}: cannot leave the cluster's registry: {e}");
             }
         }
+        self.lock_running().remove(run);
     }
 
     /// A token cancelled once this process no longer leads in `term`. A
@@ -185,7 +327,7 @@ impl Coordinator {
         let token = CancellationToken::new();
         let cancel = token.clone();
         let mut role = self.role.clone();
-        let journal = self.journal.clone();
+        let runs = self.runs.clone();
         let lost = self.lost.clone();
         tokio::spawn(async move {
             loop {
@@ -201,13 +343,14 @@ impl Coordinator {
                         Role::Leading { .. } => None,
                     };
                     if let Some(why) = why {
-                        journal.fence(&why);
+                        runs.fence(&why);
                         *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                     }
                     cancel.cancel();
                     return;
                 }
                 tokio::select! {
+                    biased;
                     changed = role.changed() => if changed.is_err() {
                         cancel.cancel();
                         return;
@@ -221,7 +364,8 @@ impl Coordinator {
 
     /// Until `stop`: whenever this process leads, takes over the runs of
     /// earlier terms (at once, then every second, for runs registered
-    /// late by a coordinator that was stopped rather than dead).
+    /// late by a coordinator that was stopped rather than dead), and
+    /// resumes its own runs that stopped without a durable end.
     pub async fn lead(self: Arc<Self>, stop: CancellationToken) {
         let mut role = self.role.clone();
         loop {
@@ -230,6 +374,7 @@ impl Coordinator {
                     break term;
                 }
                 tokio::select! {
+                    biased;
                     changed = role.changed() => if changed.is_err() { return },
                     _ = stop.cancelled() => return,
                 }
@@ -253,6 +398,7 @@ impl Coordinator {
                     said = true;
                 }
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     _ = leading.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -261,11 +407,12 @@ impl Coordinator {
             if leading.is_cancelled() {
                 continue;
             }
-            self.journal.unfence();
+            self.runs.unfence();
             self.ready.store(term, Ordering::SeqCst);
             while !leading.is_cancelled() {
                 self.take_over(term, &leading).await;
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     _ = leading.cancelled() => {}
                     _ = tokio::time::sleep(SCAN_EVERY) => {}
@@ -281,27 +428,36 @@ impl Coordinator {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `run`, stopped here without a durable end, waits before it
+    /// is resumed again.
+    fn backing_off(&self, run: &str) -> bool {
+        let retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        retry.get(run).is_some_and(|(at, _)| Instant::now() < *at)
+    }
+
     /// One pass over the registry.
     async fn take_over(self: &Arc<Self>, term: u64, leading: &CancellationToken) {
-        let keys: Vec<String> = match self.registry.keys().await {
-            Ok(k) => k.try_collect().await.unwrap_or_default(),
+        let keys = match self.registry.keys().await {
+            Ok(k) => k,
             Err(e) => {
                 tracing::warn!("cannot list the cluster's runs in progress: {e}");
                 return;
             }
         };
         for key in keys {
-            let Ok(Some(entry)) = self.registry.entry(key.as_str()).await else {
+            let Ok(Some((value, revision))) = self.registry.entry(&key).await else {
                 continue;
             };
-            if entry.operation != kv::Operation::Put {
-                continue;
-            }
-            let Ok(reg) = serde_json::from_slice::<Registered>(&entry.value) else {
+            let Ok(reg) = serde_json::from_slice::<Registered>(&value) else {
                 continue;
             };
-            if reg.term >= term
+            // A later term's, or running here: not this pass's. A run of
+            // this term that is not running here stopped without a durable
+            // end (the journal failed it): it is resumed like an earlier
+            // term's, after a wait that grows each time.
+            if reg.term > term
                 || self.lock_running().contains(&reg.run)
+                || self.backing_off(&reg.run)
                 || self
                     .given_up
                     .lock()
@@ -313,24 +469,22 @@ impl Coordinator {
             // A run its owner process runs is taken over once that process
             // stops beating.
             if let Some(owner) = &reg.owner {
-                if super::owner::alive(&self.owners, owner).await {
+                if super::owner::alive(&*self.owners, owner).await {
                     continue;
                 }
             }
-            let journal = self.journal.clone();
-            let run = reg.run.clone();
-            let read = tokio::task::spawn_blocking(move || journal.read(&run)).await;
-            if !matches!(read, Ok(Err(JournalError::NoRun { .. }))) {
+            let state = self.runs.state(&reg.run).await;
+            if state != Ok(RunState::NotJournaled) {
                 self.unjournaled
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&reg.run);
             }
-            match read {
-                Ok(Ok(log)) if log.ended().is_some() => {
-                    let _ = self.registry.delete(key.as_str()).await;
+            match state {
+                Ok(RunState::Ended) => {
+                    let _ = self.registry.delete_expect_revision(&key, revision).await;
                 }
-                Ok(Ok(_)) => {
+                Ok(RunState::InProgress) => {
                     let mine = serde_json::to_vec(&Registered {
                         run: reg.run.clone(),
                         term,
@@ -341,24 +495,31 @@ impl Coordinator {
                     // Taken only if nobody changed it since it was read.
                     if self
                         .registry
-                        .update(key.as_str(), mine.into(), entry.revision)
+                        .update(&key, mine.into(), revision)
                         .await
                         .is_err()
                     {
                         continue;
                     }
-                    self.lock_running().insert(reg.run.clone());
+                    // Checked again: a run of this term may have started
+                    // here since the registry was read.
+                    if !self.lock_running().insert(reg.run.clone()) {
+                        continue;
+                    }
                     let of = match &reg.owner {
                         Some(o) => format!("of the process {o}, which stopped beating"),
+                        None if reg.term == term => {
+                            "of this term, which stopped without a durable end".to_string()
+                        }
                         None => format!("of term {}", reg.term),
                     };
                     tracing::warn!(
                         "coordinator (term {term}): taking over run {} {of}, resumed from the journal",
                         reg.run
                     );
-                    tokio::spawn(self.clone().resume(reg.run, leading.child_token()));
+                    tokio::spawn(self.clone().resume(reg.run, term, leading.child_token()));
                 }
-                Ok(Err(JournalError::NoRun { .. })) => {
+                Ok(RunState::NotJournaled) => {
                     // Its coordinator stopped between registering it and
                     // journaling it (and told its client), or the journal
                     // is slow: said once, forgotten after a while.
@@ -381,7 +542,7 @@ impl Coordinator {
                         // again meanwhile.
                         if self
                             .registry
-                            .delete_expect_revision(key.as_str(), Some(entry.revision))
+                            .delete_expect_revision(&key, revision)
                             .await
                             .is_ok()
                         {
@@ -397,46 +558,47 @@ impl Coordinator {
                             .remove(&reg.run);
                     }
                 }
-                Ok(Err(e)) => tracing::warn!("run {}: {e}", reg.run),
                 Err(e) => tracing::warn!("run {}: {e}", reg.run),
             }
         }
     }
 
     /// Sends the replicas of the runs it resumes to `workers`; set once.
-    pub fn use_workers(&self, workers: Arc<dyn crate::team::remote::RemoteReplicas>) {
-        let _ = self.workers.set(workers);
+    pub fn use_workers(&self, workers: Arc<dyn RemoteReplicas>) {
+        if let Some(runs) = &self.journal_runs {
+            let _ = runs.workers.set(workers);
+        }
     }
 
-    async fn resume(self: Arc<Self>, run: String, cancel: CancellationToken) {
-        let observer: Arc<dyn Observer> = Arc::new(|run: &str, e: &Event| {
-            if let Event::TaskEnded { task, result } = e {
-                tracing::info!("run {run}: task {task}: {}", result.stop);
-            }
-        });
-        let resumed = crate::journal::resume::resume(
-            self.journal.clone(),
-            &run,
-            self.runtime.clone(),
-            &self.builtin_dir,
-            observer,
-            cancel,
-            self.workers.get().cloned(),
-            false,
-        )
-        .await;
-        match resumed {
-            Ok(done) => {
-                let durable = done.journal_error.is_none();
-                if durable {
-                    tracing::info!("run {run} ended: {}", done.result.stop);
-                } else if let Some(e) = &done.journal_error {
-                    tracing::error!("run {run}: {e}");
+    async fn resume(self: Arc<Self>, run: String, term: u64, cancel: CancellationToken) {
+        match self.runs.resume(&run, term, cancel).await {
+            Ok(done) => match &done.journal_error {
+                None => {
+                    tracing::info!("run {run} ended: {}", done.stop);
+                    self.retry
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&run);
+                    self.finished(&run, true).await;
                 }
-                self.finished(&run, durable).await;
+                Some(e) => {
+                    let wait = self.retry_later(&run);
+                    tracing::error!(
+                        "run {run}: {e}; it is resumed again in {wait:?} unless another coordinator takes it"
+                    );
+                    self.finished(&run, false).await;
+                }
+            },
+            Err(e) if !e.for_good => {
+                let wait = self.retry_later(&run);
+                tracing::warn!(
+                    "run {run} cannot be resumed now ({}); tried again in {wait:?}",
+                    e.why
+                );
+                self.lock_running().remove(&run);
             }
             Err(e) => {
-                tracing::error!("run {run} cannot be resumed here: {e}");
+                tracing::error!("run {run} cannot be resumed here: {}", e.why);
                 self.lock_running().remove(&run);
                 self.given_up
                     .lock()
@@ -444,6 +606,17 @@ impl Coordinator {
                     .insert(run);
             }
         }
+    }
+
+    /// `run` is resumed here again after a wait that doubles each time
+    /// (from [`SCAN_EVERY`] to [`RETRY_AT_MOST`]); the wait.
+    fn retry_later(&self, run: &str) -> Duration {
+        let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = retry
+            .get(run)
+            .map_or(SCAN_EVERY, |(_, w)| (*w * 2).min(RETRY_AT_MOST));
+        retry.insert(run.to_string(), (Instant::now() + wait, wait));
+        wait
     }
 }
 
@@ -456,15 +629,12 @@ impl std::fmt::Debug for Coordinator {
 }
 
 /// The runs in `registry`, with their terms.
-pub(crate) async fn registered(registry: &kv::Store) -> Result<Vec<(String, u64)>, String> {
-    let keys: Vec<String> = match registry.keys().await {
-        Ok(k) => k.try_collect().await.map_err(|e| e.to_string())?,
-        Err(e) => return Err(e.to_string()),
-    };
+pub(crate) async fn registered(registry: &dyn Kv) -> Result<Vec<(String, u64)>, String> {
+    let keys = registry.keys().await.map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
     for key in keys {
-        if let Ok(Some(e)) = registry.entry(key.as_str()).await {
-            if let Ok(r) = serde_json::from_slice::<Registered>(&e.value) {
+        if let Ok(Some((value, _))) = registry.entry(&key).await {
+            if let Ok(r) = serde_json::from_slice::<Registered>(&value) {
                 runs.push((r.run, r.term));
             }
         }

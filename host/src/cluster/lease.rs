@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use tokio::time::Instant;
 
-use super::kv::{KvError, LeaseKv};
+use super::kv::{Kv, KvError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -229,7 +229,7 @@ async fn open(config: &ClusterConfig, ttl: Duration) -> Result<(kv::Store, Durat
 /// restarted server, or to a pause, rejoins by itself, and may lead again
 /// in a later term.
 pub(crate) async fn elect(
-    store: Arc<dyn LeaseKv>,
+    store: Arc<dyn Kv>,
     me: Holder,
     ttl: Duration,
     tx: watch::Sender<Role>,
@@ -244,6 +244,7 @@ pub(crate) async fn elect(
         // who watch the role see it (and stop what they do in `term`)
         // before it turns standby.
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ttl / 4) => {}
         }
@@ -253,7 +254,7 @@ pub(crate) async fn elect(
 /// One term: standby until the key can be created, then holder until the
 /// lease is lost (`Some((term, why))`) or `stop` (`None`).
 async fn hold(
-    store: &dyn LeaseKv,
+    store: &dyn Kv,
     me: &Holder,
     ttl: Duration,
     tx: &watch::Sender<Role>,
@@ -293,6 +294,7 @@ async fn hold(
             }
         }
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(every) => {}
         }
@@ -319,6 +321,7 @@ async fn hold(
         let deadline = renewed + deadline_after;
         let wake = next.min(deadline);
         tokio::select! {
+            biased;
             _ = stop.cancelled() => {
                 // Released for the next holder, if it is still ours.
                 let _ = store.delete_expect_revision(KEY, revision).await;

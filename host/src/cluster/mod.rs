@@ -18,6 +18,10 @@
 //!   was sent) fences its journal, so nothing more of its runs is written,
 //!   and stops: a deposed coordinator never writes beside its successor.
 //!
+//! - [`kv`] and [`simulation`]: the seam between the cluster's logic and
+//!   the NATS server's buckets, and the deterministic simulations that run
+//!   the election and the takeover against a model of that server
+//!   (`conclave bench dst`).
 //! - [`work`] and [`worker`]: replicas run by `conclave worker` processes
 //!   on any hosts, from a JetStream work queue, with heartbeats,
 //!   redelivery of the work of a dead or stalled worker, and each result

@@ -113,9 +113,9 @@ impl Owner {
 }
 
 /// Whether `owner` still beats.
-pub(crate) async fn alive(owners: &kv::Store, owner: &str) -> bool {
+pub(crate) async fn alive(owners: &dyn super::kv::Kv, owner: &str) -> bool {
     matches!(
-        owners.get(token(&owner.replace('/', "-"))).await,
+        owners.get(&token(&owner.replace('/', "-"))).await,
         Ok(Some(_))
     )
 }

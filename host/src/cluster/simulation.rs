@@ -21,10 +21,12 @@
 //! `conclave bench dst --seeds N` runs many seeds; a failure prints its
 //! seed and schedule, and [`run`] with that seed replays it exactly.
 //!
-//! What is not simulated yet: the coordinator's registry and takeover,
-//! the work queue, the journal's fencing (they still talk to async-nats
-//! directly, with no seam); those are covered by tests against a real
-//! nats-server.
+//! [`takeover`] runs the coordinators as well: the same election, the
+//! registry and takeover of [`super::coordinator`], serving clients, and
+//! the journal's fencing, against the model of the whole server
+//! (`simulation/server.rs`). What is not simulated yet: the work queue and
+//! `conclave worker`, worker heartbeats, and the owners of `conclave run
+//! --cluster`; those are covered by tests against a real nats-server.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,18 +35,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::kv::{KvError, LeaseKv};
+use super::kv::Kv;
 use super::lease::{Holder, Role};
 
-/// How long a client waits for the server's reply (as async-nats does for
-/// a JetStream request).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+mod server;
+pub mod takeover;
+
+pub use server::{Proc, Record, RecordKind, Server, SimKv, REQUEST_TIMEOUT};
 
 /// What a seed makes happen, in virtual time from the start.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -125,6 +127,16 @@ impl Schedule {
         s
     }
 
+    /// How the server and the network fail.
+    fn faults(&self) -> server::Faults {
+        server::Faults {
+            down: self.server_down.clone(),
+            max_latency: self.max_latency,
+            reply_loss: self.reply_loss,
+            quiet: self.quiet_from(),
+        }
+    }
+
     /// When the last fault is over.
     pub fn quiet_from(&self) -> Duration {
         self.server_down
@@ -165,186 +177,6 @@ impl std::fmt::Display for Schedule {
             )?;
         }
         Ok(())
-    }
-}
-
-/// The model of the server's key-value bucket: values expire `ttl` after
-/// they are written, revisions are one sequence for the bucket, a delete
-/// leaves a marker that a create may replace.
-struct Bucket {
-    ttl: Duration,
-    last: u64,
-    /// Key: its value (none: a delete marker), revision, when written.
-    entries: HashMap<String, (Option<Bytes>, u64, Instant)>,
-}
-
-impl Bucket {
-    /// The key's last message, if it has not expired.
-    fn last_of(&self, key: &str, now: Instant) -> Option<&(Option<Bytes>, u64, Instant)> {
-        self.entries
-            .get(key)
-            .filter(|(_, _, at)| now < *at + self.ttl)
-    }
-
-    fn write(&mut self, key: &str, value: Option<Bytes>, now: Instant) -> u64 {
-        self.last += 1;
-        self.entries
-            .insert(key.to_string(), (value, self.last, now));
-        self.last
-    }
-}
-
-/// The simulated NATS server and the network to it.
-pub struct Server {
-    bucket: Mutex<Bucket>,
-    /// What the server did, in order: `(time, what)`.
-    ops: Mutex<Vec<(Duration, String)>>,
-    rng: Mutex<ChaCha8Rng>,
-    start: Instant,
-    down: Vec<(Duration, Duration)>,
-    max_latency: Duration,
-    reply_loss: f64,
-    /// Replies are lost only before this (the faults' end).
-    quiet: Duration,
-}
-
-impl Server {
-    /// A server whose bucket's values live `ttl`, as `schedule` says it
-    /// fails; its draws come from `rng`.
-    fn new(schedule: &Schedule, rng: ChaCha8Rng) -> Arc<Server> {
-        Arc::new(Server {
-            bucket: Mutex::new(Bucket {
-                ttl: schedule.ttl,
-                last: 0,
-                entries: HashMap::new(),
-            }),
-            ops: Mutex::default(),
-            rng: Mutex::new(rng),
-            start: Instant::now(),
-            down: schedule.server_down.clone(),
-            max_latency: schedule.max_latency,
-            reply_loss: schedule.reply_loss,
-            quiet: schedule.quiet_from(),
-        })
-    }
-
-    /// A fault-free server whose values live `ttl` (for the contract).
-    pub fn reliable(ttl: Duration) -> Arc<Server> {
-        let schedule = Schedule {
-            seed: 0,
-            processes: 0,
-            ttl,
-            max_latency: Duration::ZERO,
-            reply_loss: 0.0,
-            server_down: vec![],
-            pauses: vec![],
-            kills: vec![],
-            end: Duration::ZERO,
-        };
-        Server::new(&schedule, ChaCha8Rng::seed_from_u64(0))
-    }
-
-    fn is_down(&self, now: Instant) -> bool {
-        let t = now - self.start;
-        self.down.iter().any(|(a, b)| *a <= t && t < *b)
-    }
-
-    fn latency(&self) -> Duration {
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        self.max_latency.mul_f64(rng.random::<f64>())
-    }
-
-    /// Sends a request that does `op` on the bucket when it arrives; its
-    /// reply, unless the server is down or the reply is lost.
-    async fn request<T: Send + std::fmt::Debug + 'static>(
-        self: &Arc<Self>,
-        what: String,
-        op: impl FnOnce(&mut Bucket, Instant) -> T + Send + 'static,
-    ) -> Result<T, KvError> {
-        let (to, back) = (self.latency(), self.latency());
-        let lost = {
-            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            rng.random_bool(self.reply_loss) && Instant::now() - self.start < self.quiet
-        };
-        let sent = Instant::now();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let server = self.clone();
-        // The server side runs whatever the client does meanwhile (a
-        // paused client's request still arrives).
-        tokio::spawn(async move {
-            tokio::time::sleep(to).await;
-            let now = Instant::now();
-            if server.is_down(now) {
-                return;
-            }
-            let r = op(
-                &mut server.bucket.lock().unwrap_or_else(|p| p.into_inner()),
-                now,
-            );
-            tokio::time::sleep(back).await;
-            let delivered = !lost && !server.is_down(Instant::now());
-            server.ops.lock().unwrap_or_else(|p| p.into_inner()).push((
-                now - server.start,
-                format!(
-                    "{what}: {r:?}{}",
-                    if delivered { "" } else { " (reply lost)" }
-                ),
-            ));
-            if delivered {
-                let _ = tx.send(r);
-            }
-        });
-        // No reply (the server was down, or the reply was lost): the
-        // client hears nothing until its request times out.
-        if let Ok(Ok(r)) = tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            return Ok(r);
-        }
-        tokio::time::sleep_until(sent + REQUEST_TIMEOUT).await;
-        Err(KvError::Unavailable("request timed out".into()))
-    }
-}
-
-#[async_trait::async_trait]
-impl LeaseKv for Arc<Server> {
-    async fn create(&self, key: &str, value: Bytes) -> Result<u64, KvError> {
-        let key = key.to_string();
-        let what = format!("create {key} {}", String::from_utf8_lossy(&value));
-        self.request(what, move |b, now| match b.last_of(&key, now) {
-            Some((Some(_), _, _)) => Err(KvError::Exists),
-            _ => Ok(b.write(&key, Some(value), now)),
-        })
-        .await?
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, KvError> {
-        let key = key.to_string();
-        self.request(format!("get {key}"), move |b, now| {
-            b.last_of(&key, now).and_then(|e| e.0.clone())
-        })
-        .await
-    }
-
-    async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, KvError> {
-        let key = key.to_string();
-        let what = format!("update {key} expecting {revision}");
-        self.request(what, move |b, now| match b.last_of(&key, now) {
-            Some((_, rev, _)) if *rev == revision => Ok(b.write(&key, Some(value), now)),
-            _ => Err(KvError::WrongRevision),
-        })
-        .await?
-    }
-
-    async fn delete_expect_revision(&self, key: &str, revision: u64) -> Result<(), KvError> {
-        let key = key.to_string();
-        let what = format!("delete {key} expecting {revision}");
-        self.request(what, move |b, now| match b.last_of(&key, now) {
-            Some((_, rev, _)) if *rev == revision => {
-                b.write(&key, None, now);
-                Ok(())
-            }
-            _ => Err(KvError::WrongRevision),
-        })
-        .await?
     }
 }
 
@@ -419,7 +251,7 @@ struct Life {
 
 async fn simulate(schedule: Schedule) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(schedule.seed ^ 0x005e_ed0f_1a7e);
-    let server = Server::new(&schedule, ChaCha8Rng::seed_from_u64(rng.random()));
+    let server = Server::new(schedule.faults(), ChaCha8Rng::seed_from_u64(rng.random()));
     let start = server.start;
     let log: Arc<Mutex<Vec<(Duration, usize, Role)>>> = Arc::default();
     let mut lives: Vec<Life> = Vec::new();
@@ -441,7 +273,7 @@ async fn simulate(schedule: Schedule) -> Outcome {
             http: None,
             term: None,
         };
-        let kv: Arc<dyn LeaseKv> = Arc::new(server.clone());
+        let kv: Arc<dyn Kv> = Arc::new(server.bucket("lease", Some(schedule.ttl), Proc::steady()));
         let election = super::lease::elect(kv, me, schedule.ttl, tx, stop.clone());
         let task = tokio::spawn(Paused {
             inner: Box::pin(election),

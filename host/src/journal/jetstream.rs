@@ -217,6 +217,9 @@ enum Msg {
     Fence(String),
     /// Lifts the fence, forgetting what the writer knew of each run.
     Unfence,
+    /// Forgets what the writer knew of one run (it is read again to be
+    /// resumed): its last sequence, and why it was fenced or failed.
+    Forget(String),
 }
 
 /// A journal on a JetStream stream.
@@ -400,6 +403,28 @@ impl Journal for JetStreamJournal {
     fn unfence(&self) {
         self.next.clear();
         self.send(Msg::Unfence);
+    }
+
+    fn resume_at(&self, run: &str, next: u64) -> Result<(), JournalError> {
+        let write_err = |reason: String| JournalError::Write {
+            path: self.label.clone(),
+            reason,
+        };
+        self.next.forget(run);
+        self.send(Msg::Forget(run.to_string()));
+        // Read again, and from this read on the writer expects the run's
+        // last stream sequence as it is now.
+        let (stored, link) = self
+            .ask(|r| Msg::NextSeq(run.to_string(), r))
+            .map_err(write_err)?;
+        if stored != next {
+            return Err(write_err(format!(
+                "run {run} holds {stored} records now, not the {next} read to resume it: it was written meanwhile ({})",
+                super::TAKEN_OVER
+            )));
+        }
+        self.next.prime(run, stored, link);
+        Ok(())
     }
 
     fn truncate(&self, run: &str, keep: u64) -> Result<(), JournalError> {

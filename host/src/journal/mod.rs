@@ -238,9 +238,24 @@ pub trait Journal: Send + Sync {
     /// Lifts [`Self::fence`], for a process that leads again (a new term,
     /// after its runs of the old one stopped): what it knew of each run's
     /// place in the store is forgotten, so that a run it writes again goes
-    /// on after what the store holds now, whoever wrote it meanwhile.
-    /// Failures other than the fence stay.
+    /// on after what the store holds now, whoever wrote it meanwhile. A
+    /// run whose write failed for good is written again too (it is
+    /// resumed from what the store holds).
     fn unfence(&self) {}
+
+    /// Before a process resumes `run` from what it has just read (records
+    /// up to `next` - 1): checks that the store still ends there, and
+    /// makes the run's next record expect it, so that a record another
+    /// process writes meanwhile (a coordinator deposed while paused, that
+    /// woke up) refuses the resumed run's records instead of lying under
+    /// them. What this process knew of the run before (a write that failed
+    /// or was refused) no longer counts. `Err` when the run moved on since
+    /// it was read: read it again. A store only one process writes has
+    /// nothing to check.
+    fn resume_at(&self, run: &str, next: u64) -> Result<(), JournalError> {
+        let _ = (run, next);
+        Ok(())
+    }
 }
 
 /// The future a store's `flush` returns: its writer's answer on `rx`, as a
@@ -319,6 +334,22 @@ impl Numbering {
             chained: false,
             ..Default::default()
         }
+    }
+
+    /// Sets where `run` goes on (its next seq, and the link of its last
+    /// record), whatever was known of it.
+    pub(crate) fn prime(&self, run: &str, next: u64, link: chain::Link) {
+        self.places
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                run.to_string(),
+                Place {
+                    id: Arc::from(run),
+                    next,
+                    link,
+                },
+            );
     }
 
     /// Numbers and chains the next record of `run` (its JSON `entry`) and

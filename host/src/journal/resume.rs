@@ -102,6 +102,7 @@ pub async fn resume(
     }
     if let Some(result) = log.ended() {
         return Ok(Journaled {
+            submitted: true,
             result: result.clone(),
             journal_error: None,
             repaired,
@@ -124,6 +125,8 @@ pub async fn resume(
         team.use_workers(w);
     }
     let after = log.records.last().map(|r| r.seq).unwrap_or(0);
+    // It goes on from what was read, and only if nothing was written since.
+    journal.resume_at(run_id, after + 1)?;
     let job = Job::new(run_id, question, gold).with_sampling(log.sampling());
     let resume = Resume {
         after,

@@ -171,28 +171,67 @@ pub(super) fn left_the_queue(lead: Option<&Lead>) -> Option<Refused> {
     })
 }
 
-/// What a run of a coordinator answers that was cancelled, its client
-/// still there and its deadline not passed: only the term that admitted
-/// it ending cancels such a run (this server lost the lease, perhaps
-/// noticed only after the run stopped, or another process took the run
-/// over), so it is not over: the cluster's coordinator (this server again,
-/// perhaps, in a later term) resumes it.
+/// How far a run of a coordinator reached its journal.
+pub(super) struct Journaling {
+    /// Its submission is stored: a successor finds it.
+    pub(super) submitted: bool,
+    /// Why not every record is stored (its end included), if not.
+    pub(super) error: Option<String>,
+}
+
+/// What a run of a coordinator answers, in cluster mode, when it is not
+/// over as far as the cluster knows (`None`: answer as outside cluster
+/// mode):
+///
+/// - its submission never reached the journal and it was cut short: it
+///   never ran as far as the cluster knows; 503 `coordinator_changed`,
+///   send it again;
+/// - it was cancelled, its client still there and its deadline not
+///   passed: only the term that admitted it ending cancels such a run
+///   (this server lost the lease, perhaps noticed only after the run
+///   stopped, or another process took the run over), so it is not over:
+///   the cluster's coordinator (this server again, perhaps, in a later
+///   term) resumes it; 503 `coordinator_changed`;
+/// - its end is not in the journal: its decision is not durable, so it is
+///   not given; the coordinator resumes the run; 503
+///   `journal_unavailable`, with why.
 pub(super) fn handed_over(
     lead: Option<&Lead>,
     r: &JobResult,
     deadline_passed: bool,
+    journal: &Journaling,
 ) -> Option<Refused> {
-    if !matches!(r.stop, StopReason::Cancelled(_)) || deadline_passed {
-        return None;
-    }
     let lead = lead?;
-    let why = why_not_leading(&lead.coordinator);
+    let cancelled = matches!(r.stop, StopReason::Cancelled(_)) && !deadline_passed;
+    if !journal.submitted && (cancelled || journal.error.is_some()) {
+        let why = journal.error.as_deref().unwrap_or("it was cut short");
+        return Some(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "coordinator_changed",
+            message: format!(
+                "run {} never reached the cluster's journal ({why}); it never ran as far as the cluster knows: send it again, to the cluster's coordinator",
+                r.run_id
+            ),
+        });
+    }
+    if cancelled {
+        let why = why_not_leading(&lead.coordinator);
+        return Some(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "coordinator_changed",
+            message: format!(
+                "this server lost the coordinator lease of term {} ({why}) while running {}: the cluster's coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
+                lead.term, r.run_id, r.run_id
+            ),
+        });
+    }
+    let e = journal.error.as_deref()?;
     Some(Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "coordinator_changed",
+        code: "journal_unavailable",
         message: format!(
-            "this server lost the coordinator lease of term {} ({why}) while running {}: the cluster's coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
-            lead.term, r.run_id, r.run_id
+            "this server could not write the end of run {} to the cluster's journal ({e}), so its answer is not given: the cluster's coordinator resumes the run from the journal (`conclave trace {} --cluster URL` shows it)",
+            r.run_id, r.run_id
         ),
     })
 }

@@ -306,8 +306,10 @@ enum Outcome {
     Ran {
         result: Box<JobResult>,
         deadline_passed: bool,
-        /// Its journal took every record (its end included).
-        journaled: bool,
+        /// Its submission is in the journal.
+        submitted: bool,
+        /// Why its journal did not take every record (its end included).
+        journal_error: Option<String>,
         /// The run's digest in the journal's hash chain.
         digest: Option<String>,
     },
@@ -475,7 +477,8 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
                 app.board.end(&run_id, Some(&done.result));
                 Outcome::Ran {
                     deadline_passed: Instant::now() >= until,
-                    journaled: done.journal_error.is_none(),
+                    submitted: done.submitted,
+                    journal_error: done.journal_error,
                     digest: done.digest,
                     result: Box::new(done.result),
                 }
@@ -483,7 +486,7 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             .await;
             if let Some(lead) = lead {
                 let durable = match &outcome {
-                    Outcome::Ran { journaled, .. } => *journaled,
+                    Outcome::Ran { journal_error, .. } => journal_error.is_none(),
                     // Never journaled: nothing to resume.
                     Outcome::NoSlot | Outcome::Left => true,
                 };
@@ -508,13 +511,22 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
     }
     let outcome = job.await.unwrap_or(Outcome::NoSlot);
     drop(guard);
-    let (r, deadline_passed, digest) = match outcome {
+    let (r, deadline_passed, digest, journal) = match outcome {
         Outcome::Ran {
             result,
             deadline_passed,
             digest,
-            ..
-        } => (result, deadline_passed, digest),
+            submitted,
+            journal_error,
+        } => (
+            result,
+            deadline_passed,
+            digest,
+            cluster::Journaling {
+                submitted,
+                error: journal_error,
+            },
+        ),
         Outcome::Left => {
             let e = cluster::left_the_queue(lead.as_ref()).unwrap_or_else(|| no_slot(&app));
             app.metrics.request(e.status.as_str());
@@ -525,11 +537,17 @@ async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
             return no_slot(&app).into_response();
         }
     };
-    if let Some(e) = cluster::handed_over(lead.as_ref(), &r, deadline_passed)
+    if let Some(e) = cluster::handed_over(lead.as_ref(), &r, deadline_passed, &journal)
         .or_else(|| refusal(&r, app.config.deadline, deadline_passed))
     {
         app.metrics.request(e.status.as_str());
-        return (e.status, axum::Json(e.body(Some(&*r)))).into_response();
+        let mut reply = (e.status, axum::Json(e.body(Some(&*r)))).into_response();
+        if e.status == StatusCode::SERVICE_UNAVAILABLE {
+            reply
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        return reply;
     }
     app.metrics.request("200");
     axum::Json(json!({

@@ -77,9 +77,18 @@ pub(super) fn stream(
                 result,
                 deadline_passed,
                 digest,
-                ..
-            } => match super::cluster::handed_over(reply.lead.as_ref(), &result, deadline_passed)
-                .or_else(|| refusal(&result, app.config.deadline, deadline_passed))
+                submitted,
+                journal_error,
+            } => match super::cluster::handed_over(
+                reply.lead.as_ref(),
+                &result,
+                deadline_passed,
+                &super::cluster::Journaling {
+                    submitted,
+                    error: journal_error,
+                },
+            )
+            .or_else(|| refusal(&result, app.config.deadline, deadline_passed))
             {
                 None => (result, digest),
                 Some(e) => {

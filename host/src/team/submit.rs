@@ -64,6 +64,9 @@ pub struct Resume {
 pub struct Journaled {
     pub result: JobResult,
     pub journal_error: Option<String>,
+    /// Its first record (the submission, or `Resumed`) is stored: a
+    /// process that takes the run over finds it.
+    pub submitted: bool,
     /// What was wrong with the journal's tail when resuming, if anything.
     pub repaired: Option<String>,
     /// The run's digest: the link of its last record in the journal's hash
@@ -111,7 +114,11 @@ impl PreparedTeam {
                 (Some(r.replies), r.repaired)
             }
         };
-        let started = journal.flush().await.err().map(|e| e.to_string());
+        let started = journal
+            .flush_run(&job.run_id)
+            .await
+            .err()
+            .map(|e| e.to_string());
         // Taken over by another process (cluster journal): this one stops.
         let cancel = cancel.child_token();
         if started
@@ -139,10 +146,15 @@ impl PreparedTeam {
                 result: result.clone(),
             },
         );
-        let ended = journal.flush().await.err().map(|e| e.to_string());
-        let journal_error = started.or(recorder.error()).or(ended);
+        let ended = journal
+            .flush_run(&job.run_id)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        let journal_error = started.clone().or(recorder.error()).or(ended);
         Journaled {
             result,
+            submitted: started.is_none(),
             digest: journal_error
                 .is_none()
                 .then(|| journal.digest(&job.run_id))

@@ -37,8 +37,13 @@ pub(super) struct Writer {
     nonce: String,
     /// Published, not yet acknowledged, in order.
     in_flight: Vec<(Chunk, jetstream::context::PublishAckFuture)>,
-    /// The first write that failed for good.
+    /// Set while the process's journal is fenced ([`Msg::Fence`]): why
+    /// every flush fails.
     failed: Option<String>,
+    /// Runs a write of which failed for good, and why: nothing more of
+    /// them is written (it would leave a gap) until a process reads them
+    /// again to resume them ([`Msg::Forget`]).
+    failed_runs: HashMap<String, String>,
     /// Per run: the stream sequence of the last message on its subject, as
     /// this writer knows it. Every chunk is published expecting it
     /// (`Nats-Expected-Last-Subject-Sequence`), so a chunk from a writer
@@ -147,6 +152,7 @@ impl Writer {
             nonce: format!("{:x}{:04x}", now_ms(), rand::random::<u16>()),
             in_flight: Vec::new(),
             failed: None,
+            failed_runs: HashMap::new(),
             last: HashMap::new(),
             fenced: HashMap::new(),
             fenced_all: None,
@@ -177,7 +183,8 @@ impl Writer {
                     Msg::Flush(tx) => {
                         self.settle().await;
                         let fenced = self.fenced.values().next();
-                        let _ = tx.send(match self.failed.as_ref().or(fenced) {
+                        let failed = self.failed_runs.values().next();
+                        let _ = tx.send(match self.failed.as_ref().or(failed).or(fenced) {
                             Some(e) => Err(e.clone()),
                             None => Ok(()),
                         });
@@ -186,7 +193,8 @@ impl Writer {
                         self.settle().await;
                         // A run another process took over fails its own
                         // flushes only, not the other runs'.
-                        let _ = tx.send(match self.fenced.get(&run).or(self.failed.as_ref()) {
+                        let mine = self.fenced.get(&run).or(self.failed_runs.get(&run));
+                        let _ = tx.send(match mine.or(self.failed.as_ref()) {
                             Some(e) => Err(e.clone()),
                             None => Ok(()),
                         });
@@ -235,7 +243,13 @@ impl Writer {
                             }
                         }
                         self.fenced.clear();
+                        self.failed_runs.clear();
                         self.last.clear();
+                    }
+                    Msg::Forget(run) => {
+                        self.fenced.remove(&run);
+                        self.failed_runs.remove(&run);
+                        self.last.remove(&run);
                     }
                 }
             }
@@ -247,7 +261,7 @@ impl Writer {
         // The journal was dropped: store what is left.
         self.publish(batch).await;
         self.settle().await;
-        if let Some(e) = &self.failed {
+        if let Some(e) = self.failed.as_ref().or(self.failed_runs.values().next()) {
             tracing::error!("journal {}: {e}", self.config.url);
         }
     }
@@ -284,8 +298,9 @@ impl Writer {
             let entry = match &p.entry {
                 Ok(e) => e,
                 Err(e) => {
-                    self.failed
-                        .get_or_insert(format!("record {} of {}: {e}", p.seq, p.run));
+                    self.failed_runs
+                        .entry(p.run.to_string())
+                        .or_insert(format!("record {} of {}: {e}", p.seq, p.run));
                     continue;
                 }
             };
@@ -312,7 +327,7 @@ impl Writer {
         }
         for mut c in chunks {
             c.body.push(']');
-            if self.fenced.contains_key(&*c.run) {
+            if self.fenced.contains_key(&*c.run) || self.failed_runs.contains_key(&*c.run) {
                 continue;
             }
             // One chunk of a run in flight at a time: the next expects the
@@ -322,10 +337,10 @@ impl Writer {
             }
             c.expected = Some(match self.last.get(&*c.run) {
                 Some(&l) => l,
-                None => match self.messages(&c.run).await {
-                    Ok(ms) => ms.iter().map(|m| m.sequence).max().unwrap_or(0),
+                None => match self.last_of(&c.run).await {
+                    Ok(l) => l,
                     Err(e) => {
-                        self.failed.get_or_insert(e);
+                        self.failed_runs.insert(c.run.to_string(), e);
                         continue;
                     }
                 },
@@ -337,6 +352,30 @@ impl Writer {
                 Err(_) => {
                     let stored = self.store_again(&c).await;
                     self.after_ack(&c, stored).await;
+                }
+            }
+        }
+    }
+
+    /// The stream sequence of `run`'s last message (0: none), read again
+    /// until the server answers or `RETRY_FOR` passes (a server
+    /// restarting).
+    async fn last_of(&self, run: &str) -> Result<u64, String> {
+        let start = std::time::Instant::now();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.messages(run).await {
+                Ok(ms) => return Ok(ms.iter().map(|m| m.sequence).max().unwrap_or(0)),
+                Err(e) if start.elapsed() >= RETRY_FOR => {
+                    return Err(format!(
+                        "the last record of {run} not read after {}s of retries: {e}",
+                        RETRY_FOR.as_secs()
+                    ))
+                }
+                Err(e) => {
+                    tracing::debug!("journal: the last record of {run}: {e}; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -411,14 +450,14 @@ impl Writer {
                 return;
             }
             Err(Failed::Other(e)) => {
-                self.failed.get_or_insert(e);
+                self.failed_runs.entry(c.run.to_string()).or_insert(e);
                 return;
             }
         }
         for p in &c.records {
             let Some(update) = &p.runs else { continue };
             if let Err(e) = self.update_row(p, update).await {
-                self.failed.get_or_insert(format!(
+                self.failed_runs.entry(p.run.to_string()).or_insert(format!(
                     "the row of run {} in {}: {e}",
                     p.run,
                     self.config.bucket()

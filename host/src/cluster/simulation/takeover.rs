@@ -1,0 +1,1012 @@
+//! Deterministic simulation of the coordinators: the election
+//! ([`crate::cluster::lease`]) and the registry and takeover
+//! ([`crate::cluster::coordinator`]), unchanged, in several simulated
+//! processes that serve clients' requests, against the model of the NATS
+//! server ([`super::server`]): the lease and registry buckets and the
+//! journal's stream, in virtual time, with faults drawn from a seed.
+//!
+//! What stands in for the rest of a process (each mirrors the code named):
+//!
+//! - [`SimJournal`]: the journal's writer (`journal::jetstream::writer`):
+//!   one publisher per process; every append expects the run's last
+//!   sequence as this writer knows it (read from the server the first
+//!   time), so a writer another has overtaken is refused (fenced); a
+//!   publish not acknowledged is sent again, with the same message id,
+//!   for [`RETRY_FOR`], then the writer has failed; a fenced process
+//!   writes nothing.
+//! - [`run_model`]: a team's run (`team::submit`): its submission (or
+//!   `Resumed`), one record per model call, its end, each flushed; a run
+//!   that learns it was taken over stops.
+//! - [`serve`]: the server's front in cluster mode (`server::cluster` and
+//!   the cluster part of `server::chat`): admit, register, start, answer.
+//!
+//! After a run the [`Outcome`] is checked:
+//!
+//! - every request a server accepted was answered once;
+//! - a client told "decided" has that decision in the journal;
+//! - each run's journal is one fenced sequence: its terms never go back,
+//!   it ends at most once, nothing follows its end, each model reply is
+//!   in it once;
+//! - once the faults are over, every journaled run ends, every run whose
+//!   client was told it was handed over ends decided, and the registry
+//!   empties.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::server::{AppendError, Proc, Record, RecordKind, Server};
+use super::Paused;
+use crate::cluster::coordinator::{Coordinator, Resumed, RunState, Runs, Unresumable};
+use crate::cluster::kv::Kv;
+use crate::cluster::lease::{Holder, Role};
+use crate::journal::TAKEN_OVER;
+
+/// How long the journal's writer publishes a record again before it fails
+/// (`journal::jetstream::writer::RETRY_FOR`).
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// What a seed makes happen: the election's faults, and the clients.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub faults: super::Schedule,
+    /// Process `.0` is cut off from the server over the span `.1`–`.2`
+    /// (it runs on; what it sends or is sent then is lost).
+    pub partitions: Vec<(usize, Duration, Duration)>,
+    /// When each client sends its request.
+    pub requests: Vec<Duration>,
+    /// When the run ends.
+    pub end: Duration,
+}
+
+impl Plan {
+    pub fn from_seed(seed: u64) -> Plan {
+        let faults = super::Schedule::from_seed(seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x007a_4e0e_5e55);
+        let busy = faults.quiet_from().max(faults.ttl * 4);
+        let mut requests: Vec<Duration> = (0..rng.random_range(4..=24))
+            .map(|_| Duration::from_millis(rng.random_range(0..busy.as_millis() as u64)))
+            .collect();
+        requests.sort();
+        let partitions = (0..rng.random_range(0..=2))
+            .map(|_| {
+                let p = rng.random_range(0..faults.processes);
+                let at = Duration::from_millis(rng.random_range(0..busy.as_millis() as u64));
+                let long =
+                    Duration::from_millis(rng.random_range(0..(faults.ttl * 3).as_millis() as u64));
+                (p, at, at + long)
+            })
+            .collect::<Vec<_>>();
+        // After the last fault: the lease comes back, the registry is
+        // scanned, a run unseen in the journal is forgotten, a writer
+        // cut off gives up its retries, a run is resumed after its wait.
+        let mut plan = Plan {
+            faults,
+            partitions,
+            requests,
+            end: Duration::ZERO,
+        };
+        plan.end = plan.quiet_from()
+            + plan.faults.recovery()
+            + crate::cluster::coordinator::NEVER_JOURNALED
+            + RETRY_FOR
+            + Duration::from_secs(30);
+        plan
+    }
+
+    /// When the last fault is over.
+    pub fn quiet_from(&self) -> Duration {
+        self.partitions
+            .iter()
+            .map(|p| p.2)
+            .max()
+            .unwrap_or_default()
+            .max(self.faults.quiet_from())
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.faults)?;
+        for (p, a, b) in &self.partitions {
+            writeln!(f, "  p{p} cut off from the server {a:.2?} .. {b:.2?}")?;
+        }
+        writeln!(
+            f,
+            "  {} requests at {:.2?}; checked at {:.1?}",
+            self.requests.len(),
+            self.requests,
+            self.end
+        )
+    }
+}
+
+/// What a client was told.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Answer {
+    /// 200: the run decided.
+    Decided,
+    /// 503 `standby`: this server does not coordinate (it never ran).
+    Standby,
+    /// 503 `cluster_unavailable`: it could not be registered (it never ran).
+    Unregistered,
+    /// 503 `coordinator_changed` before it started (it never ran).
+    NeverStarted,
+    /// 503 `coordinator_changed` while it ran: the cluster resumes it.
+    HandedOver,
+    /// 503 `journal_unavailable`: its end is not in the journal yet; the
+    /// cluster resumes it.
+    JournalUnavailable,
+    /// The connection dropped (the server was killed).
+    Dropped,
+}
+
+/// The journal's writer of one process (see the module's notes).
+pub struct SimJournal {
+    server: Arc<Server>,
+    proc: Arc<Proc>,
+    inner: Mutex<Writer>,
+    /// One message of a run in flight at a time, as the writer publishes
+    /// (other runs' go meanwhile).
+    publishing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Default)]
+struct Writer {
+    pending: Vec<(String, RecordKind, u64)>,
+    /// The last sequence of each run as this writer knows it.
+    last: HashMap<String, u64>,
+    fenced: HashMap<String, String>,
+    fenced_all: Option<String>,
+    /// Set with the fence.
+    failed: Option<String>,
+    /// Runs a write of which failed for good.
+    failed_runs: HashMap<String, String>,
+    /// Numbers this writer's messages, for their ids.
+    sent: u64,
+}
+
+impl SimJournal {
+    fn new(server: Arc<Server>, proc: Arc<Proc>) -> Arc<SimJournal> {
+        Arc::new(SimJournal {
+            server,
+            proc,
+            inner: Mutex::default(),
+            publishing: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn append(&self, run: &str, kind: RecordKind, term: u64) {
+        self.lock().pending.push((run.to_string(), kind, term));
+    }
+
+    /// Publishes what is queued of `run`; whether it is stored.
+    async fn flush_run(&self, run: &str) -> Result<(), String> {
+        let one = self
+            .publishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(run.to_string())
+            .or_default()
+            .clone();
+        let _one = one.lock().await;
+        let records: Vec<(RecordKind, usize, u64)> = {
+            let mut w = self.lock();
+            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut w.pending)
+                .into_iter()
+                .partition(|p| p.0 == run);
+            w.pending = others;
+            mine.into_iter()
+                .map(|(_, kind, term)| (kind, self.proc.id, term))
+                .collect()
+        };
+        // The run's queued records go in one message.
+        if !records.is_empty() {
+            self.store(run, records).await;
+        }
+        let w = self.lock();
+        let mine = w.fenced.get(run).or(w.failed_runs.get(run));
+        match mine.or(w.failed.as_ref()) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores one message of `run`'s records, unless the writer is
+    /// fenced or the run failed; records what came of it.
+    async fn store(&self, run: &str, records: Vec<(RecordKind, usize, u64)>) {
+        {
+            let w = self.lock();
+            if w.fenced_all.is_some()
+                || w.fenced.contains_key(run)
+                || w.failed_runs.contains_key(run)
+            {
+                return;
+            }
+        }
+        let known = self.lock().last.get(run).copied();
+        let expected = match known {
+            Some(l) => l,
+            None => match self.last_of(run).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.lock().failed_runs.insert(run.to_string(), e);
+                    return;
+                }
+            },
+        };
+        let msg_id = {
+            let mut w = self.lock();
+            w.sent += 1;
+            format!("p{}/{}", self.proc.id, w.sent)
+        };
+        let stored = self.publish(run, expected, records, msg_id).await;
+        let mut w = self.lock();
+        match stored {
+            Ok(seq) => {
+                w.last.insert(run.to_string(), seq);
+            }
+            Err(None) => {
+                let why = format!(
+                    "run {run} was {TAKEN_OVER}: another process wrote to it after this one last did"
+                );
+                w.fenced.insert(run.to_string(), why);
+            }
+            Err(Some(e)) => {
+                w.failed_runs.entry(run.to_string()).or_insert(e);
+            }
+        }
+    }
+
+    /// The last sequence of `run`, read until the server answers or
+    /// [`RETRY_FOR`] passes.
+    async fn last_of(&self, run: &str) -> Result<u64, String> {
+        let began = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let id = run.to_string();
+            let read = self
+                .server
+                .request(&self.proc, format!("last of {run}"), move |s, _| {
+                    s.last_seq(&id)
+                })
+                .await;
+            match read {
+                Ok(l) => return Ok(l),
+                Err(e) if began.elapsed() >= RETRY_FOR => {
+                    return Err(format!("the last record of {run} not read: {e}"))
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Publishes one message until it is stored: its last sequence;
+    /// `Err(None)`: fenced; `Err(Some(_))`: failed for good.
+    async fn publish(
+        &self,
+        run: &str,
+        expected: u64,
+        records: Vec<(RecordKind, usize, u64)>,
+        msg_id: String,
+    ) -> Result<u64, Option<String>> {
+        let began = Instant::now();
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let (id, r, recs) = (msg_id.clone(), run.to_string(), records.clone());
+            let what = format!(
+                "append {} to {run} expecting {expected} ({msg_id})",
+                recs.len()
+            );
+            let start = self.server.start;
+            let sent = self
+                .server
+                .request(&self.proc, what, move |s, now| {
+                    if let Some(seq) = s.dedup.get(&id) {
+                        return Ok(*seq);
+                    }
+                    let stored = s.append(&r, expected, recs, now - start);
+                    if let Ok(seq) = stored {
+                        s.dedup.insert(id, seq);
+                    }
+                    stored
+                })
+                .await;
+            match sent {
+                Ok(Ok(seq)) => return Ok(seq),
+                Ok(Err(AppendError::WrongLastSequence)) => return Err(None),
+                Err(e) if began.elapsed() >= RETRY_FOR => {
+                    return Err(Some(format!(
+                        "{} records of {run} not stored after {}s of retries: {e}",
+                        records.len(),
+                        RETRY_FOR.as_secs()
+                    )))
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn fence(&self, why: &str) {
+        let mut w = self.lock();
+        w.failed = Some(why.to_string());
+        w.fenced_all = Some(why.to_string());
+    }
+
+    fn unfence(&self) {
+        let mut w = self.lock();
+        if let Some(why) = w.fenced_all.take() {
+            if w.failed.as_ref() == Some(&why) {
+                w.failed = None;
+            }
+        }
+        w.fenced.clear();
+        w.failed_runs.clear();
+        w.last.clear();
+    }
+
+    fn forget(&self, run: &str) {
+        let mut w = self.lock();
+        w.fenced.remove(run);
+        w.failed_runs.remove(run);
+        w.last.remove(run);
+    }
+
+    async fn read(&self, run: &str) -> Result<Vec<Record>, String> {
+        let id = run.to_string();
+        self.server
+            .request(&self.proc, format!("read {run}"), move |s, _| {
+                s.records(&id)
+            })
+            .await
+            .map_err(|e| format!("cannot read the journal of {run}: {e}"))
+    }
+}
+
+/// What the whole simulation shares: draws, and what happened.
+struct World {
+    rng: Mutex<ChaCha8Rng>,
+    start: Instant,
+    /// Model calls made: `(time, process, run, step)`.
+    calls: Mutex<Vec<(Duration, usize, String, u32)>>,
+    /// Each run's answer to its client (none: not answered yet).
+    answers: Mutex<BTreeMap<String, (usize, Option<Answer>)>>,
+}
+
+impl World {
+    fn draw(&self, lo: u64, hi: u64) -> u64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .random_range(lo..=hi)
+    }
+}
+
+/// How a modelled run ended.
+struct Done {
+    cancelled: bool,
+    /// Its submission is stored.
+    submitted: bool,
+    journal_error: Option<String>,
+}
+
+/// A team's run, as `team::submit` runs it (see the module's notes):
+/// `resume` holds what the journal had, for a resumed run.
+async fn run_model(
+    journal: &SimJournal,
+    world: &World,
+    run: &str,
+    term: u64,
+    steps: u32,
+    resume: Option<&[Record]>,
+    cancel: CancellationToken,
+) -> Done {
+    let proc = journal.proc.id;
+    journal.append(
+        run,
+        match resume {
+            None => RecordKind::Submitted { steps },
+            Some(_) => RecordKind::Resumed,
+        },
+        term,
+    );
+    let started = journal.flush_run(run).await.err();
+    let cancel = cancel.child_token();
+    let stop_if_taken = |e: &Option<String>| {
+        if e.as_deref().is_some_and(|e| e.contains(TAKEN_OVER)) {
+            cancel.cancel();
+        }
+    };
+    stop_if_taken(&started);
+    let mut recorder: Option<String> = None;
+    let done =
+        |step: u32| resume.is_some_and(|rs| rs.iter().any(|r| r.kind == RecordKind::Step { step }));
+    for step in 0..steps {
+        if done(step) {
+            continue;
+        }
+        let latency = Duration::from_millis(world.draw(50, 1500));
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(latency) => {}
+        }
+        world.calls.lock().unwrap_or_else(|p| p.into_inner()).push((
+            Instant::now() - world.start,
+            proc,
+            run.to_string(),
+            step,
+        ));
+        journal.append(run, RecordKind::Step { step }, term);
+        let e = journal.flush_run(run).await.err();
+        stop_if_taken(&e);
+        if recorder.is_none() {
+            recorder = e;
+        }
+    }
+    let cancelled = cancel.is_cancelled();
+    journal.append(
+        run,
+        RecordKind::Ended {
+            decided: !cancelled,
+        },
+        term,
+    );
+    let ended = journal.flush_run(run).await.err();
+    Done {
+        cancelled,
+        submitted: started.is_none(),
+        journal_error: started.or(recorder).or(ended),
+    }
+}
+
+/// The takeover's side of a simulated process.
+struct SimRuns {
+    journal: Arc<SimJournal>,
+    world: Arc<World>,
+}
+
+#[async_trait::async_trait]
+impl Runs for SimRuns {
+    async fn state(&self, run: &str) -> Result<RunState, String> {
+        let records = self.journal.read(run).await?;
+        Ok(if records.is_empty() {
+            RunState::NotJournaled
+        } else if records
+            .iter()
+            .any(|r| matches!(r.kind, RecordKind::Ended { .. }))
+        {
+            RunState::Ended
+        } else {
+            RunState::InProgress
+        })
+    }
+
+    fn fence(&self, why: &str) {
+        self.journal.fence(why);
+    }
+
+    fn unfence(&self) {
+        self.journal.unfence();
+    }
+
+    async fn resume(
+        &self,
+        run: &str,
+        term: u64,
+        cancel: CancellationToken,
+    ) -> Result<Resumed, Unresumable> {
+        // As `journal::resume`: a journal that cannot be read now is
+        // tried again later; a run with no submission never can be.
+        let records = self.journal.read(run).await.map_err(|why| Unresumable {
+            why,
+            for_good: false,
+        })?;
+        let Some(steps) = records.iter().find_map(|r| match r.kind {
+            RecordKind::Submitted { steps } => Some(steps),
+            _ => None,
+        }) else {
+            return Err(Unresumable {
+                why: format!("run {run}: the journal has no submission record"),
+                for_good: true,
+            });
+        };
+        if records
+            .iter()
+            .any(|r| matches!(r.kind, RecordKind::Ended { .. }))
+        {
+            return Ok(Resumed {
+                stop: "ended before".into(),
+                journal_error: None,
+            });
+        }
+        // As `Journal::resume_at`: read again; go on only if nothing was
+        // written since, expecting the run's last sequence as read.
+        let read_last = records.last().map_or(0, |r| r.seq);
+        self.journal.forget(run);
+        let now_last = self.journal.last_of(run).await.map_err(|why| Unresumable {
+            why,
+            for_good: false,
+        })?;
+        if now_last != read_last {
+            return Err(Unresumable {
+                why: format!("run {run} was written since it was read ({TAKEN_OVER})"),
+                for_good: false,
+            });
+        }
+        self.journal.lock().last.insert(run.to_string(), now_last);
+        let done = run_model(
+            &self.journal,
+            &self.world,
+            run,
+            term,
+            steps,
+            Some(&records),
+            cancel,
+        )
+        .await;
+        Ok(Resumed {
+            stop: if done.cancelled {
+                "cancelled"
+            } else {
+                "decided"
+            }
+            .into(),
+            journal_error: done.journal_error,
+        })
+    }
+}
+
+/// One simulated `serve --cluster` process.
+struct Node {
+    proc: Arc<Proc>,
+    coordinator: Arc<Coordinator>,
+    journal: Arc<SimJournal>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A request as the server's front runs it in cluster mode (see the
+/// module's notes).
+async fn serve(node: &Node, world: &World, run: &str, steps: u32) -> Answer {
+    node.proc.gate().await;
+    let c = &node.coordinator;
+    let Some(term) = c.serving() else {
+        return Answer::Standby;
+    };
+    if c.register(run, term).await.is_err() {
+        return Answer::Unregistered;
+    }
+    if c.serving() != Some(term) {
+        c.finished(run, true).await;
+        return Answer::NeverStarted;
+    }
+    world
+        .answers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(run.to_string(), (node.proc.id, None));
+    let deposed = c.while_leading(term);
+    let done = run_model(&node.journal, world, run, term, steps, None, deposed).await;
+    c.finished(run, done.journal_error.is_none()).await;
+    node.proc.gate().await;
+    if !done.submitted && (done.cancelled || done.journal_error.is_some()) {
+        Answer::NeverStarted
+    } else if done.cancelled {
+        Answer::HandedOver
+    } else if done.journal_error.is_some() {
+        Answer::JournalUnavailable
+    } else {
+        Answer::Decided
+    }
+}
+
+/// What happened in one run, and what broke.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// `(time, process, role)`, in the order they happened.
+    pub roles: Vec<(Duration, usize, String)>,
+    /// Each request's run and what its client was told.
+    pub answers: Vec<(String, usize, Option<Answer>)>,
+    /// The journal's stream at the end.
+    pub journal: Vec<Record>,
+    /// What the server did: `(time, operation and result)`.
+    pub server: Vec<(Duration, String)>,
+    /// Broken invariants: `(which, what happened)`; empty when it held.
+    pub broken: Vec<(&'static str, String)>,
+}
+
+impl Outcome {
+    pub fn held(&self) -> bool {
+        self.broken.is_empty()
+    }
+}
+
+/// Runs `plan` on a runtime of its own (one thread, paused clock) and
+/// checks the invariants.
+pub fn run(plan: &Plan) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        rt.block_on(simulate(plan.clone()))
+    })
+}
+
+async fn simulate(plan: Plan) -> Outcome {
+    let schedule = &plan.faults;
+    let mut rng = ChaCha8Rng::seed_from_u64(schedule.seed ^ 0x0c00_4d14_a7e5);
+    let server = Server::new(schedule.faults(), ChaCha8Rng::seed_from_u64(rng.random()));
+    let start = server.start;
+    let world = Arc::new(World {
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(rng.random())),
+        start,
+        calls: Mutex::default(),
+        answers: Mutex::default(),
+    });
+    let roles: Arc<Mutex<Vec<(Duration, usize, String)>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let nodes: Arc<Mutex<Vec<Option<Arc<Node>>>>> = Arc::default();
+    let spawn = |p: usize| -> Arc<Node> {
+        let now = Instant::now() - start;
+        let paused: Vec<(Instant, Instant)> = schedule
+            .pauses
+            .iter()
+            .filter(|(q, _, b)| *q == p && *b > now)
+            .map(|(_, a, b)| (start + *a.max(&now), start + *b))
+            .collect();
+        let cut: Vec<(Instant, Instant)> = plan
+            .partitions
+            .iter()
+            .filter(|(q, _, _)| *q == p)
+            .map(|(_, a, b)| (start + *a, start + *b))
+            .collect();
+        let proc = Proc::new(p, paused.clone(), cut);
+        let (tx, rx) = watch::channel(Role::Standby { leader: None });
+        let me = Holder {
+            id: format!("p{p}"),
+            http: None,
+            term: None,
+        };
+        let lease: Arc<dyn Kv> = Arc::new(server.bucket("lease", Some(schedule.ttl), proc.clone()));
+        let registry = Arc::new(server.bucket("registry", None, proc.clone()));
+        let owners = Arc::new(server.bucket("owners", None, proc.clone()));
+        let journal = SimJournal::new(server.clone(), proc.clone());
+        let runs = Arc::new(SimRuns {
+            journal: journal.clone(),
+            world: world.clone(),
+        });
+        let coordinator = Arc::new(Coordinator::with(registry, owners, runs, rx.clone()));
+        type Boxed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        let paused_future = |f: Boxed| Paused {
+            inner: Box::pin(f),
+            spans: paused.clone(),
+            wake: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        };
+        let election = super::super::lease::elect(lease, me, schedule.ttl, tx, stop.clone());
+        let lead = coordinator.clone().lead(stop.clone());
+        let mut tasks = vec![
+            tokio::spawn(paused_future(Box::pin(election))),
+            tokio::spawn(paused_future(Box::pin(lead))),
+        ];
+        let log = roles.clone();
+        let mut rx = rx;
+        tasks.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let role = rx.borrow_and_update().clone();
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    Instant::now() - start,
+                    p,
+                    format!("{role:?}"),
+                ));
+            }
+        }));
+        Arc::new(Node {
+            proc,
+            coordinator,
+            journal,
+            tasks,
+        })
+    };
+    for p in 0..schedule.processes {
+        let node = spawn(p);
+        nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Some(node));
+    }
+    // The clients: each sends its request to the process that serves
+    // (else to any live one) and sends it again on an answer that says
+    // it never ran, or when its connection drops.
+    let mut clients = Vec::new();
+    for (i, at) in plan.requests.iter().enumerate() {
+        let (world, nodes, at) = (world.clone(), nodes.clone(), *at);
+        let steps = world.draw(1, 3) as u32;
+        clients.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start + at).await;
+            for attempt in 0..120 {
+                let node = {
+                    let nodes = nodes.lock().unwrap_or_else(|e| e.into_inner());
+                    let live: Vec<Arc<Node>> = nodes.iter().flatten().cloned().collect();
+                    live.iter()
+                        .find(|n| n.coordinator.serving().is_some())
+                        .or_else(|| live.get((i + attempt) % live.len().max(1)))
+                        .cloned()
+                };
+                let Some(node) = node else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                let run = format!("c{i}-{attempt}");
+                let answer = tokio::select! {
+                    biased;
+                    a = serve(&node, &world, &run, steps) => a,
+                    _ = node.proc.killed() => Answer::Dropped,
+                };
+                if let Some(a) = world
+                    .answers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(&run)
+                {
+                    a.1 = Some(answer.clone());
+                }
+                match answer {
+                    Answer::Standby | Answer::Unregistered | Answer::NeverStarted => {
+                        tokio::time::sleep(Duration::from_secs(1)).await
+                    }
+                    Answer::Dropped => {}
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Kills and restarts, in time order.
+    let mut events: Vec<(Duration, Option<usize>)> = Vec::new();
+    for (p, at, after) in &schedule.kills {
+        events.push((*at, Some(*p)));
+        events.push((*at + *after, None));
+    }
+    events.sort_by_key(|e| e.0);
+    for (at, kill) in events {
+        tokio::time::sleep_until(start + at).await;
+        let mut nodes = nodes.lock().unwrap_or_else(|e| e.into_inner());
+        match kill {
+            Some(p) => {
+                if let Some(node) = nodes.get_mut(p).and_then(Option::take) {
+                    node.proc.kill();
+                    for t in &node.tasks {
+                        t.abort();
+                    }
+                }
+            }
+            None => {
+                let p = nodes.len();
+                nodes.push(Some(spawn(p)));
+            }
+        }
+    }
+    tokio::time::sleep_until(start + plan.end).await;
+    // What the registry holds now, read as an operator would.
+    let registered = {
+        let probe = server.bucket("registry", None, Proc::steady());
+        crate::cluster::coordinator::registered(&probe)
+            .await
+            .unwrap_or_default()
+    };
+    stop.cancel();
+    for c in clients {
+        c.abort();
+    }
+    let journal = server.lock().journal.clone();
+    let answers: Vec<(String, usize, Option<Answer>)> = world
+        .answers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(run, (p, a))| (run.clone(), *p, a.clone()))
+        .collect();
+    let broken = check(&plan, &journal, &answers, &registered);
+    let roles = roles.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let server_ops = server.ops.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Outcome {
+        plan,
+        roles,
+        answers,
+        journal,
+        server: server_ops,
+        broken,
+    }
+}
+
+/// The invariants (see the module's notes): each broken one as `(which,
+/// what happened)`.
+fn check(
+    plan: &Plan,
+    journal: &[Record],
+    answers: &[(String, usize, Option<Answer>)],
+    registered: &[(String, u64)],
+) -> Vec<(&'static str, String)> {
+    let mut broken = Vec::new();
+    let after = plan.end.saturating_sub(plan.quiet_from());
+    let mut runs: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in journal {
+        runs.entry(r.run.as_str()).or_default().push(r);
+    }
+    for (run, records) in &runs {
+        if !matches!(records[0].kind, RecordKind::Submitted { .. }) {
+            broken.push((
+                "a run's journal starts with its submission",
+                format!("run {run}: its first record is {:?}", records[0].kind),
+            ));
+        }
+        for w in records.windows(2) {
+            if w[1].term < w[0].term {
+                broken.push((
+                    "a deposed writer writes nothing after its successor",
+                    format!(
+                        "run {run}: p{} wrote {:?} under term {} at {:.3?}, after term {} had written",
+                        w[1].writer, w[1].kind, w[1].term, w[1].at, w[0].term
+                    ),
+                ));
+            }
+        }
+        let ends: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.kind, RecordKind::Ended { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        if ends.len() > 1 {
+            broken.push((
+                "a run ends once",
+                format!("run {run} ended {} times", ends.len()),
+            ));
+        }
+        match ends.first() {
+            Some(&first) if first + 1 < records.len() => broken.push((
+                "nothing follows a run's end",
+                format!(
+                    "run {run}: {:?} was written after its end",
+                    records[first + 1].kind
+                ),
+            )),
+            Some(_) => {}
+            None => {
+                let last = records[records.len() - 1];
+                broken.push((
+                    "every journaled run ends",
+                    format!(
+                        "run {run} never ended ({} records, the last {:?} by p{} at {:.3?}), {after:.1?} after the last fault",
+                        records.len(),
+                        last.kind,
+                        last.writer,
+                        last.at,
+                    ),
+                ));
+            }
+        }
+        let mut steps: BTreeMap<u32, usize> = BTreeMap::new();
+        for r in records {
+            if let RecordKind::Step { step } = r.kind {
+                *steps.entry(step).or_default() += 1;
+            }
+        }
+        for (step, n) in steps {
+            if n > 1 {
+                broken.push((
+                    "a model reply is journaled once",
+                    format!("run {run}: the reply of step {step} is in it {n} times"),
+                ));
+            }
+        }
+    }
+    for (run, p, answer) in answers {
+        let ended_decided = runs.get(run.as_str()).is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r.kind == RecordKind::Ended { decided: true })
+        });
+        match answer {
+            None => broken.push((
+                "every accepted request is answered",
+                format!("run {run}: its client at p{p} was never answered"),
+            )),
+            Some(Answer::Decided) if !ended_decided => broken.push((
+                "a decision told is a decision journaled",
+                format!("run {run}: p{p} told its client it decided, and the journal holds no decision"),
+            )),
+            Some(Answer::HandedOver | Answer::JournalUnavailable) if !ended_decided => {
+                broken.push((
+                    "a run its client was told goes on decides",
+                    format!(
+                        "run {run}: p{p} told its client ({answer:?}) that the cluster goes on with it, and it never decided"
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for (run, term) in registered {
+        broken.push((
+            "the registry empties",
+            format!("run {run} is still registered (term {term}) {after:.1?} after the last fault"),
+        ));
+    }
+    broken
+}
+
+/// The summary of many seeds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sweep {
+    pub seeds: u64,
+    pub first: u64,
+    pub failures: u64,
+    /// Per invariant, the seeds that broke it.
+    pub by_invariant: BTreeMap<&'static str, u64>,
+    /// Requests the clients sent, over all seeds, and runs journaled.
+    pub requests: u64,
+    pub runs: u64,
+    pub failed: Vec<Outcome>,
+    pub wall: Duration,
+    pub simulated: Duration,
+}
+
+/// Runs seeds `first .. first + seeds`, keeping the failures (at most
+/// `keep`; a single seed is kept whatever happened).
+pub fn sweep(first: u64, seeds: u64, keep: usize) -> Sweep {
+    let began = std::time::Instant::now();
+    let mut s = Sweep {
+        seeds,
+        first,
+        failures: 0,
+        by_invariant: BTreeMap::new(),
+        requests: 0,
+        runs: 0,
+        failed: Vec::new(),
+        wall: Duration::ZERO,
+        simulated: Duration::ZERO,
+    };
+    for seed in first..first + seeds {
+        let plan = Plan::from_seed(seed);
+        s.simulated += plan.end;
+        s.requests += plan.requests.len() as u64;
+        let o = run(&plan);
+        let mut journaled: Vec<&str> = o.journal.iter().map(|r| r.run.as_str()).collect();
+        journaled.dedup();
+        journaled.sort();
+        journaled.dedup();
+        s.runs += journaled.len() as u64;
+        if !o.held() {
+            s.failures += 1;
+            let mut which: Vec<&'static str> = o.broken.iter().map(|b| b.0).collect();
+            which.sort();
+            which.dedup();
+            for w in which {
+                *s.by_invariant.entry(w).or_default() += 1;
+            }
+        }
+        if (!o.held() || seeds == 1) && s.failed.len() < keep {
+            s.failed.push(o);
+        }
+    }
+    s.wall = began.elapsed();
+    s
+}
