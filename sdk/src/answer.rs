@@ -321,10 +321,69 @@ pub fn normalize_text(s: &str) -> String {
         .to_string()
 }
 
+/// Phrases by which an answer declines to answer from the documents it
+/// was given (normalised, as [`normalize_text`] leaves them). What a
+/// retrieval prompt asks for ("say that the documents do not say") and the
+/// ways small models put it.
+const ABSTENTIONS: &[&str] = &[
+    "the documents do not say",
+    "the documents don't say",
+    "the documents do not mention",
+    "the documents don't mention",
+    "the passages do not say",
+    "the passages don't say",
+    "not in the documents",
+    "not stated in the documents",
+    "not mentioned in the documents",
+    "not in the passages",
+    "not stated in the passages",
+    "not mentioned in the passages",
+    "the documents do not contain",
+    "the passages do not contain",
+    "cannot be determined from the documents",
+    "cannot be determined from the passages",
+];
+
+/// Whether `answer` declines to answer (an abstention: "the documents do
+/// not say"), as opposed to giving one. Whole answers only, after
+/// normalisation: "I don't know" and "unknown" count, and so does an
+/// answer that contains one of the phrases of a retrieval prompt (`The
+/// documents do not say which year.`).
+pub fn abstains(answer: &str) -> bool {
+    let a = normalize_text(answer);
+    matches!(
+        a.as_str(),
+        "unknown" | "i don't know" | "i do not know" | "not known" | "no answer"
+    ) || ABSTENTIONS.iter().any(|p| a.contains(p))
+}
+
 #[cfg(test)]
 mod tests {
     //! Extraction and normalisation on the shapes of text small models write.
     use super::*;
+
+    #[test]
+    fn abstentions_are_told_from_answers() {
+        for a in [
+            "The documents do not say.",
+            "the documents don't say which year",
+            "That is not stated in the passages.",
+            "I don't know",
+            "Unknown.",
+            "**The documents do not mention it.**",
+        ] {
+            assert!(abstains(a), "{a:?} abstains");
+        }
+        for a in [
+            "2026",
+            "The documents say it was released in March.",
+            "unknown error handling was removed",
+            "Paris",
+            "",
+        ] {
+            assert!(!abstains(a), "{a:?} is an answer");
+        }
+    }
 
     #[test]
     fn numbers_after_answer_marker_win_over_later_numbers() {

@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod consensus;
 pub mod embedded;
 pub mod failover;
+pub mod index;
 pub mod journal;
 pub mod languages;
 pub mod load;

@@ -147,11 +147,28 @@ pub(super) enum BenchCmd {
     /// instance against steps) and the memory of replicas waiting on a
     /// model.
     Reexecute(super::bench_load::ReexecuteArgs),
-    /// The deterministic simulation of the cluster's election: many
-    /// seeded schedules of faults (server down, lost replies, processes
-    /// paused or killed), each checked for one leader at a time, growing
-    /// terms, and a leader back after the faults. No server needed.
+    /// The deterministic simulations of the cluster: its election, and its
+    /// coordinators serving clients with their registry, takeover and
+    /// journal; many seeded schedules of faults (server down, lost
+    /// replies, processes paused, killed or cut off), each checked for its
+    /// invariants. No server needed.
     Dst(super::bench_chaos::DstArgs),
+    /// What the knowledge base costs: building an index of a generated
+    /// corpus (passages per second), rebuilding it after one file changed,
+    /// and searching it (with the index kept open, and opened per query).
+    Index {
+        /// Passages in the index (100 per generated file).
+        #[arg(long, default_value_t = 100_000)]
+        passages: usize,
+        /// Queries searched.
+        #[arg(long, default_value_t = 1_000)]
+        queries: usize,
+        /// Passages asked of each query.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The journal's cost on a job of many tasks, its append rate, and
     /// replay speed.
     Journal {

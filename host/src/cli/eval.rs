@@ -115,11 +115,13 @@ pub async fn eval(args: EvalArgs) -> u8 {
         return exit::OK;
     }
     println!(
-        "{:<26} {:>6} {:>8} {:>15} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "{:<26} {:>6} {:>8} {:>15} {:>7} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "team",
         "items",
         "accuracy",
         "95% interval",
+        "wrong",
+        "abstain",
         "samples",
         "tokens",
         "cost",
@@ -131,11 +133,13 @@ pub async fn eval(args: EvalArgs) -> u8 {
     for s in &scores {
         let interval = format!("{:.1}–{:.1}%", 100.0 * s.ci_low, 100.0 * s.ci_high);
         println!(
-            "{:<26} {:>6} {:>7.1}% {:>15} {:>9.2} {:>11.1} {:>10.6} {:>7.0}ms {:>7.0}ms {:>7.1}% {:>6.1}%",
+            "{:<26} {:>6} {:>7.1}% {:>15} {:>6.1}% {:>7.1}% {:>9.2} {:>11.1} {:>10.6} {:>7.0}ms {:>7.0}ms {:>7.1}% {:>6.1}%",
             s.team,
             s.items,
             100.0 * s.accuracy,
             interval,
+            100.0 * s.wrong_rate,
+            100.0 * s.abstention_rate,
             s.samples_per_item,
             s.tokens_per_item,
             s.cost,

@@ -43,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use super::kv::Kv;
 use super::lease::{Holder, Role};
 
+mod invariants;
+mod journal;
 mod server;
 pub mod takeover;
 

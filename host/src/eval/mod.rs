@@ -193,6 +193,11 @@ pub struct ItemResult {
     pub gold: String,
     pub answer: Option<String>,
     pub correct: bool,
+    /// It decided an abstention ("the documents do not say"): not an
+    /// answer. Right when the gold is one too (a question the documents
+    /// do not answer), else wrong, but not confidently wrong.
+    #[serde(default)]
+    pub abstained: bool,
     pub stop: String,
     pub no_consensus: bool,
     /// The run ended `failed` (every replica failed: a node that did not
@@ -217,6 +222,11 @@ pub struct Score {
     pub items: usize,
     pub correct: usize,
     pub accuracy: f64,
+    /// Share of items it decided an answer (not an abstention) for that
+    /// was wrong: how often it is confidently wrong.
+    pub wrong_rate: f64,
+    /// Share of items it decided an abstention for.
+    pub abstention_rate: f64,
     /// Wilson 95% interval.
     pub ci_low: f64,
     pub ci_high: f64,
@@ -263,6 +273,8 @@ pub fn score(team: &str, spec: &str, mut results: Vec<ItemResult>) -> Score {
         items: n,
         correct,
         accuracy: correct as f64 / n.max(1) as f64,
+        wrong_rate: per(&|r| (r.stop == "decided" && !r.abstained && !r.correct) as u8 as f64),
+        abstention_rate: per(&|r| r.abstained as u8 as f64),
         ci_low,
         ci_high,
         samples_per_item: per(&|r| f64::from(r.samples)),
@@ -276,17 +288,30 @@ pub fn score(team: &str, spec: &str, mut results: Vec<ItemResult>) -> Score {
     }
 }
 
+/// Whether a run that `decided` on `answer` got `item` right, and
+/// whether it abstained. A question whose gold is an abstention (the
+/// documents do not answer it) is answered right only by abstaining.
+fn judge(item: &Item, decided: bool, answer: Option<&str>) -> (bool, bool) {
+    let abstained = decided && answer.is_some_and(answer::abstains);
+    let correct = decided
+        && if answer::abstains(&item.answer) {
+            abstained
+        } else {
+            !abstained && answer.is_some_and(|a| answer::same(a, &item.answer, item.kind()))
+        };
+    (correct, abstained)
+}
+
 fn item_result(i: usize, item: &Item, r: &JobResult, resumed: bool) -> ItemResult {
-    let correct = matches!(r.stop, StopReason::Decided)
-        && r.answer
-            .as_deref()
-            .is_some_and(|a| answer::same(a, &item.answer, item.kind()));
+    let decided = matches!(r.stop, StopReason::Decided);
+    let (correct, abstained) = judge(item, decided, r.answer.as_deref());
     ItemResult {
         item: i,
         id: item.id.clone(),
         gold: item.answer.clone(),
         answer: r.answer.clone(),
         correct,
+        abstained,
         stop: r.stop.to_string(),
         no_consensus: matches!(r.stop, StopReason::NoConsensus(_)),
         failed: matches!(r.stop, StopReason::Failed(_)),
@@ -452,6 +477,7 @@ mod tests {
             gold: "1".into(),
             answer: None,
             correct: false,
+            abstained: false,
             stop: stop.into(),
             no_consensus: false,
             failed: stop.starts_with("failed"),
@@ -495,6 +521,47 @@ mod tests {
         );
         assert_eq!(none.failures(), None);
         assert_eq!(none.failed_rate, 0.0);
+    }
+
+    #[test]
+    fn an_abstention_is_not_an_answer_and_not_confidently_wrong() {
+        let known = Item {
+            id: None,
+            question: "Which version added it?".into(),
+            choices: None,
+            answer: "2.15".into(),
+        };
+        let unanswerable = Item {
+            answer: "The documents do not say".into(),
+            ..known.clone()
+        };
+        assert_eq!(judge(&known, true, Some("2.15")), (true, false));
+        assert_eq!(judge(&known, true, Some("2.14")), (false, false));
+        assert_eq!(
+            judge(&known, true, Some("The documents do not say.")),
+            (false, true)
+        );
+        assert_eq!(judge(&known, false, Some("2.15")), (false, false));
+        assert_eq!(
+            judge(&unanswerable, true, Some("not in the documents")),
+            (true, true)
+        );
+        assert_eq!(judge(&unanswerable, true, Some("2.15")), (false, false));
+        // Scored: one right, one confidently wrong, one abstained, one
+        // without a decision.
+        let mut results: Vec<ItemResult> = (0..4).map(|i| item(i, "decided")).collect();
+        results[0].correct = true;
+        results[2].abstained = true;
+        results[3].stop = "no consensus: split".into();
+        results[3].no_consensus = true;
+        let s = score("t", "t.toml", results);
+        assert_eq!(s.correct, 1);
+        assert!((s.wrong_rate - 0.25).abs() < 1e-9, "{}", s.wrong_rate);
+        assert!(
+            (s.abstention_rate - 0.25).abs() < 1e-9,
+            "{}",
+            s.abstention_rate
+        );
     }
 
     #[test]

@@ -282,45 +282,157 @@ pub fn check(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot open the index: {e}"))
 }
 
+/// An index opened for searching, kept open between queries: opening one
+/// (tantivy's files, a reader, the query parser) costs far more than a
+/// query. It follows rebuilds: a `conclave index build` into its folder is
+/// searched once committed.
+pub struct Searcher {
+    dir: PathBuf,
+    index: Index,
+    reader: tantivy::IndexReader,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for Searcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Searcher").field("dir", &self.dir).finish()
+    }
+}
+
+/// The searchers open in this process, by folder: teams that name the
+/// same index share one (`serve` with many teams).
+fn open_searchers() -> &'static std::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Searcher>>> {
+    static OPEN: std::sync::OnceLock<
+        std::sync::Mutex<BTreeMap<PathBuf, std::sync::Weak<Searcher>>>,
+    > = std::sync::OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+impl Searcher {
+    /// Opens the index in `dir`.
+    pub fn open(dir: &Path) -> Result<Searcher, String> {
+        let at = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
+        if !dir.join(MANIFEST).exists() {
+            return Err(format!(
+                "{}: no index here (build one with `conclave index build DIR --out {}`)",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        let index = Index::open_in_dir(dir).map_err(|e| at(&e))?;
+        let fields = fields(&index)?;
+        let reader = index.reader().map_err(|e| at(&e))?;
+        Ok(Searcher {
+            dir: dir.to_path_buf(),
+            index,
+            reader,
+            fields,
+        })
+    }
+
+    /// The searcher of `dir` this process has open, opened if none is.
+    pub fn shared(dir: &Path) -> Result<std::sync::Arc<Searcher>, String> {
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let mut open = open_searchers().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(s);
+        }
+        let s = std::sync::Arc::new(Searcher::open(dir)?);
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, std::sync::Arc::downgrade(&s));
+        Ok(s)
+    }
+
+    /// The `top` passages that best match `words` (BM25 over their text
+    /// and headings), best first.
+    pub fn search(&self, words: &str, top: usize) -> Result<Vec<Hit>, String> {
+        let at = |e: &dyn std::fmt::Display| format!("{}: {e}", self.dir.display());
+        let f = &self.fields;
+        let searcher = self.reader.searcher();
+        let parser = QueryParser::for_index(&self.index, vec![f.text, f.heading]);
+        // Words as a user types them: query syntax in them is taken as words.
+        let (q, _) = parser.parse_query_lenient(words);
+        let found = searcher
+            .search(&q, &TopDocs::with_limit(top.max(1)))
+            .map_err(|e| at(&e))?;
+        let mut hits = Vec::with_capacity(found.len());
+        for (score, addr) in found {
+            let d: TantivyDocument = searcher.doc(addr).map_err(|e| at(&e))?;
+            let s = |field| {
+                d.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let n = |field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+            hits.push(Hit {
+                score,
+                source: s(f.source),
+                heading: s(f.heading),
+                start: n(f.start),
+                end: n(f.end),
+                text: s(f.text),
+            });
+        }
+        Ok(hits)
+    }
+}
+
 /// The `top` passages of the index in `dir` that best match `words`
-/// (BM25 over their text and headings), best first.
+/// (BM25 over their text and headings), best first; opens the index for
+/// this one query ([`Searcher`] keeps it open).
 pub fn query(dir: &Path, words: &str, top: usize) -> Result<Vec<Hit>, String> {
-    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", dir.display());
-    if !dir.join(MANIFEST).exists() {
-        return Err(format!(
-            "{}: no index here (build one with `conclave index build DIR --out {}`)",
-            dir.display(),
-            dir.display()
-        ));
+    Searcher::open(dir)?.search(words, top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("conclave-knowledge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("docs")).unwrap();
+        d
     }
-    let index = Index::open_in_dir(dir).map_err(|e| at(&e))?;
-    let f = fields(&index)?;
-    let reader = index.reader().map_err(|e| at(&e))?;
-    let searcher = reader.searcher();
-    let parser = QueryParser::for_index(&index, vec![f.text, f.heading]);
-    // Words as a user types them: query syntax in them is taken as words.
-    let (q, _) = parser.parse_query_lenient(words);
-    let found = searcher
-        .search(&q, &TopDocs::with_limit(top.max(1)))
-        .map_err(|e| at(&e))?;
-    let mut hits = Vec::with_capacity(found.len());
-    for (score, addr) in found {
-        let d: TantivyDocument = searcher.doc(addr).map_err(|e| at(&e))?;
-        let s = |field| {
-            d.get_first(field)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let n = |field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
-        hits.push(Hit {
-            score,
-            source: s(f.source),
-            heading: s(f.heading),
-            start: n(f.start),
-            end: n(f.end),
-            text: s(f.text),
-        });
+
+    #[test]
+    fn teams_naming_one_folder_share_its_searcher_and_it_follows_a_rebuild() {
+        let d = folder("shared");
+        let (docs, out) = (d.join("docs"), d.join("index"));
+        std::fs::write(
+            docs.join("owls.md"),
+            "# Owls\n\nThe snowy owl nests on tundra.\n",
+        )
+        .unwrap();
+        build(std::slice::from_ref(&docs), &out, Split::default()).unwrap();
+        let a = Searcher::shared(&out).unwrap();
+        // Another spelling of the same folder.
+        let b = Searcher::shared(&d.join("docs/../index")).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "one searcher per folder");
+        assert!(a.search("penguin colony", 5).unwrap().is_empty());
+        std::fs::write(
+            docs.join("penguins.md"),
+            "# Penguins\n\nThe emperor penguin colony breeds in winter.\n",
+        )
+        .unwrap();
+        build(std::slice::from_ref(&docs), &out, Split::default()).unwrap();
+        // The reader reloads once tantivy sees the commit.
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = a.search("penguin colony", 5).unwrap();
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(found.len(), 1, "the rebuilt index is searched");
+        assert!(found[0].source.ends_with("penguins.md"), "{:?}", found[0]);
+        drop((a, b));
+        // Nobody holds it: the next team opens it again.
+        let c = Searcher::shared(&out).unwrap();
+        assert_eq!(c.search("snowy owl", 5).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&d);
     }
-    Ok(hits)
 }

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -92,6 +91,7 @@ pub struct PreparedTeam {
     remote: std::sync::OnceLock<Remote>,
     /// The keys its components must be signed by (none: any component).
     trust: crate::plugin::signature::Trust,
+    indexes: super::retrieval::Indexes,
 }
 
 fn load_error(name: &str) -> impl Fn(PluginError) -> JobError + '_ {
@@ -127,8 +127,9 @@ impl PreparedTeam {
         let simulated = router.simulated();
         let router = Arc::new(router);
         let plugins = load_plugins(&spec, &runtime, builtin_dir).await?;
-        super::retrieval::check_indexes(&spec)?;
+        let indexes = super::retrieval::open_indexes(&spec)?;
         Ok(PreparedTeam {
+            indexes,
             trust: trust_of(&spec),
             spec,
             runtime,
@@ -276,7 +277,8 @@ impl PreparedTeam {
             .map(|t| job_task(t, question, &caps))
             .collect();
         // Passages for the tasks with `context`, before their prompts.
-        let mut cited = super::retrieval::give_passages(&self.spec, &mut tasks, run_id, &*observer);
+        let indexes = &self.indexes;
+        let mut cited = indexes.give(&self.spec, &mut tasks, run_id, &*observer);
         let bus = Arc::new(Bus::with_limits(caps.bus));
         // What a plan may name as a subtask's role.
         let roles: Arc<[String]> = self

@@ -7,18 +7,18 @@
 //!
 //! What stands in for the rest of a process (each mirrors the code named):
 //!
-//! - [`SimJournal`]: the journal's writer (`journal::jetstream::writer`):
-//!   one publisher per process; every append expects the run's last
-//!   sequence as this writer knows it (read from the server the first
-//!   time), so a writer another has overtaken is refused (fenced); a
-//!   publish not acknowledged is sent again, with the same message id,
-//!   for [`RETRY_FOR`], then the writer has failed; a fenced process
-//!   writes nothing.
+//! - [`SimJournal`] (`simulation/journal.rs`): the journal's writer
+//!   (`journal::jetstream::writer`): one message of a run in flight at a
+//!   time; every append expects the run's last sequence as the writer
+//!   knows it, so a writer another has overtaken is refused (fenced); a
+//!   publish not acknowledged is sent again for [`RETRY_FOR`], then that
+//!   run has failed; a fenced process writes nothing.
 //! - [`run_model`]: a team's run (`team::submit`): its submission (or
 //!   `Resumed`), one record per model call, its end, each flushed; a run
 //!   that learns it was taken over stops.
 //! - [`serve`]: the server's front in cluster mode (`server::cluster` and
-//!   the cluster part of `server::chat`): admit, register, start, answer.
+//!   the cluster part of the chat handler in `server`): admit, register,
+//!   start, answer.
 //!
 //! After a run the [`Outcome`] is checked:
 //!
@@ -31,7 +31,7 @@
 //!   client was told it was handed over ends decided, and the registry
 //!   empties.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,16 +41,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::server::{AppendError, Proc, Record, RecordKind, Server};
+use super::journal::SimJournal;
+pub use super::journal::RETRY_FOR;
+use super::server::{Proc, Record, RecordKind, Server};
 use super::Paused;
 use crate::cluster::coordinator::{Coordinator, Resumed, RunState, Runs, Unresumable};
 use crate::cluster::kv::Kv;
 use crate::cluster::lease::{Holder, Role};
 use crate::journal::TAKEN_OVER;
-
-/// How long the journal's writer publishes a record again before it fails
-/// (`journal::jetstream::writer::RETRY_FOR`).
-pub const RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// What a seed makes happen: the election's faults, and the clients.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -145,238 +143,6 @@ pub enum Answer {
     JournalUnavailable,
     /// The connection dropped (the server was killed).
     Dropped,
-}
-
-/// The journal's writer of one process (see the module's notes).
-pub struct SimJournal {
-    server: Arc<Server>,
-    proc: Arc<Proc>,
-    inner: Mutex<Writer>,
-    /// One message of a run in flight at a time, as the writer publishes
-    /// (other runs' go meanwhile).
-    publishing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-#[derive(Default)]
-struct Writer {
-    pending: Vec<(String, RecordKind, u64)>,
-    /// The last sequence of each run as this writer knows it.
-    last: HashMap<String, u64>,
-    fenced: HashMap<String, String>,
-    fenced_all: Option<String>,
-    /// Set with the fence.
-    failed: Option<String>,
-    /// Runs a write of which failed for good.
-    failed_runs: HashMap<String, String>,
-    /// Numbers this writer's messages, for their ids.
-    sent: u64,
-}
-
-impl SimJournal {
-    fn new(server: Arc<Server>, proc: Arc<Proc>) -> Arc<SimJournal> {
-        Arc::new(SimJournal {
-            server,
-            proc,
-            inner: Mutex::default(),
-            publishing: Mutex::default(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn append(&self, run: &str, kind: RecordKind, term: u64) {
-        self.lock().pending.push((run.to_string(), kind, term));
-    }
-
-    /// Publishes what is queued of `run`; whether it is stored.
-    async fn flush_run(&self, run: &str) -> Result<(), String> {
-        let one = self
-            .publishing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(run.to_string())
-            .or_default()
-            .clone();
-        let _one = one.lock().await;
-        let records: Vec<(RecordKind, usize, u64)> = {
-            let mut w = self.lock();
-            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut w.pending)
-                .into_iter()
-                .partition(|p| p.0 == run);
-            w.pending = others;
-            mine.into_iter()
-                .map(|(_, kind, term)| (kind, self.proc.id, term))
-                .collect()
-        };
-        // The run's queued records go in one message.
-        if !records.is_empty() {
-            self.store(run, records).await;
-        }
-        let w = self.lock();
-        let mine = w.fenced.get(run).or(w.failed_runs.get(run));
-        match mine.or(w.failed.as_ref()) {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
-    /// Stores one message of `run`'s records, unless the writer is
-    /// fenced or the run failed; records what came of it.
-    async fn store(&self, run: &str, records: Vec<(RecordKind, usize, u64)>) {
-        {
-            let w = self.lock();
-            if w.fenced_all.is_some()
-                || w.fenced.contains_key(run)
-                || w.failed_runs.contains_key(run)
-            {
-                return;
-            }
-        }
-        let known = self.lock().last.get(run).copied();
-        let expected = match known {
-            Some(l) => l,
-            None => match self.last_of(run).await {
-                Ok(l) => l,
-                Err(e) => {
-                    self.lock().failed_runs.insert(run.to_string(), e);
-                    return;
-                }
-            },
-        };
-        let msg_id = {
-            let mut w = self.lock();
-            w.sent += 1;
-            format!("p{}/{}", self.proc.id, w.sent)
-        };
-        let stored = self.publish(run, expected, records, msg_id).await;
-        let mut w = self.lock();
-        match stored {
-            Ok(seq) => {
-                w.last.insert(run.to_string(), seq);
-            }
-            Err(None) => {
-                let why = format!(
-                    "run {run} was {TAKEN_OVER}: another process wrote to it after this one last did"
-                );
-                w.fenced.insert(run.to_string(), why);
-            }
-            Err(Some(e)) => {
-                w.failed_runs.entry(run.to_string()).or_insert(e);
-            }
-        }
-    }
-
-    /// The last sequence of `run`, read until the server answers or
-    /// [`RETRY_FOR`] passes.
-    async fn last_of(&self, run: &str) -> Result<u64, String> {
-        let began = Instant::now();
-        let mut wait = Duration::from_millis(50);
-        loop {
-            let id = run.to_string();
-            let read = self
-                .server
-                .request(&self.proc, format!("last of {run}"), move |s, _| {
-                    s.last_seq(&id)
-                })
-                .await;
-            match read {
-                Ok(l) => return Ok(l),
-                Err(e) if began.elapsed() >= RETRY_FOR => {
-                    return Err(format!("the last record of {run} not read: {e}"))
-                }
-                Err(_) => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
-
-    /// Publishes one message until it is stored: its last sequence;
-    /// `Err(None)`: fenced; `Err(Some(_))`: failed for good.
-    async fn publish(
-        &self,
-        run: &str,
-        expected: u64,
-        records: Vec<(RecordKind, usize, u64)>,
-        msg_id: String,
-    ) -> Result<u64, Option<String>> {
-        let began = Instant::now();
-        let mut wait = Duration::from_millis(50);
-        loop {
-            let (id, r, recs) = (msg_id.clone(), run.to_string(), records.clone());
-            let what = format!(
-                "append {} to {run} expecting {expected} ({msg_id})",
-                recs.len()
-            );
-            let start = self.server.start;
-            let sent = self
-                .server
-                .request(&self.proc, what, move |s, now| {
-                    if let Some(seq) = s.dedup.get(&id) {
-                        return Ok(*seq);
-                    }
-                    let stored = s.append(&r, expected, recs, now - start);
-                    if let Ok(seq) = stored {
-                        s.dedup.insert(id, seq);
-                    }
-                    stored
-                })
-                .await;
-            match sent {
-                Ok(Ok(seq)) => return Ok(seq),
-                Ok(Err(AppendError::WrongLastSequence)) => return Err(None),
-                Err(e) if began.elapsed() >= RETRY_FOR => {
-                    return Err(Some(format!(
-                        "{} records of {run} not stored after {}s of retries: {e}",
-                        records.len(),
-                        RETRY_FOR.as_secs()
-                    )))
-                }
-                Err(_) => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
-
-    fn fence(&self, why: &str) {
-        let mut w = self.lock();
-        w.failed = Some(why.to_string());
-        w.fenced_all = Some(why.to_string());
-    }
-
-    fn unfence(&self) {
-        let mut w = self.lock();
-        if let Some(why) = w.fenced_all.take() {
-            if w.failed.as_ref() == Some(&why) {
-                w.failed = None;
-            }
-        }
-        w.fenced.clear();
-        w.failed_runs.clear();
-        w.last.clear();
-    }
-
-    fn forget(&self, run: &str) {
-        let mut w = self.lock();
-        w.fenced.remove(run);
-        w.failed_runs.remove(run);
-        w.last.remove(run);
-    }
-
-    async fn read(&self, run: &str) -> Result<Vec<Record>, String> {
-        let id = run.to_string();
-        self.server
-            .request(&self.proc, format!("read {run}"), move |s, _| {
-                s.records(&id)
-            })
-            .await
-            .map_err(|e| format!("cannot read the journal of {run}: {e}"))
-    }
 }
 
 /// What the whole simulation shares: draws, and what happened.
@@ -824,7 +590,7 @@ async fn simulate(plan: Plan) -> Outcome {
         .iter()
         .map(|(run, (p, a))| (run.clone(), *p, a.clone()))
         .collect();
-    let broken = check(&plan, &journal, &answers, &registered);
+    let broken = super::invariants::check(&plan, &journal, &answers, &registered);
     let roles = roles.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let server_ops = server.ops.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Outcome {
@@ -835,122 +601,6 @@ async fn simulate(plan: Plan) -> Outcome {
         server: server_ops,
         broken,
     }
-}
-
-/// The invariants (see the module's notes): each broken one as `(which,
-/// what happened)`.
-fn check(
-    plan: &Plan,
-    journal: &[Record],
-    answers: &[(String, usize, Option<Answer>)],
-    registered: &[(String, u64)],
-) -> Vec<(&'static str, String)> {
-    let mut broken = Vec::new();
-    let after = plan.end.saturating_sub(plan.quiet_from());
-    let mut runs: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
-    for r in journal {
-        runs.entry(r.run.as_str()).or_default().push(r);
-    }
-    for (run, records) in &runs {
-        if !matches!(records[0].kind, RecordKind::Submitted { .. }) {
-            broken.push((
-                "a run's journal starts with its submission",
-                format!("run {run}: its first record is {:?}", records[0].kind),
-            ));
-        }
-        for w in records.windows(2) {
-            if w[1].term < w[0].term {
-                broken.push((
-                    "a deposed writer writes nothing after its successor",
-                    format!(
-                        "run {run}: p{} wrote {:?} under term {} at {:.3?}, after term {} had written",
-                        w[1].writer, w[1].kind, w[1].term, w[1].at, w[0].term
-                    ),
-                ));
-            }
-        }
-        let ends: Vec<usize> = records
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r.kind, RecordKind::Ended { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        if ends.len() > 1 {
-            broken.push((
-                "a run ends once",
-                format!("run {run} ended {} times", ends.len()),
-            ));
-        }
-        match ends.first() {
-            Some(&first) if first + 1 < records.len() => broken.push((
-                "nothing follows a run's end",
-                format!(
-                    "run {run}: {:?} was written after its end",
-                    records[first + 1].kind
-                ),
-            )),
-            Some(_) => {}
-            None => {
-                let last = records[records.len() - 1];
-                broken.push((
-                    "every journaled run ends",
-                    format!(
-                        "run {run} never ended ({} records, the last {:?} by p{} at {:.3?}), {after:.1?} after the last fault",
-                        records.len(),
-                        last.kind,
-                        last.writer,
-                        last.at,
-                    ),
-                ));
-            }
-        }
-        let mut steps: BTreeMap<u32, usize> = BTreeMap::new();
-        for r in records {
-            if let RecordKind::Step { step } = r.kind {
-                *steps.entry(step).or_default() += 1;
-            }
-        }
-        for (step, n) in steps {
-            if n > 1 {
-                broken.push((
-                    "a model reply is journaled once",
-                    format!("run {run}: the reply of step {step} is in it {n} times"),
-                ));
-            }
-        }
-    }
-    for (run, p, answer) in answers {
-        let ended_decided = runs.get(run.as_str()).is_some_and(|rs| {
-            rs.iter()
-                .any(|r| r.kind == RecordKind::Ended { decided: true })
-        });
-        match answer {
-            None => broken.push((
-                "every accepted request is answered",
-                format!("run {run}: its client at p{p} was never answered"),
-            )),
-            Some(Answer::Decided) if !ended_decided => broken.push((
-                "a decision told is a decision journaled",
-                format!("run {run}: p{p} told its client it decided, and the journal holds no decision"),
-            )),
-            Some(Answer::HandedOver | Answer::JournalUnavailable) if !ended_decided => {
-                broken.push((
-                    "a run its client was told goes on decides",
-                    format!(
-                        "run {run}: p{p} told its client ({answer:?}) that the cluster goes on with it, and it never decided"
-                    ),
-                ))
-            }
-            _ => {}
-        }
-    }
-    for (run, term) in registered {
-        broken.push((
-            "the registry empties",
-            format!("run {run} is still registered (term {term}) {after:.1?} after the last fault"),
-        ));
-    }
-    broken
 }
 
 /// The summary of many seeds.
