@@ -233,15 +233,21 @@ impl Outcome {
 /// Runs `schedule` on a runtime of its own (one thread, paused clock) and
 /// checks the invariants.
 pub fn run(schedule: &Schedule) -> Outcome {
+    in_virtual_time(simulate(schedule.clone()))
+}
+
+/// Runs `f` to its end on a runtime of its own: one thread, tokio's
+/// paused clock (time jumps to the next timer when nothing can run).
+/// The cluster's warnings (lost renewals, late wake-ups, failed writes)
+/// are what a schedule is made of: not printed.
+fn in_virtual_time<F: Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    // The election's warnings (lost renewals, late wake-ups) are what a
-    // schedule is made of: not printed.
     tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-        rt.block_on(simulate(schedule.clone()))
+        rt.block_on(f)
     })
 }
 

@@ -187,7 +187,8 @@ pub(super) struct Journaling {
 ///   never ran as far as the cluster knows; 503 `coordinator_changed`,
 ///   send it again;
 /// - it was cancelled, its client still there and its deadline not
-///   passed: only the term that admitted it ending cancels such a run
+///   passed, or its journal was fenced before its end was written: only
+///   the term that admitted it ending does that to a run
 ///   (this server lost the lease, perhaps noticed only after the run
 ///   stopped, or another process took the run over), so it is not over:
 ///   the cluster's coordinator (this server again, perhaps, in a later
@@ -202,7 +203,13 @@ pub(super) fn handed_over(
     journal: &Journaling,
 ) -> Option<Refused> {
     let lead = lead?;
-    let cancelled = matches!(r.stop, StopReason::Cancelled(_)) && !deadline_passed;
+    // Fenced: this process lost the lease (or the run was taken over)
+    // before its end was written; the next coordinator goes on with it.
+    let fenced = journal
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains(crate::journal::TAKEN_OVER));
+    let cancelled = (matches!(r.stop, StopReason::Cancelled(_)) && !deadline_passed) || fenced;
     if !journal.submitted && (cancelled || journal.error.is_some()) {
         let why = journal.error.as_deref().unwrap_or("it was cut short");
         return Some(Refused {

@@ -217,9 +217,11 @@ impl SimJournal {
     }
 
     pub(super) fn fence(&self, why: &str) {
+        // As the real journal words it (`JetStreamJournal::fence`).
+        let why = format!("{why}: the runs of this process were {TAKEN_OVER}");
         let mut w = self.lock();
-        w.failed = Some(why.to_string());
-        w.fenced_all = Some(why.to_string());
+        w.failed = Some(why.clone());
+        w.fenced_all = Some(why);
     }
 
     pub(super) fn unfence(&self) {

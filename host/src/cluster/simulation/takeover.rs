@@ -371,9 +371,15 @@ async fn serve(node: &Node, world: &World, run: &str, steps: u32) -> Answer {
     let done = run_model(&node.journal, world, run, term, steps, None, deposed).await;
     c.finished(run, done.journal_error.is_none()).await;
     node.proc.gate().await;
-    if !done.submitted && (done.cancelled || done.journal_error.is_some()) {
+    // As `server::cluster::handed_over` answers.
+    let fenced = done
+        .journal_error
+        .as_deref()
+        .is_some_and(|e| e.contains(TAKEN_OVER));
+    let cancelled = done.cancelled || fenced;
+    if !done.submitted && (cancelled || done.journal_error.is_some()) {
         Answer::NeverStarted
-    } else if done.cancelled {
+    } else if cancelled {
         Answer::HandedOver
     } else if done.journal_error.is_some() {
         Answer::JournalUnavailable
@@ -407,14 +413,7 @@ impl Outcome {
 /// Runs `plan` on a runtime of its own (one thread, paused clock) and
 /// checks the invariants.
 pub fn run(plan: &Plan) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-        rt.block_on(simulate(plan.clone()))
-    })
+    super::in_virtual_time(simulate(plan.clone()))
 }
 
 async fn simulate(plan: Plan) -> Outcome {
