@@ -8,15 +8,23 @@ use std::time::Duration;
 
 use crate::cluster::Nats;
 
-#[test]
-fn the_lease_buckets_contract_holds_on_a_real_nats_server() {
+/// Runs `f` with a JetStream context on a real nats-server of its own.
+fn on_nats<F: std::future::Future<Output = ()>>(
+    f: impl FnOnce(async_nats::jetstream::Context) -> F,
+) {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path(), true);
     let url = nats.url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = async_nats::connect(&url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
+        f(async_nats::jetstream::new(client)).await
+    });
+}
+
+#[test]
+fn the_lease_buckets_contract_holds_on_a_real_nats_server() {
+    on_nats(|js| async move {
         // As the lease makes its bucket: one value per key, expiring.
         let ttl = Duration::from_secs(2);
         let store = js
@@ -37,13 +45,7 @@ fn the_lease_buckets_contract_holds_on_a_real_nats_server() {
 
 #[test]
 fn the_registry_buckets_contract_holds_on_a_real_nats_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path(), true);
-    let url = nats.url();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(&url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
+    on_nats(|js| async move {
         // As the coordinator makes its registry: one value per key, kept.
         let store = js
             .create_key_value(async_nats::jetstream::kv::Config {

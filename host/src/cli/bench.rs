@@ -490,56 +490,7 @@ pub async fn run(cmd: BenchCmd) -> u8 {
         BenchCmd::Workers(args) => super::bench_workers::workers(args).await,
         BenchCmd::Chaos(args) => super::bench_chaos::chaos(args).await,
         BenchCmd::Dst(args) => super::bench_chaos::dst(args).await,
-        BenchCmd::Index {
-            passages,
-            queries,
-            top,
-            json,
-        } => {
-            let measured = tokio::task::spawn_blocking(move || {
-                conclave::bench::index::run(passages, queries, top)
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            let b = match measured {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::FAILURE;
-                }
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&b).expect("serialisable")
-                );
-                return exit::OK;
-            }
-            println!(
-                "index of {} passages ({} files, {} words, {:.1} MiB on disk)",
-                b.passages,
-                b.files,
-                b.words,
-                b.index_bytes as f64 / (1024.0 * 1024.0)
-            );
-            println!(
-                "  build:            {:.2?} ({:.0} passages/s)",
-                b.build, b.passages_per_s
-            );
-            println!("  rebuild, 1 file changed: {:.2?}", b.rebuild_one);
-            println!(
-                "  search, top {} of {} queries, index kept open: p50 {:.1?}, p95 {:.1?}",
-                b.top, b.queries, b.search_p50, b.search_p95
-            );
-            println!(
-                "  search, index opened per query ({} queries): p50 {:.1?}, p95 {:.1?}",
-                (b.queries / 10).max(1),
-                b.open_and_search_p50,
-                b.open_and_search_p95
-            );
-            exit::OK
-        }
+        BenchCmd::Index(args) => super::bench_index::index(args).await,
         BenchCmd::Failover {
             kills,
             lease_ttl,

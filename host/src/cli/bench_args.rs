@@ -156,19 +156,7 @@ pub(super) enum BenchCmd {
     /// What the knowledge base costs: building an index of a generated
     /// corpus (passages per second), rebuilding it after one file changed,
     /// and searching it (with the index kept open, and opened per query).
-    Index {
-        /// Passages in the index (100 per generated file).
-        #[arg(long, default_value_t = 100_000)]
-        passages: usize,
-        /// Queries searched.
-        #[arg(long, default_value_t = 1_000)]
-        queries: usize,
-        /// Passages asked of each query.
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-        #[arg(long)]
-        json: bool,
-    },
+    Index(super::bench_index::IndexArgs),
     /// The journal's cost on a job of many tasks, its append rate, and
     /// replay speed.
     Journal {

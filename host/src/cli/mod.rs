@@ -8,6 +8,7 @@ use std::sync::Arc;
 mod bench;
 mod bench_args;
 mod bench_chaos;
+mod bench_index;
 mod bench_load;
 mod bench_workers;
 mod eval;

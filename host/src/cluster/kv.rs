@@ -136,19 +136,26 @@ impl Kv for kv::Store {
     }
 }
 
+/// A value of the contracts.
+fn value(s: &str) -> Bytes {
+    Bytes::from(s.to_string())
+}
+
+/// `Ok` when `ok`, else `what` was broken.
+fn holds(ok: bool, what: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.to_string())
+    }
+}
+
 /// The contract of a [`Kv`] whose values live `ttl`: what the
 /// election relies on. `key` must be unused. Waits about 1.5 × `ttl` for
 /// a value to expire (in virtual time on the model). `Err` says which
 /// step broke it.
 pub async fn contract(kv: &dyn Kv, key: &str, ttl: Duration) -> Result<(), String> {
-    let v = |s: &str| Bytes::from(s.to_string());
-    let check = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else {
-            Err(what.to_string())
-        }
-    };
+    let (v, check) = (value, holds);
     check(
         kv.get(key).await == Ok(None),
         "an unused key reads as no value",
@@ -234,14 +241,7 @@ pub async fn contract(kv: &dyn Kv, key: &str, ttl: Duration) -> Result<(), Strin
 /// The contract of a [`Kv`] whose values stay: what the registry of runs
 /// in progress relies on. The bucket must be empty.
 pub async fn registry_contract(kv: &dyn Kv) -> Result<(), String> {
-    let v = |s: &str| Bytes::from(s.to_string());
-    let check = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else {
-            Err(what.to_string())
-        }
-    };
+    let (v, check) = (value, holds);
     check(
         kv.keys().await == Ok(vec![]),
         "an empty bucket lists no keys",
