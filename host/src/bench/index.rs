@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::Latency;
 use crate::knowledge::{self, Searcher, Split};
 
 /// Sections (one passage each) per generated file.
@@ -36,12 +37,10 @@ pub struct IndexBench {
     /// Queries searched, and passages asked of each.
     pub queries: usize,
     pub top: usize,
-    /// Per query, with the index kept open.
-    pub search_p50: Duration,
-    pub search_p95: Duration,
-    /// Per query, opening the index for it.
-    pub open_and_search_p50: Duration,
-    pub open_and_search_p95: Duration,
+    /// Per query, one at a time, with the index kept open.
+    pub search: Latency,
+    /// Per query, one at a time, opening the index for it.
+    pub open_and_search: Latency,
 }
 
 /// A made-up word for rank `r`: syllables from its digits.
@@ -59,27 +58,20 @@ fn word(r: usize) -> String {
     w
 }
 
-/// Draws ranks from a Zipf law (exponent 1.07) over `vocabulary` words.
-struct Zipf {
-    cumulative: Vec<f64>,
-}
+/// Ranks of a Zipf law (exponent 1.07) over `VOCABULARY` words, from 0.
+struct Zipf(rand_distr::Zipf<f64>);
+
+/// Words of the made-up vocabulary.
+const VOCABULARY: usize = 30_000;
 
 impl Zipf {
-    fn new(vocabulary: usize) -> Zipf {
-        let mut total = 0.0;
-        let cumulative = (0..vocabulary)
-            .map(|r| {
-                total += 1.0 / ((r + 1) as f64).powf(1.07);
-                total
-            })
-            .collect();
-        Zipf { cumulative }
+    fn new() -> Zipf {
+        Zipf(rand_distr::Zipf::new(VOCABULARY as f64, 1.07).expect("a valid Zipf law"))
     }
 
     fn draw(&self, rng: &mut ChaCha8Rng) -> usize {
-        let last = self.cumulative[self.cumulative.len() - 1];
-        let x = rng.random::<f64>() * last;
-        self.cumulative.partition_point(|c| *c < x)
+        use rand_distr::Distribution;
+        self.0.sample(rng) as usize - 1
     }
 }
 
@@ -116,15 +108,6 @@ fn size_of(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn percentiles(mut d: Vec<Duration>) -> (Duration, Duration) {
-    d.sort();
-    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
-    if d.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    (at(0.5), at(0.95))
-}
-
 /// A folder of this process's own under the system's temporary folder,
 /// removed when dropped.
 struct Scratch(std::path::PathBuf);
@@ -154,7 +137,7 @@ pub fn run(passages: usize, queries: usize, top: usize) -> Result<IndexBench, St
     let (docs, out) = (tmp.0.join("docs"), tmp.0.join("index"));
     std::fs::create_dir_all(&docs).map_err(|e| format!("{}: {e}", docs.display()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let zipf = Zipf::new(30_000);
+    let zipf = Zipf::new();
     let files = passages.div_ceil(SECTIONS_PER_FILE).max(1);
     let words = corpus(&docs, files, &mut rng, &zipf)?;
     let began = Instant::now();
@@ -180,7 +163,7 @@ pub fn run(passages: usize, queries: usize, top: usize) -> Result<IndexBench, St
         .map(|_| {
             let n = rng.random_range(2..=5);
             (0..n)
-                .map(|_| word(50 + zipf.draw(&mut rng) % (30_000 - 50)))
+                .map(|_| word(50 + zipf.draw(&mut rng) % (VOCABULARY - 50)))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
@@ -201,8 +184,6 @@ pub fn run(passages: usize, queries: usize, top: usize) -> Result<IndexBench, St
         opened.push(t.elapsed());
         std::hint::black_box(hits);
     }
-    let (search_p50, search_p95) = percentiles(kept);
-    let (open_and_search_p50, open_and_search_p95) = percentiles(opened);
     Ok(IndexBench {
         passages: rebuilt.passages,
         files,
@@ -213,10 +194,8 @@ pub fn run(passages: usize, queries: usize, top: usize) -> Result<IndexBench, St
         index_bytes: size_of(&out),
         queries,
         top,
-        search_p50,
-        search_p95,
-        open_and_search_p50,
-        open_and_search_p95,
+        search: Latency::of(kept),
+        open_and_search: Latency::of(opened),
     })
 }
 
@@ -232,7 +211,8 @@ mod tests {
         // plus the section added to one file.
         assert!((300..=306).contains(&b.passages), "{} passages", b.passages);
         assert!(b.words > 300 * 60);
-        assert!(b.search_p50 > Duration::ZERO && b.search_p50 <= b.search_p95);
+        assert_eq!(b.search.calls, 20);
+        assert!(b.search.p50 > Duration::ZERO && b.search.p50 <= b.search.p99);
         assert!(b.index_bytes > 0);
     }
 

@@ -288,8 +288,9 @@ pub fn check(dir: &Path) -> Result<(), String> {
 /// searched once committed.
 pub struct Searcher {
     dir: PathBuf,
-    index: Index,
     reader: tantivy::IndexReader,
+    /// Over the passages' text and headings.
+    parser: QueryParser,
     fields: Fields,
 }
 
@@ -322,10 +323,11 @@ impl Searcher {
         let index = Index::open_in_dir(dir).map_err(|e| at(&e))?;
         let fields = fields(&index)?;
         let reader = index.reader().map_err(|e| at(&e))?;
+        let parser = QueryParser::for_index(&index, vec![fields.text, fields.heading]);
         Ok(Searcher {
             dir: dir.to_path_buf(),
-            index,
             reader,
+            parser,
             fields,
         })
     }
@@ -349,9 +351,8 @@ impl Searcher {
         let at = |e: &dyn std::fmt::Display| format!("{}: {e}", self.dir.display());
         let f = &self.fields;
         let searcher = self.reader.searcher();
-        let parser = QueryParser::for_index(&self.index, vec![f.text, f.heading]);
         // Words as a user types them: query syntax in them is taken as words.
-        let (q, _) = parser.parse_query_lenient(words);
+        let (q, _) = self.parser.parse_query_lenient(words);
         let found = searcher
             .search(&q, &TopDocs::with_limit(top.max(1)))
             .map_err(|e| at(&e))?;

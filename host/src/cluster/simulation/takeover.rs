@@ -639,7 +639,6 @@ pub fn sweep(first: u64, seeds: u64, keep: usize) -> Sweep {
         s.requests += plan.requests.len() as u64;
         let o = run(&plan);
         let mut journaled: Vec<&str> = o.journal.iter().map(|r| r.run.as_str()).collect();
-        journaled.dedup();
         journaled.sort();
         journaled.dedup();
         s.runs += journaled.len() as u64;
