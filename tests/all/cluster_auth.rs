@@ -362,3 +362,122 @@ fn with_the_printed_permissions_a_worker_runs_replicas_and_can_do_nothing_else()
     let reply = answer(ask(&server, "What is 2 + 3?"));
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
+
+/// A NATS JWT (ed25519-nkey) of `subject`, named `name`, with `nats`
+/// claims, signed by `issuer`: as an operator's tools issue them.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{iat}"),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+/// A user's credentials file: its JWT and its seed.
+fn creds(user_jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+/// Operator mode (decentralised JWT authentication): the server trusts an
+/// operator, which signed an account with JetStream, which signed the
+/// user whose credentials file the cluster commands are given.
+#[test]
+fn a_server_in_operator_mode_takes_a_credentials_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "conclave",
+        serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1,
+                "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+                "mem_storage": -1, "disk_storage": -1, "streams": -1,
+                "consumer": -1
+            },
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account",
+            "version": 2
+        }),
+    );
+    let user_claims = serde_json::json!({
+        "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        "type": "user", "version": 2
+    });
+    let user_jwt = jwt(&account, &user.public_key(), "worker", user_claims.clone());
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1,
+                "exports": -1, "wildcards": true, "conn": -1, "leaf": -1
+            },
+            "type": "account",
+            "version": 2
+        }),
+    );
+    let nats = Nats::start_secured(
+        dir.path(),
+        &format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{account_jwt}\"\n  {}: \"{system_jwt}\"\n}}",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    );
+    let file = dir.path().join("user.creds");
+    std::fs::write(&file, creds(&user_jwt, &user.seed().unwrap())).unwrap();
+    let path = file.display().to_string();
+    let ok = status(dir.path(), &nats, &["--cluster-creds", &path], &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // Without credentials, refused, and told why.
+    let none = status(dir.path(), &nats, &[], &[]);
+    assert!(!none.status.success(), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("refused this process's credentials")
+            || stderr(&none).contains("authorization"),
+        "{}",
+        stderr(&none)
+    );
+    // A user signed by an account the operator never signed is refused.
+    let stranger = nkeys::KeyPair::new_account();
+    let forged = dir.path().join("forged.creds");
+    let forged_jwt = jwt(&stranger, &user.public_key(), "mallory", user_claims);
+    std::fs::write(&forged, creds(&forged_jwt, &user.seed().unwrap())).unwrap();
+    let refused = status(
+        dir.path(),
+        &nats,
+        &["--cluster-creds", &forged.display().to_string()],
+        &[],
+    );
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+}

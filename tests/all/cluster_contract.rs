@@ -61,3 +61,40 @@ fn the_registry_buckets_contract_holds_on_a_real_nats_server() {
             .unwrap();
     });
 }
+
+#[test]
+fn the_work_queues_contract_holds_on_a_real_nats_server() {
+    use conclave::cluster::work::{self, Names, WorkSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), true);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        // The stream and the consumer as the coordinator and the workers
+        // make them.
+        let config = conclave::journal::jetstream::ClusterConfig::new(&url);
+        let names = Names::of(&config);
+        let stream = work::stream(&js, &names, &config).await.unwrap();
+        let settings = WorkSettings {
+            ack_wait: Duration::from_secs(1),
+            max_deliver: 3,
+        };
+        let pull = work::consumer(&stream, &names, "t", settings)
+            .await
+            .unwrap();
+        let wire = conclave::cluster::wire::Nats { client, js };
+        conclave::cluster::wire::contract(
+            &wire,
+            &names.stream(),
+            &pull,
+            &names.subject("t"),
+            &names.advisories(),
+            settings.ack_wait,
+            3,
+        )
+        .await
+        .unwrap();
+    });
+}

@@ -183,9 +183,10 @@ pub(crate) struct DstArgs {
     /// Failures shown in full.
     #[arg(long, default_value_t = 3)]
     pub(crate) show: usize,
-    /// Only this simulation: `election` (the lease alone) or `takeover`
-    /// (coordinators serving clients, registry, takeover and journal).
-    #[arg(long, value_parser = ["election", "takeover"])]
+    /// Only this simulation: `election` (the lease alone), `takeover`
+    /// (coordinators serving clients, registry, takeover and journal) or
+    /// `work` (the work queue: a coordinator's replicas run by workers).
+    #[arg(long, value_parser = ["election", "takeover", "work"])]
     pub(crate) only: Option<String>,
     #[arg(long)]
     pub(crate) json: bool,
@@ -193,18 +194,19 @@ pub(crate) struct DstArgs {
 
 /// Runs the cluster's deterministic simulations over many seeds.
 pub(crate) async fn dst(args: DstArgs) -> u8 {
-    use conclave::cluster::simulation::{self, takeover};
+    use conclave::cluster::simulation::{self, takeover, work};
     let (from, seeds, show) = (args.from, args.seeds, args.show);
     let run = |what: &str| args.only.as_deref().is_none_or(|o| o == what);
-    let (election, taking_over) = (run("election"), run("takeover"));
+    let (election, taking_over, working) = (run("election"), run("takeover"), run("work"));
     let swept = tokio::task::spawn_blocking(move || {
         (
             election.then(|| simulation::sweep(from, seeds, show)),
             taking_over.then(|| takeover::sweep(from, seeds, show)),
+            working.then(|| work::sweep(from, seeds, show)),
         )
     })
     .await;
-    let (election, taking_over) = match swept {
+    let (election, taking_over, working) = match swept {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: the simulation stopped: {e}");
@@ -212,13 +214,15 @@ pub(crate) async fn dst(args: DstArgs) -> u8 {
         }
     };
     let failures = election.as_ref().map_or(0, |s| s.failures)
-        + taking_over.as_ref().map_or(0, |s| s.failures);
+        + taking_over.as_ref().map_or(0, |s| s.failures)
+        + working.as_ref().map_or(0, |s| s.failures);
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "election": election,
                 "takeover": taking_over,
+                "work": working,
             }))
             .expect("serialisable")
         );
@@ -261,7 +265,7 @@ pub(crate) async fn dst(args: DstArgs) -> u8 {
     }
     if let Some(sweep) = &taking_over {
         println!(
-            "takeover: {} seeds ({}..{}) in {:.2?}, {:.0?} of virtual time simulated, {} requests, {} runs journaled; {} broke an invariant",
+            "takeover: {} seeds ({}..{}) in {:.2?}, {:.0?} of virtual time simulated, {} requests, {} runs journaled ({} by owners, {} of them taken over); {} broke an invariant",
             sweep.seeds,
             sweep.first,
             sweep.first + sweep.seeds,
@@ -269,6 +273,8 @@ pub(crate) async fn dst(args: DstArgs) -> u8 {
             sweep.simulated,
             sweep.requests,
             sweep.runs,
+            sweep.owned,
+            sweep.taken_from_owners,
             sweep.failures
         );
         for (invariant, n) in &sweep.by_invariant {
@@ -301,9 +307,55 @@ pub(crate) async fn dst(args: DstArgs) -> u8 {
             }
         }
     }
+    if let Some(sweep) = &working {
+        print_work(sweep, seeds);
+    }
     if failures == 0 {
         exit::OK
     } else {
         exit::FAILURE
+    }
+}
+
+fn print_work(sweep: &conclave::cluster::simulation::work::Sweep, seeds: u64) {
+    println!(
+        "work: {} seeds ({}..{}) in {:.2?}, {:.0?} of virtual time simulated, {} replicas queued, {} model calls made; {} broke an invariant",
+        sweep.seeds,
+        sweep.first,
+        sweep.first + sweep.seeds,
+        sweep.wall,
+        sweep.simulated,
+        sweep.replicas,
+        sweep.executions,
+        sweep.failures
+    );
+    for (invariant, n) in &sweep.by_invariant {
+        println!("  {n} seeds broke: {invariant}");
+    }
+    for o in &sweep.failed {
+        println!();
+        print!("{}", o.plan);
+        for (invariant, what) in &o.broken {
+            println!("  broken ({invariant}): {what}");
+        }
+        if seeds == 1 {
+            for e in &o.executions {
+                println!(
+                    "  {:>10.3?} p{} runs replica {} (delivery {}), finished {:?}",
+                    e.started, e.worker, e.replica, e.attempt, e.finished
+                );
+            }
+            for (r, t, how) in &o.ended {
+                println!("  {t:>10.3?} replica {r} ended: {how:?}");
+            }
+            for (t, p, words) in &o.said {
+                println!("  {t:>10.3?} p{p}: {words}");
+            }
+        } else {
+            println!(
+                "  replay: conclave bench dst --only work --from {} --seeds 1",
+                o.plan.seed
+            );
+        }
     }
 }

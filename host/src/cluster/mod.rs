@@ -25,7 +25,8 @@
 //! - [`work`] and [`worker`]: replicas run by `conclave worker` processes
 //!   on any hosts, from a JetStream work queue, with heartbeats,
 //!   redelivery of the work of a dead or stalled worker, and each result
-//!   counted once.
+//!   counted once. [`wire`] is their seam to NATS, which the simulation
+//!   of the work queue stands in.
 //!
 //! The journal is the cluster's stream ([`crate::journal::jetstream`]):
 //! a resumed run's first record (`Resumed`) expects the run's last stream
@@ -38,6 +39,7 @@ pub mod lease;
 pub mod owner;
 pub mod permissions;
 pub mod simulation;
+pub mod wire;
 pub mod work;
 pub mod worker;
 

@@ -9,12 +9,14 @@
 //! paused finds its next journal write refused (the successor's `Resumed`
 //! record fences it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use tokio_util::sync::CancellationToken;
 
 use super::coordinator::Registered;
+use super::kv::Kv;
 use crate::journal::jetstream::{token, ClusterConfig};
 use crate::journal::now_ms;
 
@@ -45,8 +47,8 @@ pub(crate) async fn owners(
 
 /// A run this process owns: registered, and beating until released.
 pub struct Owner {
-    registry: kv::Store,
-    owners: kv::Store,
+    registry: Arc<dyn Kv>,
+    owners: Arc<dyn Kv>,
     run: String,
     id: String,
     beating: CancellationToken,
@@ -59,10 +61,32 @@ impl Owner {
         let registry = super::coordinator::registry(&js, config).await?;
         let owners = owners(&js, config).await?;
         let id = super::lease::Holder::this_process(None).id;
+        Owner::claim_with(
+            Arc::new(registry),
+            Arc::new(owners),
+            &bucket_name(config),
+            id,
+            run,
+        )
+        .await
+    }
+
+    /// Registers `run` as `id`'s in `registry`, beating in `owners` (named
+    /// `bucket`): the server's buckets, or the simulation's.
+    pub(crate) async fn claim_with(
+        registry: Arc<dyn Kv>,
+        owners: Arc<dyn Kv>,
+        bucket: &str,
+        id: String,
+        run: &str,
+    ) -> Result<Owner, String> {
         owners
-            .put(token(&id.replace('/', "-")), id.clone().into_bytes().into())
+            .put(
+                &token(&id.replace('/', "-")),
+                id.clone().into_bytes().into(),
+            )
             .await
-            .map_err(|e| format!("cannot beat in {}: {e}", bucket_name(config)))?;
+            .map_err(|e| format!("cannot beat in {bucket}: {e}"))?;
         let value = serde_json::to_vec(&Registered {
             run: run.to_string(),
             term: 0,
@@ -71,7 +95,7 @@ impl Owner {
         })
         .unwrap_or_default();
         registry
-            .put(token(run), value.into())
+            .put(&token(run), value.into())
             .await
             .map_err(|e| format!("cannot register run {run} with the cluster: {e}"))?;
         let beating = CancellationToken::new();
@@ -87,9 +111,7 @@ impl Owner {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(OWNER_EVERY) => {}
                 }
-                let _ = kv
-                    .put(key.as_str(), value.clone().into_bytes().into())
-                    .await;
+                let _ = kv.put(&key, value.clone().into_bytes().into()).await;
             }
         });
         Ok(Owner {
@@ -106,9 +128,9 @@ impl Owner {
     pub async fn release(self, durable: bool) {
         self.beating.cancel();
         if durable {
-            let _ = self.registry.delete(token(&self.run)).await;
+            let _ = self.registry.delete(&token(&self.run)).await;
         }
-        let _ = self.owners.delete(token(&self.id.replace('/', "-"))).await;
+        let _ = self.owners.delete(&token(&self.id.replace('/', "-"))).await;
     }
 }
 

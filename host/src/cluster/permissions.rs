@@ -71,10 +71,7 @@ pub fn coordinator(config: &ClusterConfig) -> Permissions {
         subscribe: vec![
             "_INBOX.>".into(),
             format!("conclave.{name}.>"),
-            format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-                Names::of(config).stream()
-            ),
+            Names::of(config).advisories(),
         ],
         allow_responses: true,
     }

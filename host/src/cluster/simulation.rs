@@ -24,9 +24,13 @@
 //! [`takeover`] runs the coordinators as well: the same election, the
 //! registry and takeover of [`super::coordinator`], serving clients, and
 //! the journal's fencing, against the model of the whole server
-//! (`simulation/server.rs`). What is not simulated yet: the work queue and
-//! `conclave worker`, worker heartbeats, and the owners of `conclave run
-//! --cluster`; those are covered by tests against a real nats-server.
+//! (`simulation/server.rs`). [`work`] runs the work queue: the
+//! coordinator's queue and `conclave worker`'s loop, unchanged, behind the
+//! [`super::wire`] seam, against the model's core messages and work
+//! stream (`simulation/queue.rs`) and its heartbeat bucket. [`takeover`]
+//! also runs the owners of `conclave run --cluster`. What is not
+//! simulated yet: the work queue together with the takeover (one
+//! coordinator in [`work`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,8 +49,10 @@ use super::lease::{Holder, Role};
 
 mod invariants;
 mod journal;
+mod queue;
 mod server;
 pub mod takeover;
+pub mod work;
 
 pub use server::{Proc, Record, RecordKind, Server, SimKv, REQUEST_TIMEOUT};
 
@@ -136,6 +142,7 @@ impl Schedule {
             max_latency: self.max_latency,
             reply_loss: self.reply_loss,
             quiet: self.quiet_from(),
+            ..Default::default()
         }
     }
 
@@ -448,6 +455,19 @@ fn check(schedule: Schedule, lives: &[Life], log: &[(Duration, usize, Role)]) ->
         roles,
         server: Vec::new(),
         broken,
+    }
+}
+
+/// Counts each invariant `broken` names once, in `by_invariant`.
+fn count_broken(
+    by_invariant: &mut std::collections::BTreeMap<&'static str, u64>,
+    broken: &[(&'static str, String)],
+) {
+    let mut which: Vec<&'static str> = broken.iter().map(|b| b.0).collect();
+    which.sort();
+    which.dedup();
+    for w in which {
+        *by_invariant.entry(w).or_default() += 1;
     }
 }
 

@@ -37,17 +37,28 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::kv::Kv;
+use super::wire::{Nats, Note, Wire};
 use crate::journal::jetstream::{token, ClusterConfig};
 use crate::team::remote::{RemoteReplicas, ReplicaDone, ReplicaJob};
 
 /// How often a worker beats, and how long its beat is kept.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+
+/// Waits before each try to remove a withdrawn item (about 30 s in all,
+/// past a NATS server's restart).
+const REMOVE_RETRIES: [u64; 6] = [0, 1000, 2000, 4000, 8000, 15000];
+
+/// Tries to queue a replica (each waits for the server's reply).
+const QUEUE_TRIES: u32 = 3;
 
 /// Round trips kept for the hedge delay.
 const TIMES_KEPT: usize = 256;
@@ -74,30 +85,37 @@ impl Default for WorkSettings {
 }
 
 /// The names of a cluster's work queue.
-pub(crate) struct Names {
-    pub(crate) name: String,
+pub struct Names {
+    pub name: String,
 }
 
 impl Names {
-    pub(crate) fn of(config: &ClusterConfig) -> Self {
+    pub fn of(config: &ClusterConfig) -> Self {
         Names {
             name: config.name.clone(),
         }
     }
-    pub(crate) fn stream(&self) -> String {
+    pub fn stream(&self) -> String {
         format!("CONCLAVE_{}_WORK", self.name.to_uppercase())
     }
-    pub(crate) fn subject(&self, team: &str) -> String {
+    pub fn subject(&self, team: &str) -> String {
         format!("conclave.{}.work.{}", self.name, token(team))
     }
-    pub(crate) fn consumer(&self, team: &str) -> String {
+    pub fn consumer(&self, team: &str) -> String {
         format!("team-{}", token(team))
     }
-    pub(crate) fn cancel(&self) -> String {
+    pub fn cancel(&self) -> String {
         format!("conclave.{}.cancel", self.name)
     }
-    pub(crate) fn bucket(&self) -> String {
+    pub fn bucket(&self) -> String {
         format!("conclave-{}-workers", self.name)
+    }
+    /// Where the server says it gave up on an item of the work stream.
+    pub fn advisories(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.stream()
+        )
     }
 }
 
@@ -155,8 +173,31 @@ pub struct Beat {
     pub at_ms: u64,
 }
 
+/// Team `team`'s consumer of the work stream, made with `settings` when
+/// it is not there (a consumer keeps the settings it was made with).
+pub async fn consumer(
+    work: &jetstream::stream::Stream,
+    names: &Names,
+    team: &str,
+    settings: WorkSettings,
+) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, String> {
+    work.get_or_create_consumer(
+        &names.consumer(team),
+        jetstream::consumer::pull::Config {
+            durable_name: Some(names.consumer(team)),
+            filter_subject: names.subject(team),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            max_deliver: settings.max_deliver,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot open the work consumer for team {team}: {e}"))
+}
+
 /// The stream, made when it is not there.
-pub(crate) async fn stream(
+pub async fn stream(
     js: &jetstream::Context,
     names: &Names,
     config: &ClusterConfig,
@@ -176,15 +217,13 @@ pub(crate) async fn stream(
 }
 
 /// The live workers' heartbeats (none when the bucket cannot be read).
-pub async fn workers(kv: &jetstream::kv::Store) -> Vec<Beat> {
+pub async fn workers(kv: &dyn Kv) -> Vec<Beat> {
     read_workers(kv).await.unwrap_or_default()
 }
 
-async fn read_workers(kv: &jetstream::kv::Store) -> Result<Vec<Beat>, String> {
+async fn read_workers(kv: &dyn Kv) -> Result<Vec<Beat>, String> {
     let mut beats = Vec::new();
-    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
-    while let Some(k) = keys.next().await {
-        let k = k.map_err(|e| e.to_string())?;
+    for k in kv.keys().await.map_err(|e| e.to_string())? {
         if let Some(v) = kv.get(&k).await.map_err(|e| e.to_string())? {
             if let Ok(b) = serde_json::from_slice::<Beat>(&v) {
                 beats.push(b);
@@ -205,8 +244,7 @@ struct Pending {
 type Key = (String, String, u32);
 
 struct Inner {
-    client: async_nats::Client,
-    js: jetstream::Context,
+    wire: Arc<dyn Wire>,
     names: Names,
     /// This coordinator's results subject.
     inbox: String,
@@ -236,7 +274,7 @@ impl Inner {
                 Some(p) if p.ticket != done.ticket => {
                     drop(pending);
                     self.refused.fetch_add(1, Ordering::Relaxed);
-                    eprintln!(
+                    tracing::warn!(
                         "cluster: refused a result of run {} task {} replica {} that says it is from worker {}: it does not carry its item's ticket (forged by a publisher that was not delivered the item); the replica waits for its real result",
                         done.run, done.task, done.replica, done.worker
                     );
@@ -257,7 +295,7 @@ impl Inner {
             }
             None => {
                 self.ignored.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
+                tracing::warn!(
                     "cluster: ignored a result of run {} task {} replica {} from worker {} (delivery {}): that replica was already counted or withdrawn",
                     done.run, done.task, done.replica, done.worker, done.attempt
                 );
@@ -315,30 +353,43 @@ impl WorkQueue {
         .await?;
         // This queue's own inbox (the process, and a random part: a process
         // that coordinates again gets another), which its withdrawals name.
+        let process = token(
+            &super::lease::Holder::this_process(None)
+                .id
+                .replace('/', "-"),
+        );
+        WorkQueue::over(
+            Arc::new(Nats { client, js }),
+            Arc::new(kv),
+            names,
+            &process,
+            role,
+        )
+        .await
+    }
+
+    /// The queue over any wire and heartbeat bucket (the simulation's
+    /// model, or the server's); `process` names this process in its
+    /// inbox's subject.
+    pub(crate) async fn over(
+        wire: Arc<dyn Wire>,
+        kv: Arc<dyn Kv>,
+        names: Names,
+        process: &str,
+        role: Option<tokio::sync::watch::Receiver<super::lease::Role>>,
+    ) -> Result<Self, String> {
         let inbox = format!(
-            "conclave.{}.results.{}-{:016x}",
+            "conclave.{}.results.{process}-{:016x}",
             names.name,
-            token(
-                &super::lease::Holder::this_process(None)
-                    .id
-                    .replace('/', "-")
-            ),
             rand::random::<u64>()
         );
-        let results = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
-        let advisories = client
-            .subscribe(format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
-                names.stream()
-            ))
+        let results = wire.subscribe(&inbox).await?;
+        let advisories = wire
+            .subscribe(&names.advisories())
             .await
             .map_err(|e| format!("cannot subscribe to the work stream's advisories: {e}"))?;
         let inner = Arc::new(Inner {
-            client,
-            js,
+            wire,
             names,
             inbox,
             pending: Mutex::default(),
@@ -351,7 +402,7 @@ impl WorkQueue {
         });
         tokio::spawn(take_results(Arc::downgrade(&inner), results));
         tokio::spawn(take_advisories(Arc::downgrade(&inner), advisories));
-        *inner.beats.lock().unwrap_or_else(|p| p.into_inner()) = workers(&kv).await;
+        *inner.beats.lock().unwrap_or_else(|p| p.into_inner()) = workers(kv.as_ref()).await;
         tokio::spawn(follow_workers(Arc::downgrade(&inner), kv));
         Ok(WorkQueue { inner })
     }
@@ -376,21 +427,21 @@ impl WorkQueue {
     }
 }
 
-async fn take_results(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
+async fn take_results(inner: Weak<Inner>, mut sub: BoxStream<'static, Note>) {
     while let Some(m) = sub.next().await {
         let Some(inner) = inner.upgrade() else { return };
         match serde_json::from_slice::<ReplicaDone>(&m.payload) {
             Ok(done) => inner.arrived(done),
-            Err(e) => eprintln!("cluster: a result that does not read: {e}"),
+            Err(e) => tracing::warn!("cluster: a result that does not read: {e}"),
         }
         // Received (counted or ignored): the worker may ack its item.
         if let Some(reply) = m.reply {
-            let _ = inner.client.publish(reply, bytes::Bytes::new()).await;
+            let _ = inner.wire.publish(&reply, Bytes::new()).await;
         }
     }
 }
 
-async fn take_advisories(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
+async fn take_advisories(inner: Weak<Inner>, mut sub: BoxStream<'static, Note>) {
     #[derive(Deserialize)]
     struct MaxDeliveries {
         stream_seq: u64,
@@ -408,11 +459,11 @@ async fn take_advisories(inner: Weak<Inner>, mut sub: async_nats::Subscriber) {
 /// Rereads the heartbeats every second. While the bucket cannot be read
 /// (the NATS server restarting), the last list stands, for as long as a
 /// heartbeat is kept; after that, no worker is taken to be alive.
-async fn follow_workers(inner: Weak<Inner>, kv: jetstream::kv::Store) {
+async fn follow_workers(inner: Weak<Inner>, kv: Arc<dyn Kv>) {
     let mut read_at = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(HEARTBEAT_EVERY).await;
-        let read = read_workers(&kv).await;
+        let read = read_workers(kv.as_ref()).await;
         let Some(inner) = inner.upgrade() else { return };
         let mut beats = inner.beats.lock().unwrap_or_else(|p| p.into_inner());
         match read {
@@ -426,11 +477,38 @@ async fn follow_workers(inner: Weak<Inner>, kv: jetstream::kv::Store) {
     }
 }
 
+/// Where an item landed on the stream, once it did, and whether its
+/// replica was withdrawn: whichever of the queueing and the withdrawal
+/// comes second removes the item (a replica withdrawn while it was being
+/// queued still lands on the stream).
+#[derive(Default)]
+struct Queued {
+    seq: std::sync::OnceLock<u64>,
+    withdrawn: std::sync::atomic::AtomicBool,
+}
+
+/// Removes the item at `seq` from the work stream, retrying past a NATS
+/// server's restart.
+async fn remove(wire: Arc<dyn Wire>, stream: String, seq: u64, what: String) {
+    let mut last = String::new();
+    for wait in REMOVE_RETRIES {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        match wire.remove(&stream, seq).await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+    }
+    tracing::warn!(
+        "cluster: cannot remove withdrawn {what} from the work stream ({last}); a worker that did not hear its withdrawal may still run it"
+    );
+}
+
 /// Withdraws its replica when dropped before the result came in.
 struct Withdraw {
     inner: Arc<Inner>,
     key: Key,
     seq: Option<u64>,
+    queued: Arc<Queued>,
     /// The term its item carries.
     term: Option<u64>,
 }
@@ -455,14 +533,24 @@ impl Drop for Withdraw {
             reply: self.inner.inbox.clone(),
             term: self.term,
         };
-        let client = self.inner.client.clone();
+        let wire = self.inner.wire.clone();
         let subject = self.inner.names.cancel();
+        self.queued.withdrawn.store(true, Ordering::SeqCst);
+        let (stream, seq) = (self.inner.names.stream(), self.queued.seq.get().copied());
         if let (Ok(body), Ok(rt)) = (
             serde_json::to_vec(&w),
             tokio::runtime::Handle::try_current(),
         ) {
             rt.spawn(async move {
-                let _ = client.publish(subject, body.into()).await;
+                // A worker running it stops...
+                let _ = wire.publish(&subject, body.into()).await;
+                // ...and none is given it later, not even one that was not
+                // listening when the withdrawal went out (it started later,
+                // or the server was restarting).
+                if let Some(seq) = seq {
+                    let what = format!("replica {} of run {} task {}", w.replica, w.run, w.task);
+                    remove(wire, stream, seq, what).await;
+                }
             });
         }
     }
@@ -499,10 +587,12 @@ impl RemoteReplicas for WorkQueue {
                 Role::Leading { term } | Role::Deposed { term, .. } => Some(*term),
                 Role::Standby { .. } => None,
             });
+            let queued = Arc::new(Queued::default());
             let mut withdraw = Withdraw {
                 inner: inner.clone(),
                 key,
                 seq: None,
+                queued: queued.clone(),
                 term,
             };
             let item = WorkItem {
@@ -512,19 +602,53 @@ impl RemoteReplicas for WorkQueue {
                 term,
             };
             let body = serde_json::to_vec(&item).map_err(|e| e.to_string())?;
-            let ack = inner
-                .js
-                .publish(subject.clone(), body.into())
-                .await
-                .map_err(|e| format!("cannot queue the replica on {subject}: {e}"))?
-                .await
-                .map_err(|e| format!("the work stream did not take the replica: {e}"))?;
-            withdraw.seq = Some(ack.sequence);
+            // Sent here, in the order the replicas were asked for; its
+            // acknowledgement awaited by a task of its own, which this wait
+            // being dropped does not stop: see [`Queued`].
+            let what = format!(
+                "replica {} of run {} task {}",
+                withdraw.key.2, withdraw.key.0, withdraw.key.1
+            );
+            let (wire, stream) = (inner.wire.clone(), inner.names.stream());
+            // The ticket names the message: queued again after a lost
+            // reply, it lands once, and its sequence is learnt.
+            let id = item.ticket.clone();
+            let body = Bytes::from(body);
+            let first = wire.queue(&subject, &id, body.clone()).await;
+            let seq = tokio::spawn(async move {
+                let mut sent = first;
+                let mut tries = 1;
+                let seq = loop {
+                    let e = match sent {
+                        Ok(ack) => match ack.await {
+                            Ok(seq) => break seq,
+                            Err(e) => e,
+                        },
+                        Err(e) => e,
+                    };
+                    if tries == QUEUE_TRIES {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tries += 1;
+                    sent = wire.queue(&subject, &id, body.clone()).await;
+                };
+                let _ = queued.seq.set(seq);
+                if queued.withdrawn.load(Ordering::SeqCst) {
+                    remove(wire, stream, seq, what).await;
+                }
+                Ok::<u64, String>(seq)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| format!("cannot queue the replica: {e}"))?;
+            withdraw.seq = Some(seq);
             inner
                 .by_seq
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(ack.sequence, withdraw.key.clone());
+                .insert(seq, withdraw.key.clone());
             loop {
                 tokio::select! {
                     r = &mut rx => {

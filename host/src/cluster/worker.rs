@@ -15,17 +15,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::kv::Kv;
+use super::wire::{Ack, Delivery, Nats, Pull, Unanswered, Wire};
 use super::work::{
     stream, Beat, Names, Withdrawn, WorkItem, WorkSettings, HEARTBEAT_EVERY, HEARTBEAT_TTL,
 };
 use crate::journal::jetstream::ClusterConfig;
 use crate::team::job::PreparedTeam;
-use crate::team::remote::ReplicaDone;
+use crate::team::remote::{ReplicaDone, ReplicaJob};
 
 /// How long one pull for work waits on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -51,10 +54,56 @@ pub struct WorkerConfig {
 /// What a worker reports as it goes (the CLI prints it).
 pub type Say = Arc<dyn Fn(String) + Send + Sync>;
 
+/// What runs a team's replicas on a worker: the team runtime (a
+/// [`PreparedTeam`]), or the simulation's model of it.
+#[async_trait::async_trait]
+pub(crate) trait Serves: Send + Sync {
+    /// The SHA-256 of the team's spec.
+    fn digest(&self) -> String;
+    /// Runs one replica.
+    async fn work(&self, job: &ReplicaJob, worker: &str, attempt: u32) -> ReplicaDone;
+}
+
+#[async_trait::async_trait]
+impl Serves for PreparedTeam {
+    fn digest(&self) -> String {
+        PreparedTeam::digest(self)
+    }
+
+    async fn work(&self, job: &ReplicaJob, worker: &str, attempt: u32) -> ReplicaDone {
+        PreparedTeam::work(self, job, worker, attempt).await
+    }
+}
+
+/// Opens the coordinator lease's bucket, once it is there.
+pub(crate) type OpenLease = Arc<dyn Fn() -> BoxFuture<'static, Option<Arc<dyn Kv>>> + Send + Sync>;
+
+/// A team a worker serves: its name, what runs its replicas, and its
+/// consumer of the work stream.
+pub(crate) type Served = (String, Arc<dyn Serves>, Arc<dyn Pull>);
+
+/// A worker's parts, over any wire (the server's, or the simulation's).
+pub(crate) struct Serving {
+    /// `host/pid`.
+    pub(crate) id: String,
+    /// Where it serves (for its first words).
+    pub(crate) place: String,
+    pub(crate) wire: Arc<dyn Wire>,
+    /// The workers' heartbeat bucket.
+    pub(crate) beats: Arc<dyn Kv>,
+    pub(crate) bucket: String,
+    pub(crate) lease: OpenLease,
+    pub(crate) cancel_subject: String,
+    pub(crate) teams: Vec<Served>,
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_inflight: usize,
+    pub(crate) tags: Vec<String>,
+}
+
 struct State {
     id: String,
-    client: async_nats::Client,
-    teams: HashMap<String, Arc<PreparedTeam>>,
+    wire: Arc<dyn Wire>,
+    teams: HashMap<String, Arc<dyn Serves>>,
     inflight: AtomicUsize,
     done: AtomicU64,
     running: Mutex<HashMap<Withdrawn, CancellationToken>>,
@@ -125,20 +174,7 @@ pub async fn run(
     let mut consumers = Vec::new();
     for t in &teams {
         let team = t.spec().team.name.clone();
-        let c = work
-            .get_or_create_consumer(
-                &names.consumer(&team),
-                jetstream::consumer::pull::Config {
-                    durable_name: Some(names.consumer(&team)),
-                    filter_subject: names.subject(&team),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: config.settings.ack_wait,
-                    max_deliver: config.settings.max_deliver,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("cannot open the work consumer for team {team}: {e}"))?;
+        let c = super::work::consumer(&work, &names, &team, config.settings).await?;
         let ack_wait = c.cached_info().config.ack_wait;
         consumers.push((team, c, ack_wait));
     }
@@ -147,28 +183,72 @@ pub async fn run(
         .map(|(_, _, w)| *w)
         .min()
         .unwrap_or(config.settings.ack_wait);
-    let id = super::lease::Holder::this_process(None).id;
+    let lease_bucket = format!("conclave-{}-lease", config.cluster.name);
+    let lease: OpenLease = Arc::new(move || {
+        let (js, bucket) = (js.clone(), lease_bucket.clone());
+        Box::pin(async move {
+            js.get_key_value(bucket)
+                .await
+                .ok()
+                .map(|kv| Arc::new(kv) as Arc<dyn Kv>)
+        })
+    });
+    let by_name: HashMap<String, Arc<PreparedTeam>> = teams
+        .iter()
+        .map(|t| (t.spec().team.name.clone(), t.clone()))
+        .collect();
+    serve(
+        Serving {
+            id: super::lease::Holder::this_process(None).id,
+            place: format!("on {url} (cluster {})", config.cluster.name),
+            wire: Arc::new(Nats {
+                client: client.clone(),
+                js: jetstream::new(client),
+            }),
+            beats: Arc::new(kv),
+            bucket: names.bucket(),
+            lease,
+            cancel_subject: names.cancel(),
+            teams: consumers
+                .into_iter()
+                .map(|(team, c, _)| {
+                    let t = by_name[&team].clone() as Arc<dyn Serves>;
+                    (team, t, Arc::new(c) as Arc<dyn Pull>)
+                })
+                .collect(),
+            ack_wait,
+            max_inflight: config.max_inflight,
+            tags: config.tags,
+        },
+        stop,
+        say,
+    )
+    .await
+}
+
+/// Runs a worker over `s` until `stop` is cancelled (the replicas in
+/// flight are finished first) or a pull fails for good.
+pub(crate) async fn serve(s: Serving, stop: CancellationToken, say: Say) -> Result<(), String> {
+    let id = s.id.clone();
+    let max_inflight = s.max_inflight;
     let state = Arc::new(State {
         id: id.clone(),
-        client: client.clone(),
-        teams: teams
+        wire: s.wire.clone(),
+        teams: s
+            .teams
             .iter()
-            .map(|t| (t.spec().team.name.clone(), t.clone()))
+            .map(|(name, t, _)| (name.clone(), t.clone()))
             .collect(),
         inflight: AtomicUsize::new(0),
         done: AtomicU64::new(0),
         running: Mutex::default(),
         withdrawn: Mutex::default(),
-        progress_every: (ack_wait / 3).max(Duration::from_millis(100)),
+        progress_every: (s.ack_wait / 3).max(Duration::from_millis(100)),
         say: say.clone(),
         term: AtomicU64::new(0),
     });
-    let lease_bucket = format!("conclave-{}-lease", config.cluster.name);
-    let mut lease: Option<jetstream::kv::Store> = None;
-    let mut cancels = client
-        .subscribe(names.cancel())
-        .await
-        .map_err(|e| format!("cannot subscribe to {}: {e}", names.cancel()))?;
+    let mut lease: Option<Arc<dyn Kv>> = None;
+    let mut cancels = s.wire.subscribe(&s.cancel_subject).await?;
     {
         let state = state.clone();
         tokio::spawn(async move {
@@ -179,38 +259,42 @@ pub async fn run(
             }
         });
     }
+    let tags = s.tags.clone();
     let beat = |state: &State| Beat {
         id: state.id.clone(),
         teams: state.teams.keys().cloned().collect(),
-        tags: config.tags.clone(),
-        max_inflight: config.max_inflight,
+        tags: tags.clone(),
+        max_inflight,
         inflight: state.inflight.load(Ordering::Relaxed),
         done: state.done.load(Ordering::Relaxed),
         at_ms: crate::journal::now_ms(),
     };
     let key = token_key(&id);
+    let kv = s.beats.clone();
     let put = |b: Beat| {
         let kv = kv.clone();
         let key = key.clone();
         async move {
             let body = serde_json::to_vec(&b).unwrap_or_default();
-            kv.put(key, body.into()).await.map_err(|e| e.to_string())
+            kv.put(&key, body.into()).await.map_err(|e| e.to_string())
         }
     };
     put(beat(&state))
         .await
-        .map_err(|e| format!("cannot beat in {}: {e}", names.bucket()))?;
+        .map_err(|e| format!("cannot beat in {}: {e}", s.bucket))?;
+    let mut names: Vec<String> = state.teams.keys().cloned().collect();
+    names.sort();
     say(format!(
-        "worker {id}: serving teams {} on {url} (cluster {}), {} at once, ack wait {:?}",
-        state.teams.keys().cloned().collect::<Vec<_>>().join(", "),
-        config.cluster.name,
-        config.max_inflight,
-        ack_wait
+        "worker {id}: serving teams {} {}, {} at once, ack wait {:?}",
+        names.join(", "),
+        s.place,
+        max_inflight,
+        s.ack_wait
     ));
-    read_term(&js, &lease_bucket, &mut lease, &state).await;
-    let slots = Arc::new(Semaphore::new(config.max_inflight.max(1)));
+    read_term(&s.lease, &mut lease, &state).await;
+    let slots = Arc::new(Semaphore::new(max_inflight.max(1)));
     let mut pulls = tokio::task::JoinSet::new();
-    for (team, consumer, _) in consumers {
+    for (team, _, consumer) in s.teams {
         let (state, slots, stop) = (state.clone(), slots.clone(), stop.clone());
         pulls.spawn(async move {
             loop {
@@ -218,29 +302,19 @@ pub async fn run(
                     _ = stop.cancelled() => return Ok(()),
                     p = slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
                 };
-                let batch = consumer
-                    .fetch()
-                    .max_messages(1)
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await;
-                let mut batch = match batch {
-                    Ok(b) => b,
+                match consumer.next(PULL_EXPIRES).await {
+                    Ok(Some(msg)) => {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            handle(&state, msg).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => {}
                     Err(e) => {
                         (state.say)(format!("worker: cannot pull work for team {team}: {e}"));
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
                     }
-                };
-                // Bounded here too: a pull sent just before the server
-                // went away is never ended by it.
-                let next = tokio::time::timeout(PULL_EXPIRES * 3, batch.next()).await;
-                if let Ok(Some(Ok(msg))) = next {
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        handle(&state, msg).await;
-                        drop(permit);
-                    });
                 }
             }
         });
@@ -253,7 +327,7 @@ pub async fn run(
                 if let Err(e) = put(beat(&state)).await {
                     (state.say)(format!("worker {id}: heartbeat failed: {e}"));
                 }
-                read_term(&js, &lease_bucket, &mut lease, &state).await;
+                read_term(&s.lease, &mut lease, &state).await;
             }
             r = pulls.join_next() => {
                 if let Some(Ok(Err(e))) = r {
@@ -263,21 +337,16 @@ pub async fn run(
         }
     }
     // Finish what is running, then leave the bucket.
-    let _ = slots.acquire_many(config.max_inflight.max(1) as u32).await;
+    let _ = slots.acquire_many(max_inflight.max(1) as u32).await;
     let _ = kv.delete(&key).await;
     Ok(())
 }
 
 /// Reads the term of the cluster's coordinator from the lease (terms only
 /// grow); opens the lease's bucket once it is there.
-async fn read_term(
-    js: &jetstream::Context,
-    bucket: &str,
-    lease: &mut Option<jetstream::kv::Store>,
-    state: &State,
-) {
+async fn read_term(open: &OpenLease, lease: &mut Option<Arc<dyn Kv>>, state: &State) {
     if lease.is_none() {
-        *lease = js.get_key_value(bucket).await.ok();
+        *lease = open().await;
     }
     if let Some(kv) = lease.as_ref() {
         if let Ok(Some(v)) = kv.get(super::lease::KEY).await {
@@ -293,16 +362,16 @@ fn token_key(id: &str) -> String {
 }
 
 /// One delivered item: run it, answer, ack.
-async fn handle(state: &Arc<State>, msg: jetstream::Message) {
-    let attempt = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
-    let item = match serde_json::from_slice::<WorkItem>(&msg.payload) {
+async fn handle(state: &Arc<State>, msg: Box<dyn Delivery>) {
+    let attempt = msg.delivered();
+    let item = match serde_json::from_slice::<WorkItem>(msg.payload()) {
         Ok(i) => i,
         Err(e) => {
             (state.say)(format!(
                 "worker {}: dropped an item that does not read: {e}",
                 state.id
             ));
-            let _ = msg.ack_with(AckKind::Term).await;
+            let _ = msg.ack(Ack::Term).await;
             return;
         }
     };
@@ -324,7 +393,7 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
             "worker {}: dropped {what}: queued by a deposed coordinator (term {term}; the cluster's coordinator has term {now})",
             state.id
         ));
-        let _ = msg.ack_with(AckKind::Term).await;
+        let _ = msg.ack(Ack::Term).await;
         return;
     }
     if state.withdrawn(&w) {
@@ -332,7 +401,7 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
             "worker {}: dropped {what}: withdrawn by its coordinator",
             state.id
         ));
-        let _ = msg.ack().await;
+        let _ = msg.ack(Ack::Done).await;
         return;
     }
     let done = match state.teams.get(&job.team) {
@@ -363,16 +432,9 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(w.clone(), cancel.clone());
-            let msg = &msg;
-            let progress = async {
-                loop {
-                    tokio::time::sleep(state.progress_every).await;
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                }
-            };
             let out = tokio::select! {
                 d = team.work(&job, &state.id, attempt) => Some(d),
-                _ = progress => None,
+                _ = in_progress(msg.as_ref(), state.progress_every) => None,
                 _ = cancel.cancelled() => None,
             };
             state
@@ -388,7 +450,7 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
                         "worker {}: stopped {what}: withdrawn by its coordinator",
                         state.id
                     ));
-                    let _ = msg.ack().await;
+                    let _ = msg.ack(Ack::Done).await;
                     return;
                 }
             }
@@ -403,7 +465,14 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
             return;
         }
     };
-    match deliver(state, &item.reply, body.into()).await {
+    // Still in progress while the result is on its way: a coordinator
+    // slow to take it (paused, or the server restarting) must not have
+    // the item redelivered and its model calls made again.
+    let delivered = tokio::select! {
+        d = deliver(state, &item.reply, body.into()) => d,
+        _ = in_progress(msg.as_ref(), state.progress_every) => unreachable!("progress never ends"),
+    };
+    match delivered {
         Delivered::Yes => {}
         Delivered::Gone => {
             // The coordinator that asked is gone; its successor draws the
@@ -412,7 +481,7 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
                 "worker {}: dropped {what}: the coordinator that asked for it is gone",
                 state.id
             ));
-            let _ = msg.ack_with(AckKind::Term).await;
+            let _ = msg.ack(Ack::Term).await;
             return;
         }
         Delivered::No(e) => {
@@ -425,12 +494,20 @@ async fn handle(state: &Arc<State>, msg: jetstream::Message) {
         }
     }
     state.done.fetch_add(1, Ordering::Relaxed);
-    match msg.double_ack().await {
+    match msg.ack(Ack::DoneConfirmed).await {
         Ok(()) => (state.say)(format!("worker {}: done {what}", state.id)),
         Err(e) => (state.say)(format!(
             "worker {}: done {what} late (its ack was refused: {e}); the coordinator counts one result per replica",
             state.id
         )),
+    }
+}
+
+/// Sends a progress ack every `every`, for ever.
+async fn in_progress(msg: &dyn Delivery, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let _ = msg.ack(Ack::Progress).await;
     }
 }
 
@@ -444,16 +521,12 @@ enum Delivered {
 /// Sends a result to the coordinator as a request, until it says it has
 /// it: a few tries, a little apart (the server may be restarting).
 async fn deliver(state: &State, to: &str, body: bytes::Bytes) -> Delivered {
-    use async_nats::RequestErrorKind;
     let mut last = String::new();
     for wait in [0u64, 500, 1000, 2000, 4000] {
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let req = async_nats::Request::new()
-            .payload(body.clone())
-            .timeout(Some(RESULT_TIMEOUT));
-        match state.client.send_request(to.to_string(), req).await {
-            Ok(_) => return Delivered::Yes,
-            Err(e) if e.kind() == RequestErrorKind::NoResponders => return Delivered::Gone,
+        match state.wire.request(to, body.clone(), RESULT_TIMEOUT).await {
+            Ok(()) => return Delivered::Yes,
+            Err(Unanswered::NoResponders) => return Delivered::Gone,
             Err(e) => last = e.to_string(),
         }
     }

@@ -32,8 +32,13 @@ pub(crate) struct Faults {
     pub(crate) max_latency: Duration,
     /// The chance that a reply is lost (the request took effect).
     pub(crate) reply_loss: f64,
-    /// Replies are lost only before this.
+    /// Replies are lost only before this, and core messages lost or
+    /// duplicated.
     pub(crate) quiet: Duration,
+    /// The chance that a core message (work queue) is lost on its way.
+    pub(crate) message_loss: f64,
+    /// The chance that a core message is delivered twice.
+    pub(crate) duplicate: f64,
 }
 
 /// A key-value bucket: values expire `ttl` after they are written (if it
@@ -104,6 +109,8 @@ pub(crate) struct State {
     pub(crate) journal: Vec<Record>,
     /// Message ids stored, and where (the stream's duplicate window).
     pub(crate) dedup: HashMap<String, u64>,
+    /// Core messages and the work stream.
+    pub(crate) queue: super::queue::Queue,
 }
 
 impl State {
@@ -190,7 +197,7 @@ impl Proc {
     }
 
     /// Whether it is cut off from the server at `at`.
-    fn is_cut(&self, at: Instant) -> bool {
+    pub(crate) fn is_cut(&self, at: Instant) -> bool {
         self.cut.iter().any(|(a, b)| *a <= at && at < *b)
     }
 
@@ -285,9 +292,24 @@ impl Server {
         self.faults.down.iter().any(|(a, b)| *a <= t && t < *b)
     }
 
-    fn latency(&self) -> Duration {
+    pub(crate) fn latency(&self) -> Duration {
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         self.faults.max_latency.mul_f64(rng.random::<f64>())
+    }
+
+    /// True with chance `p` (a draw from the server's generator).
+    pub(crate) fn draw(&self, p: f64) -> bool {
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.random_bool(p.clamp(0.0, 1.0))
+    }
+
+    /// Whether messages may still be lost at `now`.
+    pub(crate) fn noisy(&self, now: Instant) -> bool {
+        now - self.start < self.faults.quiet
+    }
+
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Sends a request from `proc` that does `op` on the server's state

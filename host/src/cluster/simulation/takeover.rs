@@ -20,6 +20,11 @@
 //!   the cluster part of the chat handler in `server`): admit, register,
 //!   start, answer.
 //!
+//! Beside the coordinators, the owners of `conclave run --cluster` runs
+//! claim, beat and release with [`crate::cluster::owner::Owner`]'s own
+//! code, and run their run with the same model; some are killed or
+//! paused, and their runs taken over.
+//!
 //! After a run the [`Outcome`] is checked:
 //!
 //! - every request a server accepted was answered once;
@@ -48,7 +53,14 @@ use super::Paused;
 use crate::cluster::coordinator::{Coordinator, Resumed, RunState, Runs, Unresumable};
 use crate::cluster::kv::Kv;
 use crate::cluster::lease::{Holder, Role};
+use crate::cluster::owner::OWNER_TTL;
+
 use crate::journal::TAKEN_OVER;
+
+mod owners;
+mod sweep;
+pub use owners::OwnerRun;
+pub use sweep::{sweep, Sweep};
 
 /// What a seed makes happen: the election's faults, and the clients.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -59,6 +71,8 @@ pub struct Plan {
     pub partitions: Vec<(usize, Duration, Duration)>,
     /// When each client sends its request.
     pub requests: Vec<Duration>,
+    /// Runs of `conclave run --cluster` processes (their owners).
+    pub owners: Vec<OwnerRun>,
     /// When the run ends.
     pub end: Duration,
 }
@@ -84,10 +98,12 @@ impl Plan {
         // After the last fault: the lease comes back, the registry is
         // scanned, a run unseen in the journal is forgotten, a writer
         // cut off gives up its retries, a run is resumed after its wait.
+        let owners = OwnerRun::from_seed(seed, busy, faults.ttl);
         let mut plan = Plan {
             faults,
             partitions,
             requests,
+            owners,
             end: Duration::ZERO,
         };
         plan.end = plan.quiet_from()
@@ -100,9 +116,15 @@ impl Plan {
 
     /// When the last fault is over.
     pub fn quiet_from(&self) -> Duration {
+        let owners = self
+            .owners
+            .iter()
+            .flat_map(|o| [o.killed, o.paused.map(|p| p.1)])
+            .flatten();
         self.partitions
             .iter()
             .map(|p| p.2)
+            .chain(owners)
             .max()
             .unwrap_or_default()
             .max(self.faults.quiet_from())
@@ -121,7 +143,18 @@ impl std::fmt::Display for Plan {
             self.requests.len(),
             self.requests,
             self.end
-        )
+        )?;
+        for (i, o) in self.owners.iter().enumerate() {
+            write!(f, "  owner o{i} runs run o{i} from {:.2?}", o.at)?;
+            if let Some((a, b)) = o.paused {
+                write!(f, ", paused {a:.2?} .. {b:.2?}")?;
+            }
+            if let Some(k) = o.killed {
+                write!(f, ", killed {k:.2?}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -453,7 +486,7 @@ async fn simulate(plan: Plan) -> Outcome {
         };
         let lease: Arc<dyn Kv> = Arc::new(server.bucket("lease", Some(schedule.ttl), proc.clone()));
         let registry = Arc::new(server.bucket("registry", None, proc.clone()));
-        let owners = Arc::new(server.bucket("owners", None, proc.clone()));
+        let owners = Arc::new(server.bucket("owners", Some(OWNER_TTL), proc.clone()));
         let journal = SimJournal::new(server.clone(), proc.clone());
         let runs = Arc::new(SimRuns {
             journal: journal.clone(),
@@ -544,6 +577,7 @@ async fn simulate(plan: Plan) -> Outcome {
             }
         }));
     }
+    let owned = owners::start(&plan.owners, &server, &world, start);
     // Kills and restarts, in time order.
     let mut events: Vec<(Duration, Option<usize>)> = Vec::new();
     for (p, at, after) in &schedule.kills {
@@ -578,7 +612,7 @@ async fn simulate(plan: Plan) -> Outcome {
             .unwrap_or_default()
     };
     stop.cancel();
-    for c in clients {
+    for c in clients.into_iter().chain(owned) {
         c.abort();
     }
     let journal = server.lock().journal.clone();
@@ -600,61 +634,4 @@ async fn simulate(plan: Plan) -> Outcome {
         server: server_ops,
         broken,
     }
-}
-
-/// The summary of many seeds.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Sweep {
-    pub seeds: u64,
-    pub first: u64,
-    pub failures: u64,
-    /// Per invariant, the seeds that broke it.
-    pub by_invariant: BTreeMap<&'static str, u64>,
-    /// Requests the clients sent, over all seeds, and runs journaled.
-    pub requests: u64,
-    pub runs: u64,
-    pub failed: Vec<Outcome>,
-    pub wall: Duration,
-    pub simulated: Duration,
-}
-
-/// Runs seeds `first .. first + seeds`, keeping the failures (at most
-/// `keep`; a single seed is kept whatever happened).
-pub fn sweep(first: u64, seeds: u64, keep: usize) -> Sweep {
-    let began = std::time::Instant::now();
-    let mut s = Sweep {
-        seeds,
-        first,
-        failures: 0,
-        by_invariant: BTreeMap::new(),
-        requests: 0,
-        runs: 0,
-        failed: Vec::new(),
-        wall: Duration::ZERO,
-        simulated: Duration::ZERO,
-    };
-    for seed in first..first + seeds {
-        let plan = Plan::from_seed(seed);
-        s.simulated += plan.end;
-        s.requests += plan.requests.len() as u64;
-        let o = run(&plan);
-        let mut journaled: Vec<&str> = o.journal.iter().map(|r| r.run.as_str()).collect();
-        journaled.sort();
-        journaled.dedup();
-        s.runs += journaled.len() as u64;
-        if !o.held() {
-            s.failures += 1;
-            let mut which: Vec<&'static str> = o.broken.iter().map(|b| b.0).collect();
-            which.sort();
-            which.dedup();
-            for w in which {
-                *s.by_invariant.entry(w).or_default() += 1;
-            }
-        }
-        if (!o.held() || seeds == 1) && s.failed.len() < keep {
-            s.failed.push(o);
-        }
-    }
-    s.wall = began.elapsed();
-    s
 }
