@@ -1,7 +1,9 @@
 //! Evaluation: teams scored on a dataset. Items are JSONL lines, either
 //! `{"question", "answer"}` (numbers compared after normalisation, other
-//! text exactly after trimming and case-folding) or `{"question",
-//! "choices", "answer": "B"}` (multiple choice, letters compared). Every
+//! text after trimming and case-folding, or held as whole words by a
+//! short answer; optional `aliases` and `abstain`, see [`Item`]) or
+//! `{"question", "choices", "answer": "B"}` (multiple choice, letters
+//! compared). Every
 //! item is a journaled run whose id derives from the evaluation and a hash
 //! of what decides its result (the team's spec text, the SHA-256 of every
 //! plugin it loaded, and the item's content), so an interrupted evaluation
@@ -38,6 +40,13 @@ pub struct Item {
     #[serde(default)]
     pub choices: Option<Vec<String>>,
     pub answer: String,
+    /// Other spellings of the answer that count as right.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The right response is to abstain: the documents do not answer it
+    /// (also when `answer` itself says so).
+    #[serde(default)]
+    pub abstain: bool,
 }
 
 impl Item {
@@ -50,6 +59,41 @@ impl Item {
         } else {
             Kind::Text
         }
+    }
+
+    /// Whether the right response is an abstention.
+    pub fn gold_abstains(&self) -> bool {
+        self.abstain || answer::abstains(&self.answer)
+    }
+
+    /// Whether `given` is its answer: the same as the answer or one of
+    /// its aliases after normalisation, or, for free text, a short answer
+    /// (at most eight words more) that holds one of them as whole words
+    /// ("Rust 1.91.0" for "1.91.0"; a list of guesses is not short).
+    pub fn answered_by(&self, given: &str) -> bool {
+        let kind = self.kind();
+        std::iter::once(&self.answer)
+            .chain(&self.aliases)
+            .filter(|g| !g.trim().is_empty())
+            .any(|gold| {
+                if answer::same(given, gold, kind) {
+                    return true;
+                }
+                if kind != Kind::Text {
+                    return false;
+                }
+                let (a, g) = (
+                    answer::normalize(given, Kind::Text),
+                    answer::normalize(gold, Kind::Text),
+                );
+                let (aw, gw): (Vec<&str>, Vec<&str>) = (
+                    a.split_whitespace().collect(),
+                    g.split_whitespace().collect(),
+                );
+                !gw.is_empty()
+                    && aw.len() <= gw.len() + 8
+                    && aw.windows(gw.len()).any(|w| w == gw.as_slice())
+            })
     }
 
     /// The question as the team gets it (choices lettered).
@@ -294,10 +338,10 @@ pub fn score(team: &str, spec: &str, mut results: Vec<ItemResult>) -> Score {
 fn judge(item: &Item, decided: bool, answer: Option<&str>) -> (bool, bool) {
     let abstained = decided && answer.is_some_and(answer::abstains);
     let correct = decided
-        && if answer::abstains(&item.answer) {
+        && if item.gold_abstains() {
             abstained
         } else {
-            !abstained && answer.is_some_and(|a| answer::same(a, &item.answer, item.kind()))
+            !abstained && answer.is_some_and(|a| item.answered_by(a))
         };
     (correct, abstained)
 }
@@ -524,12 +568,48 @@ mod tests {
     }
 
     #[test]
+    fn a_knowledge_item_is_answered_by_its_answer_an_alias_or_a_short_answer_holding_one() {
+        let item: Item = serde_json::from_str(
+            r#"{"id":"kb-1","question":"Which lint was added?","answer":"manual_is_multiple_of","aliases":["is_multiple_of"],"source":"docs/x.md","quote":"..."}"#,
+        )
+        .unwrap();
+        assert!(item.answered_by("manual_is_multiple_of"));
+        assert!(item.answered_by("is_multiple_of"));
+        assert!(item.answered_by("The new lint is manual_is_multiple_of."));
+        assert!(!item.answered_by("manual_div_ceil"));
+        // Whole words: a longer name that holds it is another name.
+        assert!(!item.answered_by("manual_is_multiple_of_two"));
+        // A list of guesses is not an answer.
+        assert!(!item.answered_by(
+            "maybe manual_div_ceil or manual_abs_diff or manual_is_multiple_of or needless_pass_by_ref_mut or others"
+        ));
+        let version: Item =
+            serde_json::from_str(r#"{"question":"Which version?","answer":"1.91.0"}"#).unwrap();
+        assert!(version.answered_by("Rust 1.91.0"));
+        assert!(!version.answered_by("Rust 1.91.1"));
+        // An unanswerable item is answered right only by abstaining.
+        let none: Item = serde_json::from_str(
+            r#"{"question":"Which version of libcurl does Cargo 1.95 ship?","answer":"","abstain":true}"#,
+        )
+        .unwrap();
+        assert!(none.gold_abstains());
+        assert_eq!(
+            judge(&none, true, Some("The documents do not say.")),
+            (true, true)
+        );
+        assert_eq!(judge(&none, true, Some("8.19.0")), (false, false));
+        assert_eq!(judge(&none, true, Some("")), (false, false));
+    }
+
+    #[test]
     fn an_abstention_is_not_an_answer_and_not_confidently_wrong() {
         let known = Item {
             id: None,
             question: "Which version added it?".into(),
             choices: None,
             answer: "2.15".into(),
+            aliases: Vec::new(),
+            abstain: false,
         };
         let unanswerable = Item {
             answer: "The documents do not say".into(),
