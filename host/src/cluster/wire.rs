@@ -243,20 +243,33 @@ pub async fn contract(
         tokio::time::sleep(ack_wait + Duration::from_millis(300)).await;
         check(pull.next(expires).await?.is_none(), what)
     };
+    // Queues the item named `name` (its id and its payload).
+    let queue = |name: &'static str| async move {
+        match wire
+            .queue(subject, name, Bytes::from_static(name.as_bytes()))
+            .await
+        {
+            Ok(taken) => taken.await,
+            Err(e) => Err(e),
+        }
+    };
+    // The next delivery, which must come.
+    let next = |missing: &'static str| async move {
+        match pull.next(expires).await {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(missing.to_string()),
+            Err(e) => Err(e),
+        }
+    };
+    const NOT_DELIVERED: &str = "a queued item was not delivered";
     // Nothing queued: nothing delivered.
     check(
         pull.next(expires).await?.is_none(),
         "an empty stream delivered an item",
     )?;
     // An item acked is gone.
-    let a = wire
-        .queue(subject, "a", Bytes::from_static(b"a"))
-        .await?
-        .await?;
-    let d = pull
-        .next(expires)
-        .await?
-        .ok_or("a queued item was not delivered")?;
+    let a = queue("a").await?;
+    let d = next(NOT_DELIVERED).await?;
     check(
         d.payload() == &Bytes::from_static(b"a"),
         "delivered another payload",
@@ -266,24 +279,15 @@ pub async fn contract(
     none_after_ack_wait("an acked item was delivered again").await?;
     // An item not acked comes again after the ack wait, and not before;
     // progress acks hold it.
-    let b = wire
-        .queue(subject, "b", Bytes::from_static(b"b"))
-        .await?
-        .await?;
+    let b = queue("b").await?;
     check(b > a, "stream sequences do not grow")?;
     // Queued again under the same id: not appended twice.
-    let same = wire
-        .queue(subject, "b", Bytes::from_static(b"b"))
-        .await?
-        .await?;
+    let same = queue("b").await?;
     check(
         same == b,
         "a message queued twice under one id was appended twice",
     )?;
-    let d = pull
-        .next(expires)
-        .await?
-        .ok_or("a queued item was not delivered")?;
+    let d = next(NOT_DELIVERED).await?;
     check(d.delivered() == 1, "a first delivery is not delivery 1")?;
     for _ in 0..3 {
         tokio::time::sleep(ack_wait / 2).await;
@@ -294,10 +298,7 @@ pub async fn contract(
         "an item whose worker sends progress was delivered to another",
     )?;
     tokio::time::sleep(ack_wait + Duration::from_millis(300)).await;
-    let again = pull
-        .next(expires)
-        .await?
-        .ok_or("an item not acked past its ack wait was not redelivered")?;
+    let again = next("an item not acked past its ack wait was not redelivered").await?;
     check(
         again.payload() == &Bytes::from_static(b"b"),
         "redelivered another payload",
@@ -333,35 +334,21 @@ pub async fn contract(
     )?;
     // A removed item is not delivered, whether it was or not; removing
     // one that is gone is no error.
-    let gone = wire
-        .queue(subject, "removed", Bytes::from_static(b"removed"))
-        .await?
-        .await?;
+    let gone = queue("removed").await?;
     wire.remove(stream, gone).await?;
     check(
         pull.next(expires).await?.is_none(),
         "a removed item was delivered",
     )?;
     wire.remove(stream, gone).await?;
-    let taken = wire
-        .queue(subject, "taken", Bytes::from_static(b"taken"))
-        .await?
-        .await?;
-    let d = pull
-        .next(expires)
-        .await?
-        .ok_or("a queued item was not delivered")?;
+    let taken = queue("taken").await?;
+    let d = next(NOT_DELIVERED).await?;
     wire.remove(stream, taken).await?;
     d.ack(Ack::Done).await?;
     none_after_ack_wait("an item removed while delivered was delivered again").await?;
     // A term ends an item.
-    wire.queue(subject, "c", Bytes::from_static(b"c"))
-        .await?
-        .await?;
-    let d = pull
-        .next(expires)
-        .await?
-        .ok_or("a queued item was not delivered")?;
+    queue("c").await?;
+    let d = next(NOT_DELIVERED).await?;
     d.ack(Ack::Term).await?;
     none_after_ack_wait("a terminated item was delivered again").await?;
     // Requests: none listening, then one that answers.

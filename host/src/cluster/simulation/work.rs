@@ -237,6 +237,8 @@ pub struct Execution {
     pub started: Duration,
     /// When it finished (none: stopped, or its worker died).
     pub finished: Option<Duration>,
+    /// When its worker stopped it (a withdrawal).
+    pub stopped: Option<Duration>,
 }
 
 /// One delivery of a replica's item to a worker.
@@ -273,7 +275,8 @@ struct SimTeam {
     start: Instant,
 }
 
-/// Marks an execution finished, or leaves it open when dropped first.
+/// Marks an execution finished, or stopped when dropped first (a killed
+/// worker's is neither: it never runs on).
 struct Running<'a> {
     team: &'a SimTeam,
     at: usize,
@@ -282,14 +285,15 @@ struct Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        if self.finished {
-            let now = self.team.start.elapsed();
-            self.team
-                .log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .executions[self.at]
-                .finished = Some(now);
+        let now = self.team.start.elapsed();
+        let mut log = self.team.log.lock().unwrap_or_else(|p| p.into_inner());
+        // Gone once the run's log was taken (the runtime shutting down).
+        if let Some(e) = log.executions.get_mut(self.at) {
+            if self.finished {
+                e.finished = Some(now);
+            } else {
+                e.stopped = Some(now);
+            }
         }
     }
 }
@@ -309,6 +313,7 @@ impl Serves for SimTeam {
                 attempt,
                 started: self.start.elapsed(),
                 finished: None,
+                stopped: None,
             });
             log.executions.len() - 1
         };
@@ -580,7 +585,7 @@ async fn simulate(plan: Plan) -> Outcome {
 }
 
 /// The summary of many seeds.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Sweep {
     pub seeds: u64,
     pub first: u64,
@@ -602,13 +607,7 @@ pub fn sweep(first: u64, seeds: u64, keep: usize) -> Sweep {
     let mut s = Sweep {
         seeds,
         first,
-        failures: 0,
-        by_invariant: BTreeMap::new(),
-        replicas: 0,
-        executions: 0,
-        failed: Vec::new(),
-        wall: Duration::ZERO,
-        simulated: Duration::ZERO,
+        ..Sweep::default()
     };
     for seed in first..first + seeds {
         let plan = Plan::from_seed(seed);

@@ -7,7 +7,7 @@ use super::{run, Outcome, Plan};
 use crate::cluster::simulation::RecordKind;
 
 /// The summary of many seeds.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Sweep {
     pub seeds: u64,
     pub first: u64,
@@ -33,15 +33,7 @@ pub fn sweep(first: u64, seeds: u64, keep: usize) -> Sweep {
     let mut s = Sweep {
         seeds,
         first,
-        failures: 0,
-        by_invariant: BTreeMap::new(),
-        requests: 0,
-        runs: 0,
-        owned: 0,
-        taken_from_owners: 0,
-        failed: Vec::new(),
-        wall: Duration::ZERO,
-        simulated: Duration::ZERO,
+        ..Sweep::default()
     };
     for seed in first..first + seeds {
         let plan = Plan::from_seed(seed);

@@ -117,22 +117,14 @@ pub(super) fn check(
     }
     let dead: Vec<usize> = killed.iter().map(|k| k.0).collect();
     for e in &log.executions {
-        if e.finished.is_none() && !dead.contains(&e.worker) {
-            let stopped = log.said.iter().any(|(_, p, words)| {
-                *p == e.worker
-                    && words.contains(&format!("replica {} ", e.replica))
-                    && words.contains(&format!("(delivery {})", e.attempt))
-                    && words.contains("stopped")
-            });
-            if !stopped {
-                broken.push((
-                    "nothing left",
-                    format!(
-                        "replica {} delivery {} on worker {} never finished nor stopped",
-                        e.replica, e.attempt, e.worker
-                    ),
-                ));
-            }
+        if e.finished.is_none() && e.stopped.is_none() && !dead.contains(&e.worker) {
+            broken.push((
+                "nothing left",
+                format!(
+                    "replica {} delivery {} on worker {} never finished nor stopped",
+                    e.replica, e.attempt, e.worker
+                ),
+            ));
         }
     }
     broken
