@@ -108,6 +108,7 @@ impl Owner {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(OWNER_EVERY) => {}
                 }

@@ -651,6 +651,7 @@ impl RemoteReplicas for WorkQueue {
                 .insert(seq, withdraw.key.clone());
             loop {
                 tokio::select! {
+                    biased;
                     r = &mut rx => {
                         return r.unwrap_or_else(|_| Err("the work queue closed".into()));
                     }

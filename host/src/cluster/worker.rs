@@ -299,6 +299,7 @@ pub(crate) async fn serve(s: Serving, stop: CancellationToken, say: Say) -> Resu
         pulls.spawn(async move {
             loop {
                 let permit = tokio::select! {
+                   biased;
                     _ = stop.cancelled() => return Ok(()),
                     p = slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
                 };
@@ -322,6 +323,7 @@ pub(crate) async fn serve(s: Serving, stop: CancellationToken, say: Say) -> Resu
     let mut beats = tokio::time::interval(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             _ = beats.tick() => {
                 if let Err(e) = put(beat(&state)).await {
@@ -433,6 +435,7 @@ async fn handle(state: &Arc<State>, msg: Box<dyn Delivery>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(w.clone(), cancel.clone());
             let out = tokio::select! {
+               biased;
                 d = team.work(&job, &state.id, attempt) => Some(d),
                 _ = in_progress(msg.as_ref(), state.progress_every) => None,
                 _ = cancel.cancelled() => None,
@@ -469,6 +472,7 @@ async fn handle(state: &Arc<State>, msg: Box<dyn Delivery>) {
     // slow to take it (paused, or the server restarting) must not have
     // the item redelivered and its model calls made again.
     let delivered = tokio::select! {
+       biased;
         d = deliver(state, &item.reply, body.into()) => d,
         _ = in_progress(msg.as_ref(), state.progress_every) => unreachable!("progress never ends"),
     };

@@ -10,8 +10,11 @@
 //! its sender or receiver is cut off. Subscriptions outlive a server
 //! restart (clients subscribe again); a killed process's do not count as
 //! responders.
+//!
+//! Its maps are ordered ones: what expires in one tick is handled in
+//! the same order every run, so a seed replays exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,10 +56,10 @@ struct Consumer {
     ack_wait: Duration,
     max_deliver: u32,
     /// Deliveries so far, by stream sequence.
-    delivered: HashMap<u64, u32>,
-    pending: HashMap<u64, Pending>,
+    delivered: BTreeMap<u64, u32>,
+    pending: BTreeMap<u64, Pending>,
     /// Given up after its last delivery.
-    dead: std::collections::HashSet<u64>,
+    dead: BTreeSet<u64>,
 }
 
 /// The server's messages and work stream.
@@ -66,20 +69,20 @@ pub(crate) struct Queue {
     /// Requests waiting for a reply, by reply subject.
     /// Requests waiting for a reply, by reply subject (true: answered;
     /// false: nobody listens).
-    replies: HashMap<String, oneshot::Sender<bool>>,
+    replies: BTreeMap<String, oneshot::Sender<bool>>,
     next_inbox: u64,
     last: u64,
     items: BTreeMap<u64, Item>,
-    consumers: HashMap<String, Consumer>,
+    consumers: BTreeMap<String, Consumer>,
     ticking: bool,
     /// Core messages lost on the way: `(time, sender, subject)`.
     pub(crate) lost: Vec<(Instant, usize, String)>,
     /// Deliveries made: `(time, stream sequence, delivery, to process)`.
     pub(crate) deliveries: Vec<(Instant, u64, u32, usize)>,
     /// Message ids queued, and where (the duplicate window).
-    ids: HashMap<String, u64>,
+    ids: BTreeMap<String, u64>,
     /// Every body queued, by stream sequence (for the checks).
-    pub(crate) queued: HashMap<u64, Bytes>,
+    pub(crate) queued: BTreeMap<u64, Bytes>,
 }
 
 impl Queue {
@@ -225,8 +228,8 @@ impl Server {
                 filter: filter.to_string(),
                 ack_wait,
                 max_deliver,
-                delivered: HashMap::new(),
-                pending: HashMap::new(),
+                delivered: BTreeMap::new(),
+                pending: BTreeMap::new(),
                 dead: Default::default(),
             });
         SimPull {
